@@ -1,0 +1,65 @@
+"""Validation/test metrics of a distillation run, built on torchmetrics (DDP-synced)."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+from torchmetrics import MeanMetric, Metric
+from torchmetrics.text import Perplexity
+
+IGNORE_INDEX = -100
+
+
+class EvalMetrics(nn.ModuleDict):
+    """Student/teacher accuracy and top-1 agreement for classifiers; perplexities for language models.
+
+    Classification (logits ``[B, C]``, targets ``[B]``): ``student_acc``, ``teacher_acc``,
+    ``agreement`` (fraction where the student's top-1 equals the teacher's).
+    Language models (logits ``[B, T, V]``, labels ``[B, T]`` aligned with the inputs): next-token
+    ``student_ppl``, ``teacher_ppl`` and ``agreement`` over non-ignored positions.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(
+            {
+                "student_acc": MeanMetric(),
+                "teacher_acc": MeanMetric(),
+                "agreement": MeanMetric(),
+                "student_ppl": Perplexity(ignore_index=IGNORE_INDEX),
+                "teacher_ppl": Perplexity(ignore_index=IGNORE_INDEX),
+            }
+        )
+
+    def named_metrics(self) -> list[tuple[str, Metric]]:
+        return [(name, metric) for name, metric in self.items() if isinstance(metric, Metric)]
+
+    @torch.no_grad()
+    def observe(self, student: Tensor | None, teacher: Tensor | None, targets: Tensor | None) -> None:
+        if student is None:
+            return
+        if student.ndim == 3:
+            self._update_lm(student, teacher, targets)
+            return
+        student_pred = student.argmax(-1)
+        if targets is not None and targets.ndim == 1:
+            self["student_acc"].update((student_pred == targets).float())
+            if teacher is not None:
+                self["teacher_acc"].update((teacher.argmax(-1) == targets).float())
+        if teacher is not None:
+            self["agreement"].update((student_pred == teacher.argmax(-1)).float())
+
+    def _update_lm(self, student: Tensor, teacher: Tensor | None, labels: Tensor | None) -> None:
+        if labels is None:
+            return
+        shifted = labels[:, 1:]
+        counted = shifted != IGNORE_INDEX
+        if not counted.any():
+            return
+        logits_s = student[:, :-1].float()
+        self["student_ppl"].update(logits_s, shifted)
+        if teacher is not None:
+            vocab = min(student.shape[-1], teacher.shape[-1])
+            logits_t = teacher[:, :-1].float()
+            self["teacher_ppl"].update(logits_t, shifted)
+            agree = logits_s[..., :vocab].argmax(-1) == logits_t[..., :vocab].argmax(-1)
+            self["agreement"].update(agree[counted].float())

@@ -1,0 +1,345 @@
+"""DistillationModule: a frozen teacher, a trainable student and weighted loss strategies."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning.pytorch import LightningModule
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from torch import Tensor, nn
+
+from lit_distill.batch import split_batch
+from lit_distill.features import FeatureTaps
+from lit_distill.losses.base import DistillationLoss
+from lit_distill.losses.logit import CrossEntropy, LogitKD
+from lit_distill.metrics import EvalMetrics
+from lit_distill.outputs import ModelOutput, as_model_output
+from lit_distill.teacher import freeze, load_weights, parse_dtype
+
+TEACHER_PREFIX = "teacher."
+
+
+def _adamw(params: Iterator[nn.Parameter]) -> torch.optim.Optimizer:
+    return torch.optim.AdamW(params, lr=1e-3, weight_decay=0.01)
+
+
+class DistillationModule(LightningModule):
+    """Train ``student`` to match a frozen ``teacher`` through a weighted sum of loss strategies.
+
+    One step: batch -> teacher (eval, no grad, own dtype) -> outputs; batch -> student -> outputs;
+    ``total = Σ weight_i · strategy_i(student_out, teacher_out, batch)``; each term is logged as
+    ``train/<name>`` and the total as ``train/loss``. Without a teacher it is plain supervised
+    training of the student (the baseline, and how a teacher is trained).
+
+    The teacher never enters the optimizer, stays in eval mode even when Lightning calls
+    ``.train()``, and is left out of checkpoints unless ``save_teacher=True``: on resume it is
+    reloaded from ``teacher_checkpoint``.
+
+    Args:
+        student: the model to train.
+        teacher: the frozen model to learn from; None trains the student alone.
+        losses: strategies (``class_path`` in YAML). Default: ``[LogitKD(temperature=4)]`` with a
+            teacher, ``[CrossEntropy()]`` without.
+        teacher_checkpoint: weights for the teacher (Lightning ``.ckpt`` or ``.safetensors``).
+        teacher_checkpoint_prefix: key prefix to strip; None guesses (``student.``/``model.``).
+        student_checkpoint: optional weights to start the student from.
+        teacher_dtype: run the teacher in this dtype (``"bf16"``, ``"fp16"``, ...); None keeps it.
+        save_teacher: also store the teacher's weights in checkpoints.
+        optimizer: optimizer factory (``torch.optim.AdamW(lr=1e-3)`` by default).
+        lr_scheduler: optional scheduler factory.
+
+    Example:
+        >>> from lit_distill.models import MLP
+        >>> module = DistillationModule(
+        ...     student=MLP(64, [32], 10), teacher=MLP(64, [256], 10),
+        ...     losses=[LogitKD(temperature=4.0), CrossEntropy(weight=0.5)])
+        >>> any(p.requires_grad for p in module.teacher.parameters())
+        False
+    """
+
+    def __init__(
+        self,
+        student: nn.Module,
+        teacher: nn.Module | None = None,
+        losses: list[DistillationLoss] | None = None,
+        teacher_checkpoint: str | None = None,
+        teacher_checkpoint_prefix: str | None = None,
+        student_checkpoint: str | None = None,
+        teacher_dtype: str | None = None,
+        save_teacher: bool = False,
+        optimizer: OptimizerCallable = _adamw,
+        lr_scheduler: LRSchedulerCallable | None = None,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=["student", "teacher", "losses", "optimizer", "lr_scheduler"])
+        self.student = student
+        if losses is None:
+            losses = [LogitKD(temperature=4.0)] if teacher is not None else [CrossEntropy()]
+        self.losses = nn.ModuleList(self._check_losses(losses, teacher))
+        if teacher_checkpoint is not None and teacher is None:
+            raise ValueError("teacher_checkpoint is set but no teacher model is given; add `teacher:`.")
+        if teacher is not None:
+            if teacher_checkpoint is not None:
+                load_weights(teacher, teacher_checkpoint, prefix=teacher_checkpoint_prefix)
+            self._check_not_shared(student, teacher)
+            dtype = parse_dtype(teacher_dtype)
+            if dtype is not None:
+                teacher.to(dtype)
+            freeze(teacher)
+        if student_checkpoint is not None:
+            load_weights(student, student_checkpoint)
+        self.teacher = teacher
+        self.teacher_dtype = parse_dtype(teacher_dtype)
+        self.save_teacher = save_teacher
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = lr_scheduler
+        self.val_metrics = EvalMetrics()
+        self.test_metrics = EvalMetrics()
+        self._taps: dict[str, FeatureTaps] = {}
+        self._probed = False
+
+    # ------------------------------------------------------------------ checks
+    @staticmethod
+    def _check_losses(losses: list[DistillationLoss], teacher: nn.Module | None) -> list[DistillationLoss]:
+        if not losses:
+            raise ValueError("losses is empty; give at least one strategy, e.g. LogitKD or CrossEntropy.")
+        names: set[str] = set()
+        for loss in losses:
+            if not isinstance(loss, DistillationLoss):
+                raise TypeError(
+                    f"losses must be DistillationLoss strategies, got {type(loss).__name__}; wrap plain "
+                    "functions in a DistillationLoss subclass."
+                )
+            if loss.requires_teacher and teacher is None:
+                raise ValueError(
+                    f"loss {loss.name!r} ({type(loss).__name__}) needs a teacher but `teacher` is None; add a "
+                    "teacher or use only teacher-free terms such as CrossEntropy."
+                )
+            if loss.name in names:
+                raise ValueError(f"two losses are named {loss.name!r}; give one of them another `name:`.")
+            names.add(loss.name)
+        if all(loss.weight == 0 for loss in losses):
+            raise ValueError("every loss weight is 0, so nothing would be trained; set a weight > 0.")
+        return losses
+
+    @staticmethod
+    def _check_not_shared(student: nn.Module, teacher: nn.Module) -> None:
+        if student is teacher:
+            raise ValueError("student and teacher are the same module object; build two separate models.")
+        teacher_ids = {id(p) for p in teacher.parameters()}
+        shared = [n for n, p in student.named_parameters() if id(p) in teacher_ids]
+        if shared:
+            raise ValueError(
+                f"student shares {len(shared)} parameter(s) with the teacher (e.g. {shared[:3]}); freezing the "
+                "teacher would freeze them too. Copy the weights (copy.deepcopy) instead of sharing them."
+            )
+
+    # ----------------------------------------------------------- frozen teacher
+    def train(self, mode: bool = True) -> DistillationModule:
+        super().train(mode)
+        if self.teacher is not None:
+            self.teacher.eval()  # Lightning calls .train() on the whole module every epoch
+        return self
+
+    def state_dict(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        state = super().state_dict(*args, **kwargs)
+        if self.save_teacher:
+            return state
+        prefix = kwargs.get("prefix", args[1] if len(args) > 1 else "")
+        drop = prefix + TEACHER_PREFIX
+        for key in [k for k in state if k.startswith(drop)]:
+            del state[key]
+        return state
+
+    def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False):
+        if self.teacher is not None and not any(k.startswith(TEACHER_PREFIX) for k in state_dict):
+            # The checkpoint left the teacher out; it was already reloaded from its own source.
+            state_dict = dict(state_dict)
+            state_dict.update({TEACHER_PREFIX + k: v for k, v in self.teacher.state_dict().items()})
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
+
+    # ----------------------------------------------------------------- forward
+    def model_inputs(self, batch: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        """``(args, kwargs)`` for ``model(*args, **kwargs)``; override for other batch layouts."""
+        args, kwargs, _ = split_batch(batch)
+        return args, kwargs
+
+    def _run(self, model: nn.Module, side: str, batch: Any, cast: torch.dtype | None = None) -> ModelOutput:
+        args, kwargs = self.model_inputs(batch)
+        if cast is not None:
+            args = tuple(a.to(cast) if isinstance(a, Tensor) and a.is_floating_point() else a for a in args)
+        taps = self._taps.get(side)
+        with taps.capture() if taps is not None else contextlib.nullcontext({}) as features:
+            if self._use_hidden(model):
+                out = ModelOutput(hidden=model.forward_hidden(*args, **kwargs), head=model.get_output_embeddings())
+            else:
+                out = as_model_output(model(*args, **kwargs))
+        out.features.update(features)
+        return out
+
+    def _use_hidden(self, model: nn.Module) -> bool:
+        """Hand strategies hidden states + head instead of logits (fused LM-head losses).
+
+        Only in training, only when every strategy can work from hidden states, and only for models
+        that expose ``forward_hidden`` and ``get_output_embeddings`` (lit-distill's GPT, HF causal LMs):
+        then the ``[tokens, vocab]`` logits are never materialised. Evaluation keeps logits for metrics.
+        """
+        return (
+            self.training
+            and all(getattr(loss, "accepts_hidden", False) for loss in self.losses)
+            and hasattr(model, "forward_hidden")
+            and hasattr(model, "get_output_embeddings")
+        )
+
+    def forward_student(self, batch: Any) -> ModelOutput:
+        """Run the student on ``batch``; override to change how the student is called."""
+        return self._run(self.student, "student", batch)
+
+    @torch.no_grad()
+    def forward_teacher(self, batch: Any) -> ModelOutput:
+        """Run the frozen teacher (no grad, eval, its own dtype); override to change how it is called.
+
+        ``no_grad`` rather than ``inference_mode``: inference tensors cannot be saved for the student's
+        backward pass, and the losses multiply by teacher probabilities.
+        """
+        return self._run(self.teacher, "teacher", batch, cast=self.teacher_dtype)
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        """The student's forward: a trained module predicts like its student."""
+        return self.student(*args, **kwargs)
+
+    # ------------------------------------------------------------------ losses
+    def compute_losses(
+        self, student_out: ModelOutput, teacher_out: ModelOutput | None, batch: Any
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        """Weighted sum of every strategy; returns ``(total, {term_name: unweighted value})``.
+
+        Override in a subclass to combine terms differently (e.g. a schedule over the weights).
+        """
+        terms: dict[str, Tensor] = {}
+        total: Tensor | None = None
+        for loss in self.losses:
+            value = loss(student_out, teacher_out, batch)
+            if isinstance(value, Mapping):
+                for key, term in value.items():
+                    terms[f"{loss.name}/{key}"] = term
+                value = sum(value.values())
+            terms[loss.name] = value
+            weighted = loss.weight * value
+            total = weighted if total is None else total + weighted
+        return total, terms
+
+    def shared_step(self, batch: Any) -> tuple[Tensor, dict[str, Tensor], ModelOutput, ModelOutput | None]:
+        teacher_out = self.forward_teacher(batch) if self.teacher is not None else None
+        student_out = self.forward_student(batch)
+        total, terms = self.compute_losses(student_out, teacher_out, batch)
+        return total, terms, student_out, teacher_out
+
+    def training_step(self, batch: Any, batch_idx: int) -> Tensor:
+        total, terms, _, _ = self.shared_step(batch)
+        bs = _batch_size(batch)
+        for name, value in terms.items():
+            self.log(f"train/{name}", value.detach(), batch_size=bs)
+        self.log("train/loss", total.detach(), prog_bar=True, batch_size=bs)
+        return total
+
+    def _eval_step(self, batch: Any, stage: str, metrics: EvalMetrics) -> None:
+        total, terms, student_out, teacher_out = self.shared_step(batch)
+        bs = _batch_size(batch)
+        for name, value in terms.items():
+            self.log(f"{stage}/{name}", value, batch_size=bs, sync_dist=True)
+        self.log(f"{stage}/loss", total, batch_size=bs, sync_dist=True)
+        _, _, targets = split_batch(batch)
+        metrics.observe(student_out.logits, None if teacher_out is None else teacher_out.logits, targets)
+        for name, metric in metrics.named_metrics():
+            if metric.update_called:
+                self.log(f"{stage}/{name}", metric, batch_size=bs, prog_bar=name == "student_acc")
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        self._eval_step(batch, "val", self.val_metrics)
+
+    def test_step(self, batch: Any, batch_idx: int) -> None:
+        self._eval_step(batch, "test", self.test_metrics)
+
+    def predict_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> Tensor:
+        return self.forward_student(batch).logits
+
+    # ------------------------------------------------------------ setup/optim
+    def setup(self, stage: str) -> None:
+        student_specs = sorted({s for loss in self.losses for s in getattr(loss, "student_taps", ())})
+        teacher_specs = sorted({s for loss in self.losses for s in getattr(loss, "teacher_taps", ())})
+        for side, model, specs in (("student", self.student, student_specs), ("teacher", self.teacher, teacher_specs)):
+            if specs and side not in self._taps:
+                self._taps[side] = FeatureTaps(model, specs, side)
+        if stage == "fit" and not self._probed:
+            self._probe()
+
+    def teardown(self, stage: str) -> None:
+        for taps in self._taps.values():
+            taps.remove()
+        self._taps.clear()
+
+    def _probe(self) -> None:
+        """Run one batch through teacher, student and every loss before training starts.
+
+        Bad shapes, vocab mismatches and unknown names fail here, before any optimizer step, and
+        adapters whose size is inferred from the first batch get their parameters, so the optimizer
+        and DDP see them.
+        """
+        batch = _first_train_batch(self.trainer)
+        if batch is None:
+            return
+        device = self.trainer.strategy.root_device
+        if getattr(self.trainer.strategy, "strategy_name", "") in ("fsdp", "deepspeed"):
+            return  # the full model does not fit one device before sharding; checks run at step 1
+        self.to(device)
+        batch = self.trainer.strategy.batch_to_device(batch, device)
+        with torch.no_grad():
+            self.shared_step(batch)
+        self._probed = True
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        """Student parameters plus trainable loss parts (adapters), never the teacher's."""
+        params = [p for p in self.student.parameters() if p.requires_grad]
+        params += [p for p in self.losses.parameters() if p.requires_grad]
+        return params
+
+    def configure_optimizers(self) -> Any:
+        params = self.trainable_parameters()
+        if not params:
+            raise ValueError("the student has no trainable parameters (all have requires_grad=False).")
+        optimizer = self.optimizer_factory(params)
+        if self.scheduler_factory is None:
+            return optimizer
+        return {"optimizer": optimizer, "lr_scheduler": self.scheduler_factory(optimizer)}
+
+    # ------------------------------------------------------------------ export
+    def export_student(self, path: str | Path, include_adapters: bool = False, overwrite: bool = False) -> Path:
+        """Write the student's weights (and, if asked, the loss adapters) as safetensors.
+
+        Returns the path. Refuses to replace an existing file unless ``overwrite=True``.
+        """
+        from lit_distill.export import save_student
+
+        return save_student(self, path, include_adapters=include_adapters, overwrite=overwrite)
+
+
+def _batch_size(batch: Any) -> int:
+    args, _, _ = split_batch(batch)
+    return int(args[0].shape[0])
+
+
+def _first_train_batch(trainer: Any) -> Any:
+    datamodule = getattr(trainer, "datamodule", None)
+    if datamodule is not None:
+        loader = datamodule.train_dataloader()
+    else:
+        source = getattr(getattr(trainer, "fit_loop", None), "_data_source", None)
+        if source is None or not source.is_defined():
+            return None
+        loader = source.dataloader()
+    return next(iter(loader), None)

@@ -1,0 +1,52 @@
+"""What a model run hands to the loss strategies."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from torch import Tensor, nn
+
+
+@dataclass
+class ModelOutput:
+    """One model's outputs for one batch, as seen by loss strategies.
+
+    Attributes:
+        logits: class logits ``[B, C]`` or token logits ``[B, T, V]``; None when only hidden
+            states were computed (fused LM-head losses).
+        features: tensors captured by feature taps, keyed by the tap's name.
+        hidden: final hidden states before the output head ``[B, T, H]``, when asked for.
+        head: the output head (``nn.Linear``) that maps ``hidden`` to logits, when asked for.
+        extra: anything else a model returned (for custom strategies in subclasses).
+    """
+
+    logits: Tensor | None = None
+    features: dict[str, Tensor] = field(default_factory=dict)
+    hidden: Tensor | None = None
+    head: nn.Module | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def as_model_output(raw: Any) -> ModelOutput:
+    """Normalise what ``model(inputs)`` returned into a :class:`ModelOutput`.
+
+    Accepts a tensor (taken as logits), a :class:`ModelOutput`, a mapping or object with a
+    ``logits`` entry/attribute (Hugging Face outputs), or a tuple whose first item is the logits.
+    """
+    if isinstance(raw, ModelOutput):
+        return raw
+    if isinstance(raw, Tensor):
+        return ModelOutput(logits=raw)
+    if isinstance(raw, Mapping) and "logits" in raw:
+        return ModelOutput(logits=raw["logits"], extra={k: v for k, v in raw.items() if k != "logits"})
+    if hasattr(raw, "logits"):
+        return ModelOutput(logits=raw.logits, extra={"raw": raw})
+    if isinstance(raw, (tuple, list)) and raw and isinstance(raw[0], Tensor):
+        return ModelOutput(logits=raw[0], extra={"rest": raw[1:]})
+    raise TypeError(
+        f"cannot read logits from a model output of type {type(raw).__name__}; return a Tensor, "
+        "a ModelOutput, or an object with a `logits` attribute, or override "
+        "DistillationModule.forward_student/forward_teacher."
+    )

@@ -1,0 +1,127 @@
+"""Loading weights into a model, and keeping a teacher frozen."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+DTYPES: dict[str, torch.dtype] = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+    "16": torch.float16,
+    "float64": torch.float64,
+    "64": torch.float64,
+}
+
+
+def parse_dtype(name: str | torch.dtype | None) -> torch.dtype | None:
+    """``"bf16"``/``"bfloat16"``/``torch.bfloat16`` -> ``torch.bfloat16``; None stays None."""
+    if name is None or isinstance(name, torch.dtype):
+        return name
+    key = str(name).lower().removeprefix("torch.")
+    if key not in DTYPES:
+        raise ValueError(f"unknown dtype {name!r}; choose one of {sorted(set(DTYPES))}.")
+    return DTYPES[key]
+
+
+def producer_hint(path: Path, config_dir: str | Path = "configs") -> str:
+    """Name the bundled recipe whose ModelCheckpoint writes ``path``, if any (" Create it with: ...")."""
+    configs = Path(config_dir)
+    if not configs.is_dir():
+        return ""
+    for config in sorted(configs.rglob("*.yaml")):
+        text = config.read_text(encoding="utf-8", errors="replace")
+        if f"dirpath: {path.parent.as_posix()}" in text and f"filename: {path.stem}" in text:
+            return f" Create it first with: lit-distill fit --config {config.as_posix()}"
+    return ""
+
+
+def read_state_dict(path: str | Path) -> dict[str, Tensor]:
+    """Read a state dict from a Lightning ``.ckpt``/torch file (``weights_only=True``) or ``.safetensors``.
+
+    Nothing is unpickled beyond tensors and plain containers, so an untrusted file cannot run code.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist.{producer_hint(path)}")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - re-raised with the path and the reason
+        raise ValueError(
+            f"could not read {str(path)!r} as a weights-only torch checkpoint ({err}). lit-distill never "
+            "unpickles arbitrary objects; re-save the weights with safetensors or torch.save(state_dict)."
+        ) from err
+    if isinstance(obj, Mapping) and "state_dict" in obj:
+        obj = obj["state_dict"]
+    if not isinstance(obj, Mapping) or not all(isinstance(v, Tensor) for v in obj.values()):
+        raise ValueError(f"{str(path)!r} holds no state dict of tensors.")
+    return dict(obj)
+
+
+def _strip_prefix(state: dict[str, Tensor], prefix: str | None, expected: set[str]) -> dict[str, Tensor]:
+    if prefix is None:
+        # A DistillationModule checkpoint stores its trained model under "student.": that is what
+        # a teacher trained with lit-distill's no-teacher baseline looks like.
+        if not (state.keys() & expected):
+            for candidate in ("student.", "model.", "teacher."):
+                stripped = {k[len(candidate):]: v for k, v in state.items() if k.startswith(candidate)}
+                if stripped.keys() & expected:
+                    return stripped
+        return state
+    if not prefix:
+        return state
+    return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+
+
+def load_weights(model: nn.Module, path: str | Path, prefix: str | None = None, strict: bool = True) -> None:
+    """Load ``path`` into ``model``; a missing file or a key/shape mismatch is a clear error.
+
+    Args:
+        model: the module to fill (built from config beforehand).
+        path: ``.ckpt``/``.pt`` (Lightning or torch) or ``.safetensors``.
+        prefix: key prefix to strip (e.g. ``"student."``). None tries ``student.``, ``model.`` and
+            ``teacher.`` when the keys do not match as they are.
+        strict: refuse missing or unexpected keys.
+    """
+    state = read_state_dict(path)
+    own = model.state_dict()
+    state = _strip_prefix(state, prefix, set(own))
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    shapes = [
+        f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+        for k in own.keys() & state.keys()
+        if state[k].shape != own[k].shape
+    ]
+    if shapes or (strict and (missing or unexpected)):
+        lines = [f"checkpoint {str(path)!r} does not fit {type(model).__name__}:"]
+        if missing:
+            lines.append(f"  missing keys ({len(missing)}): {missing[:8]}{' ...' if len(missing) > 8 else ''}")
+        if unexpected:
+            lines.append(
+                f"  unexpected keys ({len(unexpected)}): {unexpected[:8]}{' ...' if len(unexpected) > 8 else ''}"
+            )
+        if shapes:
+            lines.append(f"  shape mismatches: {shapes[:8]}")
+        lines.append("  Check that the model config matches the one the checkpoint was trained with.")
+        raise ValueError("\n".join(lines))
+    model.load_state_dict(state, strict=strict)
+
+
+def freeze(model: nn.Module) -> nn.Module:
+    """Switch off gradients and put ``model`` in eval mode; returns it."""
+    model.requires_grad_(False)
+    model.eval()
+    return model
