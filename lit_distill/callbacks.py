@@ -31,9 +31,7 @@ class ExportStudent(Callback):
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         # Fail before training, not after an hour of it.
         if stage == "fit" and self.path is not None and Path(self.path).exists() and not self.overwrite:
-            raise FileExistsError(
-                f"ExportStudent: {self.path!r} exists; set overwrite: true or choose another path."
-            )
+            raise FileExistsError(f"ExportStudent: {self.path!r} exists; set overwrite: true or choose another path.")
 
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if trainer.is_global_zero:

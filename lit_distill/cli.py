@@ -30,8 +30,10 @@ def _our_error(err: BaseException) -> BaseException | None:
         while tb is not None:
             last = tb.tb_frame.f_code.co_filename
             tb = tb.tb_next
-        if last is not None and last.startswith(_PACKAGE_DIR) and isinstance(
-            err, (ValueError, KeyError, TypeError, FileNotFoundError, FileExistsError, RuntimeError)
+        if (
+            last is not None
+            and last.startswith(_PACKAGE_DIR)
+            and isinstance(err, (ValueError, KeyError, TypeError, FileNotFoundError, FileExistsError, RuntimeError))
         ):
             found = err
         err = err.__cause__ or err.__context__

@@ -76,13 +76,13 @@ def _strip_prefix(state: dict[str, Tensor], prefix: str | None, expected: set[st
         # a teacher trained with lit-distill's no-teacher baseline looks like.
         if not (state.keys() & expected):
             for candidate in ("student.", "model.", "teacher."):
-                stripped = {k[len(candidate):]: v for k, v in state.items() if k.startswith(candidate)}
+                stripped = {k[len(candidate) :]: v for k, v in state.items() if k.startswith(candidate)}
                 if stripped.keys() & expected:
                     return stripped
         return state
     if not prefix:
         return state
-    return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    return {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
 
 
 def load_weights(model: nn.Module, path: str | Path, prefix: str | None = None, strict: bool = True) -> None:

@@ -38,9 +38,7 @@ def check_temperature(temperature: float) -> None:
 
 def check_beta(beta: float) -> None:
     if not (isinstance(beta, (int, float)) and 0.0 <= beta <= 1.0):
-        raise ValueError(
-            f"beta must lie in [0, 1], got {beta!r}: 0 = forward KL(teacher||student), 1 = reverse KL."
-        )
+        raise ValueError(f"beta must lie in [0, 1], got {beta!r}: 0 = forward KL(teacher||student), 1 = reverse KL.")
 
 
 def _check_pair(student_logits: Tensor, teacher_logits: Tensor, mask: Tensor | None) -> None:
@@ -146,9 +144,7 @@ def jensen_shannon(
     elif beta == 1.0:
         rows = _kl_rows(log_p_s, log_p_t)
     else:
-        log_m = torch.logsumexp(
-            torch.stack([log_p_t + math.log(beta), log_p_s + math.log1p(-beta)]), dim=0
-        )
+        log_m = torch.logsumexp(torch.stack([log_p_t + math.log(beta), log_p_s + math.log1p(-beta)]), dim=0)
         rows = beta * _kl_rows(log_p_t, log_m) + (1.0 - beta) * _kl_rows(log_p_s, log_m)
     return masked_mean(rows, mask)
 
