@@ -16,6 +16,11 @@ from typing import Any
 
 from torch import Tensor
 
+from lit_distill.outputs import ModelOutput
+
+#: Key under which a batch may carry precomputed teacher outputs (see :mod:`lit_distill.cache`).
+TEACHER_OUTPUTS_KEY = "teacher_outputs"
+
 
 def split_batch(batch: Any) -> tuple[tuple[Any, ...], dict[str, Any], Tensor | None]:
     """Return ``(args, kwargs, targets)`` so that the model is called as ``model(*args, **kwargs)``."""
@@ -42,3 +47,18 @@ def batch_size_of(batch: Any) -> int:
     args, _, _ = split_batch(batch)
     first = args[0]
     return int(first.shape[0]) if isinstance(first, Tensor) else len(first)
+
+
+def cached_teacher_output(batch: Any) -> ModelOutput | None:
+    """Teacher outputs carried by the batch itself (an offline teacher cache), else None.
+
+    A dict batch carries them under ``TEACHER_OUTPUTS_KEY``; a tuple batch as a trailing
+    :class:`ModelOutput`. When present, the module does not run the teacher.
+    """
+    if isinstance(batch, Mapping):
+        found = batch.get(TEACHER_OUTPUTS_KEY)
+    elif isinstance(batch, Sequence) and not isinstance(batch, Tensor) and len(batch) > 0:
+        found = batch[-1]
+    else:
+        found = None
+    return found if isinstance(found, ModelOutput) else None

@@ -12,7 +12,7 @@ from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 
-from lit_distill.batch import split_batch
+from lit_distill.batch import cached_teacher_output, split_batch
 from lit_distill.features import FeatureTaps
 from lit_distill.losses.base import DistillationLoss
 from lit_distill.losses.logit import CrossEntropy, LogitKD
@@ -234,7 +234,9 @@ class DistillationModule(LightningModule):
         return total, terms
 
     def shared_step(self, batch: Any) -> tuple[Tensor, dict[str, Tensor], ModelOutput, ModelOutput | None]:
-        teacher_out = self.forward_teacher(batch) if self.teacher is not None else None
+        teacher_out = cached_teacher_output(batch)
+        if teacher_out is None and self.teacher is not None:
+            teacher_out = self.forward_teacher(batch)
         student_out = self.forward_student(batch)
         total, terms = self.compute_losses(student_out, teacher_out, batch)
         return total, terms, student_out, teacher_out
@@ -275,6 +277,10 @@ class DistillationModule(LightningModule):
         for side, model, specs in (("student", self.student, student_specs), ("teacher", self.teacher, teacher_specs)):
             if specs and side not in self._taps:
                 self._taps[side] = FeatureTaps(model, specs, side)
+        for loss in self.losses:
+            check = getattr(loss, "check_models", None)
+            if check is not None:
+                check(self.student, self.teacher)  # cheap config checks before any compute
         if stage == "fit" and not self._probed:
             self._probe()
 
