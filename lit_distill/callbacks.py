@@ -26,7 +26,12 @@ class ExportStudent(Callback):
     def target(self, trainer: Trainer) -> Path:
         if self.path is not None:
             return Path(self.path)
-        return Path(trainer.log_dir or trainer.default_root_dir) / "student.safetensors"
+        folder = Path(trainer.log_dir or trainer.default_root_dir)
+        path, version = folder / "student.safetensors", 0
+        while path.exists():  # without a logger the folder is shared between runs: never replace
+            version += 1
+            path = folder / f"student-v{version}.safetensors"
+        return path
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         # Fail before training, not after an hour of it.
@@ -34,6 +39,8 @@ class ExportStudent(Callback):
             raise FileExistsError(f"ExportStudent: {self.path!r} exists; set overwrite: true or choose another path.")
 
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if trainer.fast_dev_run:
+            return  # a smoke run leaves no artifacts, like Lightning's own checkpointing
         if trainer.is_global_zero:
             path = pl_module.export_student(self.target(trainer), self.include_adapters, self.overwrite)
             rank_zero_info(f"student weights written to {path}")

@@ -93,6 +93,9 @@ class DistillationModule(LightningModule):
         if student_checkpoint is not None:
             load_weights(student, student_checkpoint)
         self.teacher = teacher
+        if teacher is not None:
+            # DDP neither all-reduces nor broadcasts these: every rank loads the same teacher itself.
+            self._ddp_params_and_buffers_to_ignore = [TEACHER_PREFIX + k for k in teacher.state_dict()]
         self.teacher_dtype = parse_dtype(teacher_dtype)
         self.save_teacher = save_teacher
         self.optimizer_factory = optimizer
