@@ -63,14 +63,15 @@ def main() -> None:
     parser.add_argument("--temperature", type=float, default=4.0)
     parser.add_argument("--alpha", type=float, default=0.9, help="weight of the KD term; 1-alpha on hard labels")
     parser.add_argument("--lr", type=float, default=3e-3)
+    parser.add_argument("--train-samples", type=int, default=None, help="labelled samples the student sees")
     parser.add_argument("--plot", default=None, help="PNG path for validation accuracy per epoch")
     args = parser.parse_args()
 
     start = time.time()
-    data = DigitsDataModule(batch_size=64, seed=0)
     seed_everything(0)
     teacher = DistillationModule(student=MLP(64, [256, 256], 10, dropout=0.1), optimizer=adamw(1e-3))
-    teacher_acc, teacher_curve = fit(teacher, data, args.teacher_epochs)
+    teacher_acc, teacher_curve = fit(teacher, DigitsDataModule(batch_size=64, seed=0), args.teacher_epochs)
+    data = DigitsDataModule(batch_size=64, seed=0, train_samples=args.train_samples)
     teacher_net = teacher.student
 
     scratch, kd, curves = [], [], {"scratch": [], "kd": []}
@@ -108,6 +109,7 @@ def main() -> None:
         "student_params": sum(p.numel() for p in MLP(64, args.student_hidden, 10).parameters()),
         "teacher_params": sum(p.numel() for p in teacher_net.parameters()),
         "epochs": args.epochs,
+        "train_samples": args.train_samples,
         "temperature": args.temperature,
         "alpha": args.alpha,
         "seconds": round(time.time() - start, 1),

@@ -5,15 +5,17 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 
 from lit_distill.batch import cached_teacher_output, split_batch
 from lit_distill.features import FeatureTaps
+from lit_distill.guard import NonFiniteGuard, NonFiniteLossError
 from lit_distill.losses.base import DistillationLoss
 from lit_distill.losses.logit import CrossEntropy, LogitKD
 from lit_distill.metrics import EvalMetrics
@@ -51,6 +53,9 @@ class DistillationModule(LightningModule):
         save_teacher: also store the teacher's weights in checkpoints.
         optimizer: optimizer factory (``torch.optim.AdamW(lr=1e-3)`` by default).
         lr_scheduler: optional scheduler factory.
+        nan_policy: on a NaN/inf loss term, ``"raise"`` stops the run naming the step, the term and
+            its last finite value (checked without a per-step sync, and always before a checkpoint
+            is written); ``"skip"`` skips that batch's update on every rank (one sync per step).
 
     Example:
         >>> from lit_distill.models import MLP
@@ -73,6 +78,7 @@ class DistillationModule(LightningModule):
         save_teacher: bool = False,
         optimizer: OptimizerCallable = _adamw,
         lr_scheduler: LRSchedulerCallable | None = None,
+        nan_policy: Literal["raise", "skip"] = "raise",
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["student", "teacher", "losses", "optimizer", "lr_scheduler"])
@@ -102,6 +108,10 @@ class DistillationModule(LightningModule):
         self.scheduler_factory = lr_scheduler
         self.val_metrics = EvalMetrics()
         self.test_metrics = EvalMetrics()
+        if nan_policy not in ("raise", "skip"):
+            raise ValueError(f"nan_policy must be 'raise' or 'skip', got {nan_policy!r}.")
+        self.nan_policy = nan_policy
+        self._guard = NonFiniteGuard()
         self._taps: dict[str, FeatureTaps] = {}
         self._probed = False
 
@@ -157,6 +167,12 @@ class DistillationModule(LightningModule):
         for key in [k for k in state if k.startswith(drop)]:
             del state[key]
         return state
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self._guard.check()  # never write weights that a NaN loss has already touched
+
+    def on_train_epoch_end(self) -> None:
+        self._guard.check()
 
     def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False):
         if self.teacher is not None and not any(k.startswith(TEACHER_PREFIX) for k in state_dict):
@@ -244,9 +260,18 @@ class DistillationModule(LightningModule):
         total, terms = self.compute_losses(student_out, teacher_out, batch)
         return total, terms, student_out, teacher_out
 
-    def training_step(self, batch: Any, batch_idx: int) -> Tensor:
+    def training_step(self, batch: Any, batch_idx: int) -> Tensor | None:
         total, terms, _, _ = self.shared_step(batch)
         bs = _batch_size(batch)
+        if self.nan_policy == "skip":
+            finite = bool(torch.isfinite(total))
+            if not self.trainer.strategy.reduce_boolean_decision(finite, all=True):
+                bad = [name for name, value in terms.items() if not torch.isfinite(value).all()]
+                rank_zero_warn(f"step {self.global_step}: non-finite loss term(s) {bad or ['loss']}; batch skipped.")
+                self.log("train/skipped_batches", 1.0, reduce_fx="sum", on_step=False, on_epoch=True, batch_size=bs)
+                return None
+        else:
+            self._guard.observe(self.global_step, {**terms, "loss": total})
         for name, value in terms.items():
             self.log(f"train/{name}", value.detach(), batch_size=bs)
         self.log("train/loss", total.detach(), prog_bar=True, batch_size=bs)
@@ -278,7 +303,8 @@ class DistillationModule(LightningModule):
         student_specs = sorted({s for loss in self.losses for s in getattr(loss, "student_taps", ())})
         teacher_specs = sorted({s for loss in self.losses for s in getattr(loss, "teacher_taps", ())})
         for side, model, specs in (("student", self.student, student_specs), ("teacher", self.teacher, teacher_specs)):
-            if specs and side not in self._taps:
+            # a cache stand-in (lit_distill.cache.CachedTeacher) is never run: its features come with the batch
+            if specs and side not in self._taps and not getattr(model, "reads_from_batch", False):
                 self._taps[side] = FeatureTaps(model, specs, side)
         for loss in self.losses:
             check = getattr(loss, "check_models", None)
@@ -308,7 +334,13 @@ class DistillationModule(LightningModule):
         self.to(device)
         batch = self.trainer.strategy.batch_to_device(batch, device)
         with torch.no_grad():
-            self.shared_step(batch)
+            total, terms, _, _ = self.shared_step(batch)
+        bad = [name for name, value in terms.items() if not torch.isfinite(value).all()]
+        if bad:
+            raise NonFiniteLossError(
+                f"the first batch already gives non-finite loss term(s) {bad} before any update: check the inputs "
+                "and the teacher's outputs for NaN/inf, and the loss settings (temperature, weights)."
+            )
         self._probed = True
 
     def trainable_parameters(self) -> list[nn.Parameter]:
@@ -351,4 +383,11 @@ def _first_train_batch(trainer: Any) -> Any:
         if source is None or not source.is_defined():
             return None
         loader = source.dataloader()
-    return next(iter(loader), None)
+    batch = next(iter(loader), None)
+    if batch is None:
+        size = len(loader.dataset) if hasattr(loader, "dataset") and hasattr(loader.dataset, "__len__") else "?"
+        raise ValueError(
+            f"the training dataloader yields no batch (dataset size {size}); check the data path/split settings, "
+            "or batch_size with drop_last=True larger than the dataset."
+        )
+    return batch

@@ -6,8 +6,10 @@ import torch
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader, TensorDataset
 
+from lit_distill.data.resumable import ResumableTrainData
 
-class DigitsDataModule(LightningDataModule):
+
+class DigitsDataModule(ResumableTrainData, LightningDataModule):
     """Digits with a seeded train/val/test split; pixels scaled to [0, 1]; no network needed.
 
     Batches are ``(inputs, targets)``: inputs ``[B, 64]`` floats (or ``[B, 1, 8, 8]`` with
@@ -20,6 +22,8 @@ class DigitsDataModule(LightningDataModule):
         seed: split seed; the same seed always gives the same split.
         as_images: shape inputs as images for conv nets.
         num_workers: DataLoader workers.
+        train_samples: use only this many (seeded) training samples, e.g. to see how far a
+            teacher's soft targets carry a student trained on few labels (Hinton et al. 2015, sec. 5).
 
     Example:
         >>> dm = DigitsDataModule(batch_size=32)
@@ -37,6 +41,7 @@ class DigitsDataModule(LightningDataModule):
         seed: int = 0,
         as_images: bool = False,
         num_workers: int = 0,
+        train_samples: int | None = None,
     ) -> None:
         super().__init__()
         if batch_size < 1:
@@ -45,9 +50,12 @@ class DigitsDataModule(LightningDataModule):
             raise ValueError(
                 f"val_fraction={val_fraction} and test_fraction={test_fraction} must be in [0, 1) and sum below 1."
             )
+        if train_samples is not None and train_samples < 1:
+            raise ValueError(f"train_samples must be >= 1 or None, got {train_samples}.")
         self.save_hyperparameters()
         self.batch_size = batch_size
         self.num_workers = num_workers
+        self.seed = seed
         self.splits: dict[str, TensorDataset] = {}
 
     def setup(self, stage: str | None = None) -> None:
@@ -64,6 +72,12 @@ class DigitsDataModule(LightningDataModule):
         n_test = int(len(x) * self.hparams.test_fraction)
         n_val = int(len(x) * self.hparams.val_fraction)
         parts = {"test": order[:n_test], "val": order[n_test : n_test + n_val], "train": order[n_test + n_val :]}
+        if self.hparams.train_samples is not None:
+            if self.hparams.train_samples > len(parts["train"]):
+                raise ValueError(
+                    f"train_samples={self.hparams.train_samples} exceeds the {len(parts['train'])} training samples."
+                )
+            parts["train"] = parts["train"][: self.hparams.train_samples]
         self.splits = {name: TensorDataset(x[idx], y[idx]) for name, idx in parts.items()}
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
@@ -76,7 +90,12 @@ class DigitsDataModule(LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True)
+        return self.resumable_train_loader(
+            self.splits["train"],
+            self.batch_size,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+        )
 
     def val_dataloader(self) -> DataLoader:
         return self._loader("val", shuffle=False)

@@ -149,3 +149,19 @@ def test_gradient_matches_finite_differences_in_fp32():
 def test_bad_arguments_are_named(call, match):
     with pytest.raises(ValueError, match=match):
         call(torch.randn(4, 5), torch.randn(4, 5))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_nan_inputs_give_nan_not_a_silent_number(name):
+    s, t = torch.randn(3, 4), torch.randn(3, 4)
+    t[1, 2] = float("nan")
+    assert torch.isnan(LF.divergence(name, s, t))
+    s[0, 0] = float("nan")
+    assert torch.isnan(LF.divergence(name, s, torch.randn(3, 4)))
+
+
+def test_zero_probability_entries_count_as_zero():
+    t = torch.tensor([[0.0, float("-inf"), 1.0]])
+    s = torch.tensor([[0.5, 0.1, 0.2]])
+    got = LF.kl_divergence(s, t)
+    assert torch.isfinite(got) and got.item() == pytest.approx(reference("forward_kl", s, t.clamp_min(-1e4)), rel=1e-5)
