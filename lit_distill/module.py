@@ -56,6 +56,10 @@ class DistillationModule(LightningModule):
         nan_policy: on a NaN/inf loss term, ``"raise"`` stops the run naming the step, the term and
             its last finite value (checked without a per-step sync, and always before a checkpoint
             is written); ``"skip"`` skips that batch's update on every rank (one sync per step).
+        compile: ``torch.compile`` student and teacher in place (state-dict keys unchanged); a dict
+            is passed to ``nn.Module.compile`` (e.g. ``{mode: max-autotune}``).
+        channels_last: store conv models and 4-D inputs in channels-last memory format (faster
+            convolutions with tensor cores).
 
     Example:
         >>> from lit_distill.models import MLP
@@ -79,6 +83,8 @@ class DistillationModule(LightningModule):
         optimizer: OptimizerCallable = _adamw,
         lr_scheduler: LRSchedulerCallable | None = None,
         nan_policy: Literal["raise", "skip"] = "raise",
+        compile: bool | dict[str, Any] = False,
+        channels_last: bool = False,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["student", "teacher", "losses", "optimizer", "lr_scheduler"])
@@ -112,6 +118,13 @@ class DistillationModule(LightningModule):
             raise ValueError(f"nan_policy must be 'raise' or 'skip', got {nan_policy!r}.")
         self.nan_policy = nan_policy
         self._guard = NonFiniteGuard()
+        self.compile_models = compile
+        self.channels_last = channels_last
+        if channels_last:
+            student.to(memory_format=torch.channels_last)
+            if teacher is not None:
+                teacher.to(memory_format=torch.channels_last)
+        self._compiled = False
         self._taps: dict[str, FeatureTaps] = {}
         self._probed = False
 
@@ -189,8 +202,8 @@ class DistillationModule(LightningModule):
 
     def _run(self, model: nn.Module, side: str, batch: Any, cast: torch.dtype | None = None) -> ModelOutput:
         args, kwargs = self.model_inputs(batch)
-        if cast is not None:
-            args = tuple(a.to(cast) if isinstance(a, Tensor) and a.is_floating_point() else a for a in args)
+        if cast is not None or self.channels_last:
+            args = tuple(self._prepare_input(a, cast) for a in args)
         taps = self._taps.get(side)
         with taps.capture() if taps is not None else contextlib.nullcontext({}) as features:
             if self._use_hidden(model):
@@ -199,6 +212,15 @@ class DistillationModule(LightningModule):
                 out = as_model_output(model(*args, **kwargs))
         out.features.update(features)
         return out
+
+    def _prepare_input(self, value: Any, cast: torch.dtype | None) -> Any:
+        if not isinstance(value, Tensor) or not value.is_floating_point():
+            return value
+        if cast is not None:
+            value = value.to(cast)
+        if self.channels_last and value.ndim == 4:
+            value = value.contiguous(memory_format=torch.channels_last)
+        return value
 
     def _use_hidden(self, model: nn.Module) -> bool:
         """Hand strategies hidden states + head instead of logits (fused LM-head losses).
@@ -223,9 +245,14 @@ class DistillationModule(LightningModule):
         """Run the frozen teacher (no grad, eval, its own dtype); override to change how it is called.
 
         ``no_grad`` rather than ``inference_mode``: inference tensors cannot be saved for the student's
-        backward pass, and the losses multiply by teacher probabilities.
+        backward pass, and the losses multiply by teacher probabilities. With ``teacher_dtype`` set, the
+        teacher computes in exactly that dtype: autocast (``precision=bf16-mixed``) is switched off
+        around it rather than re-casting its matmuls.
         """
-        return self._run(self.teacher, "teacher", batch, cast=self.teacher_dtype)
+        if self.teacher_dtype is None:
+            return self._run(self.teacher, "teacher", batch)
+        with torch.autocast(device_type=self.device.type, enabled=False):
+            return self._run(self.teacher, "teacher", batch, cast=self.teacher_dtype)
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         """The student's forward: a trained module predicts like its student."""
@@ -312,6 +339,15 @@ class DistillationModule(LightningModule):
                 check(self.student, self.teacher)  # cheap config checks before any compute
         if stage == "fit" and not self._probed:
             self._probe()
+
+    def configure_model(self) -> None:
+        if self.compile_models and not self._compiled:
+            # nn.Module.compile works in place, so parameter names (and checkpoints) do not change.
+            options = self.compile_models if isinstance(self.compile_models, dict) else {}
+            self.student.compile(**options)
+            if self.teacher is not None:
+                self.teacher.compile(**options)
+            self._compiled = True
 
     def teardown(self, stage: str) -> None:
         for taps in self._taps.values():

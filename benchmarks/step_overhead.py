@@ -1,0 +1,276 @@
+"""What does DistillationModule + Trainer.fit cost over the training loop an expert writes by hand?
+
+    python benchmarks/step_overhead.py --suite gpu      # resnet50 -> resnet18 and tiny GPT, on CUDA
+    python benchmarks/step_overhead.py --suite cpu      # digits MLPs on the CPU
+
+Both sides run in one process on the same synthetic batch (already on the device), the same
+models, dtypes, loss (0.9 * KD at T=4 + 0.1 * hard-label CE) and optimizer. Step times come from
+CUDA events recorded at every step start (no sync inside the loop; one at the end), so Python
+overhead shows up only where it is not hidden behind GPU work. Prints median ms/step per case,
+the ratio module/hand, and a JSON last line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import statistics
+import time
+import warnings
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from lightning.pytorch import Callback, Trainer
+from torch.utils.data import DataLoader, IterableDataset
+
+from lit_distill import CrossEntropy, DistillationModule, LogitKD
+from lit_distill.losses import functional as LF
+
+warnings.filterwarnings("ignore")
+
+
+class Clock:
+    """Per-step wall times: CUDA events on the stream, or perf_counter on the CPU."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.cuda = device.type == "cuda"
+        self.marks: list = []
+
+    def mark(self) -> None:
+        if self.cuda:
+            event = torch.cuda.Event(enable_timing=True)
+            event.record()
+            self.marks.append(event)
+        else:
+            self.marks.append(time.perf_counter())
+
+    def step_ms(self, warmup: int) -> list[float]:
+        if self.cuda:
+            torch.cuda.synchronize()
+            times = [a.elapsed_time(b) for a, b in zip(self.marks, self.marks[1:])]
+        else:
+            times = [1000 * (b - a) for a, b in zip(self.marks, self.marks[1:])]
+        return times[warmup:]
+
+
+class RepeatBatch(IterableDataset):
+    def __init__(self, batch, steps: int) -> None:
+        self.batch, self.steps = batch, steps
+
+    def __iter__(self):
+        for _ in range(self.steps):
+            yield self.batch
+
+
+class MarkSteps(Callback):
+    def __init__(self, clock: Clock) -> None:
+        self.clock = clock
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self.clock.mark()
+
+
+def loss_fn(s_logits, t_logits, targets):
+    kd = LF.kl_divergence(s_logits, t_logits, temperature=4.0)
+    if s_logits.ndim == 3:
+        ce = F.cross_entropy(s_logits[:, :-1].reshape(-1, s_logits.shape[-1]).float(), targets[:, 1:].reshape(-1))
+    else:
+        ce = F.cross_entropy(s_logits.float(), targets)
+    return 0.9 * kd + 0.1 * ce
+
+
+def hand_loop(case, steps: int, warmup: int, compiled: bool) -> list[float]:
+    device, student, teacher, batch, make_opt = (
+        case["device"],
+        case["student"](),
+        case["teacher"](),
+        case["batch"],
+        case["opt"],
+    )
+    teacher.requires_grad_(False).eval()
+    dtype = case["teacher_dtype"]
+    if dtype is not None:
+        teacher.to(dtype)
+    if case["channels_last"]:
+        student.to(memory_format=torch.channels_last)
+        teacher.to(memory_format=torch.channels_last)
+    if compiled:
+        student.compile()
+        teacher.compile()
+    opt = make_opt(student.parameters())
+    inputs, targets = batch
+    t_inputs = inputs.to(dtype) if dtype is not None and inputs.is_floating_point() else inputs
+    clock = Clock(device)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=case["autocast"])
+    for _ in range(warmup + steps + 1):
+        clock.mark()
+        with torch.no_grad():
+            t_logits = teacher(t_inputs)
+        with autocast:
+            s_logits = student(inputs)
+            loss = loss_fn(s_logits, t_logits, targets)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    return clock.step_ms(warmup)
+
+
+def module_loop(case, steps: int, warmup: int, compiled: bool) -> list[float]:
+    device = case["device"]
+    module = DistillationModule(
+        student=case["student"](),
+        teacher=case["teacher"](),
+        losses=[LogitKD(temperature=4.0, weight=0.9), CrossEntropy(weight=0.1)],
+        teacher_dtype=None if case["teacher_dtype"] is None else str(case["teacher_dtype"]).removeprefix("torch."),
+        channels_last=case["channels_last"],
+        compile=compiled,
+        optimizer=case["opt"],
+    )
+    clock = Clock(device)
+    trainer = Trainer(
+        accelerator=device.type,
+        devices=1,
+        precision="bf16-mixed" if case["autocast"] else "32-true",
+        max_steps=warmup + steps + 1,
+        max_epochs=1,
+        logger=False,
+        enable_progress_bar=False,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        num_sanity_val_steps=0,
+        callbacks=[MarkSteps(clock)],
+        log_every_n_steps=50,
+    )
+    loader = DataLoader(RepeatBatch(case["batch"], warmup + steps + 2), batch_size=None)
+    trainer.fit(module, loader)
+    return clock.step_ms(warmup)
+
+
+def resnet_case(batch_size: int) -> dict:
+    import torchvision
+
+    device = torch.device("cuda")
+    g = torch.Generator(device=device).manual_seed(0)
+    x = torch.randn(batch_size, 3, 224, 224, device=device, generator=g).contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, 1000, (batch_size,), device=device, generator=g)
+    return {
+        "name": f"resnet50->resnet18 b{batch_size} 224² bf16 channels_last",
+        "device": device,
+        "student": lambda: torchvision.models.resnet18().to(device),
+        "teacher": lambda: torchvision.models.resnet50().to(device),
+        "batch": (x, y),
+        "opt": lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9),
+        "teacher_dtype": torch.bfloat16,
+        "channels_last": True,
+        "autocast": True,
+    }
+
+
+def gpt_case(device: torch.device) -> dict:
+    from lit_distill.models.gpt import GPT
+
+    ids = torch.randint(0, 258, (8, 256), device=device, generator=torch.Generator(device=device).manual_seed(0))
+    return {
+        "name": f"tiny GPT 6x384 -> 2x128, batch 8x256 tokens, {device.type}",
+        "device": device,
+        "student": lambda: GPT(block_size=256, n_layer=2, n_head=2, n_embd=128).to(device),
+        "teacher": lambda: GPT(block_size=256, n_layer=6, n_head=6, n_embd=384).to(device),
+        "batch": (ids, ids),
+        "opt": lambda p: torch.optim.AdamW(p, lr=1e-3),
+        "teacher_dtype": torch.bfloat16 if device.type == "cuda" else None,
+        "channels_last": False,
+        "autocast": device.type == "cuda",
+    }
+
+
+def digits_case() -> dict:
+    from lit_distill.models import MLP
+
+    g = torch.Generator().manual_seed(0)
+    return {
+        "name": "digits MLP 64-256-256-10 -> 64-8-10, batch 64, cpu",
+        "device": torch.device("cpu"),
+        "student": lambda: MLP(64, [8], 10),
+        "teacher": lambda: MLP(64, [256, 256], 10),
+        "batch": (torch.rand(64, 64, generator=g), torch.randint(0, 10, (64,), generator=g)),
+        "opt": lambda p: torch.optim.AdamW(p, lr=1e-3),
+        "teacher_dtype": None,
+        "channels_last": False,
+        "autocast": False,
+    }
+
+
+def measure(case: dict, steps: int, warmup: int, compiled: bool, repeats: int) -> dict:
+    hand, module = [], []
+    for _ in range(repeats):  # interleave so drift (clocks, heat) hits both sides alike
+        torch.manual_seed(0)
+        hand.append(statistics.median(hand_loop(copy.copy(case), steps, warmup, compiled)))
+        torch.manual_seed(0)
+        module.append(statistics.median(module_loop(copy.copy(case), steps, warmup, compiled)))
+    h, m = statistics.median(hand), statistics.median(module)
+    row = {
+        "case": case["name"],
+        "compiled": compiled,
+        "hand_ms": round(h, 3),
+        "module_ms": round(m, 3),
+        "ratio": round(m / h, 4),
+        "hand_runs": [round(x, 3) for x in hand],
+        "module_runs": [round(x, 3) for x in module],
+    }
+    print(
+        f"{row['case']:<58} compile={compiled!s:<5} hand {h:8.3f} ms  module {m:8.3f} ms  ratio {m / h:.3f}", flush=True
+    )
+    return row
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--suite", choices=["gpu", "cpu", "smoke"], default="gpu")
+    parser.add_argument("--steps", type=int, default=40)
+    parser.add_argument("--warmup", type=int, default=10)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--no-compile", action="store_true")
+    args = parser.parse_args()
+
+    rows = []
+    if args.suite == "gpu":
+        torch.backends.cudnn.benchmark = True
+        cases: list[tuple[Callable[[], dict], bool]] = [(lambda: resnet_case(args.batch_size), False)]
+        cases.append((lambda: gpt_case(torch.device("cuda")), False))
+        if not args.no_compile:
+            cases.append((lambda: resnet_case(args.batch_size), True))
+        for make, compiled in cases:
+            rows.append(measure(make(), args.steps, args.warmup, compiled, args.repeats))
+        if not args.no_compile:
+            # The headline: compiled module through Trainer.fit vs the plain uncompiled hand loop.
+            base = rows[0]["hand_ms"]
+            comp = next(r for r in rows if r["compiled"])
+            rows.append(
+                {
+                    "case": "speed-up: compiled module vs uncompiled hand loop",
+                    "ratio": round(base / comp["module_ms"], 4),
+                }
+            )
+            print(f"compiled DistillationModule vs uncompiled hand loop: {base / comp['module_ms']:.3f}x steps/s")
+    else:
+        for case in (digits_case(), gpt_case(torch.device("cpu"))):
+            steps = 8 if args.suite == "smoke" else args.steps
+            rows.append(
+                measure(
+                    case,
+                    steps,
+                    2 if args.suite == "smoke" else args.warmup,
+                    False,
+                    1 if args.suite == "smoke" else args.repeats,
+                )
+            )
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() and args.suite == "gpu" else "cpu"
+    print(json.dumps({"device": device, "torch": torch.__version__, "rows": rows}))
+
+
+if __name__ == "__main__":
+    main()
