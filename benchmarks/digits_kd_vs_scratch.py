@@ -34,11 +34,12 @@ class ValCurve(Callback):
             self.acc.append(float(trainer.callback_metrics["val/student_acc"]))
 
 
-def fit(module: DistillationModule, data: DigitsDataModule, epochs: int) -> tuple[float, list[float]]:
+def fit(module: DistillationModule, data: DigitsDataModule, epochs: int, val_every: int) -> tuple[float, list[float]]:
     curve = ValCurve()
     trainer = Trainer(
         accelerator="cpu",
         max_epochs=epochs,
+        check_val_every_n_epoch=val_every,
         logger=False,
         enable_checkpointing=False,
         enable_progress_bar=False,
@@ -57,28 +58,32 @@ def adamw(lr: float):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, default=5)
-    parser.add_argument("--epochs", type=int, default=40)
+    parser.add_argument("--epochs", type=int, default=100)
     parser.add_argument("--teacher-epochs", type=int, default=40)
-    parser.add_argument("--student-hidden", type=int, nargs="*", default=[8])
+    parser.add_argument("--student-hidden", type=int, nargs="*", default=[32])
     parser.add_argument("--temperature", type=float, default=4.0)
     parser.add_argument("--alpha", type=float, default=0.9, help="weight of the KD term; 1-alpha on hard labels")
     parser.add_argument("--lr", type=float, default=3e-3)
-    parser.add_argument("--train-samples", type=int, default=None, help="labelled samples the student sees")
+    parser.add_argument("--train-samples", type=int, default=150, help="labelled samples the student sees")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--val-every", type=int, default=5, help="validate every N epochs (the plotted curve)")
     parser.add_argument("--plot", default=None, help="PNG path for validation accuracy per epoch")
     args = parser.parse_args()
 
     start = time.time()
     seed_everything(0)
     teacher = DistillationModule(student=MLP(64, [256, 256], 10, dropout=0.1), optimizer=adamw(1e-3))
-    teacher_acc, teacher_curve = fit(teacher, DigitsDataModule(batch_size=64, seed=0), args.teacher_epochs)
-    data = DigitsDataModule(batch_size=64, seed=0, train_samples=args.train_samples)
+    teacher_acc, teacher_curve = fit(teacher, DigitsDataModule(batch_size=64, seed=0), args.teacher_epochs, 1)
+    data = DigitsDataModule(batch_size=args.batch_size, seed=0, train_samples=args.train_samples)
     teacher_net = teacher.student
 
     scratch, kd, curves = [], [], {"scratch": [], "kd": []}
     for seed in range(args.seeds):
         seed_everything(seed)
         student = MLP(64, args.student_hidden, 10)
-        acc, curve = fit(DistillationModule(student=student, optimizer=adamw(args.lr)), data, args.epochs)
+        acc, curve = fit(
+            DistillationModule(student=student, optimizer=adamw(args.lr)), data, args.epochs, args.val_every
+        )
         scratch.append(acc)
         curves["scratch"].append(curve)
         seed_everything(seed)
@@ -90,7 +95,7 @@ def main() -> None:
             optimizer=adamw(args.lr),
         )
         module.teacher.load_state_dict(teacher_net.state_dict())
-        acc, curve = fit(module, data, args.epochs)
+        acc, curve = fit(module, data, args.epochs, args.val_every)
         kd.append(acc)
         curves["kd"].append(curve)
         print(f"seed {seed}: scratch {scratch[-1]:.4f}  kd {kd[-1]:.4f}", flush=True)
@@ -109,33 +114,35 @@ def main() -> None:
         "student_params": sum(p.numel() for p in MLP(64, args.student_hidden, 10).parameters()),
         "teacher_params": sum(p.numel() for p in teacher_net.parameters()),
         "epochs": args.epochs,
+        "batch_size": args.batch_size,
+        "lr": args.lr,
         "train_samples": args.train_samples,
         "temperature": args.temperature,
         "alpha": args.alpha,
         "seconds": round(time.time() - start, 1),
     }
     if args.plot:
-        plot(args.plot, teacher_curve, curves)
+        plot(args.plot, teacher_curve, curves, args.val_every)
     print(json.dumps(result))
 
 
-def plot(path: str, teacher_curve: list[float], curves: dict[str, list[list[float]]]) -> None:
+def plot(path: str, teacher_curve: list[float], curves: dict[str, list[list[float]]], every: int) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4))
-    ax.plot(range(1, len(teacher_curve) + 1), teacher_curve, label="teacher", color="black")
+    ax.axhline(max(teacher_curve), label="teacher (best)", color="black", linestyle="--")
     for name, color in (("kd", "tab:blue"), ("scratch", "tab:orange")):
         runs = torch.tensor(curves[name])
         mean = runs.mean(0)
-        x = range(1, len(mean) + 1)
+        x = [every * (i + 1) for i in range(len(mean))]
         ax.plot(x, mean, label=f"student {'with KD' if name == 'kd' else 'no KD'} (mean of {len(runs)})", color=color)
         ax.fill_between(x, runs.min(0).values, runs.max(0).values, color=color, alpha=0.2)
     ax.set_xlabel("epoch")
     ax.set_ylabel("validation accuracy")
-    ax.set_title("digits: teacher vs small student, with and without KD")
+    ax.set_title("digits: student on 150 labels, with and without KD")
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=120)

@@ -232,6 +232,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--warmup", type=int, default=10)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--compile-repeats", type=int, default=1, help="compilation is slow: fewer repeats")
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--no-compile", action="store_true")
     args = parser.parse_args()
@@ -244,7 +245,8 @@ def main() -> None:
         if not args.no_compile:
             cases.append((lambda: resnet_case(args.batch_size), True))
         for make, compiled in cases:
-            rows.append(measure(make(), args.steps, args.warmup, compiled, args.repeats))
+            repeats = args.compile_repeats if compiled else args.repeats
+            rows.append(measure(make(), args.steps, args.warmup, compiled, repeats))
         if not args.no_compile:
             # The headline: compiled module through Trainer.fit vs the plain uncompiled hand loop.
             base = rows[0]["hand_ms"]

@@ -340,6 +340,28 @@ class DistillationModule(LightningModule):
         if stage == "fit" and not self._probed:
             self._probe()
 
+    def on_fit_start(self) -> None:
+        self._check_teacher_placement()
+
+    def _check_teacher_placement(self) -> None:
+        """The teacher must sit where the student is, in the dtype configured for it."""
+        if self.teacher is None:
+            return
+        teacher_param = next(self.teacher.parameters(), None)
+        student_param = next(self.student.parameters(), None)
+        if teacher_param is None or student_param is None:
+            return
+        if teacher_param.device != student_param.device:
+            raise RuntimeError(
+                f"teacher is on {teacher_param.device} but the student is on {student_param.device}; do not move the "
+                "teacher by hand: Lightning places the whole module (use --trainer.accelerator/devices)."
+            )
+        if self.teacher_dtype is not None and teacher_param.dtype != self.teacher_dtype:
+            raise RuntimeError(
+                f"teacher_dtype is {self.teacher_dtype} but the teacher's weights are {teacher_param.dtype}, probably "
+                "converted by a '-true' trainer precision; use a '-mixed' precision or set teacher_dtype to match."
+            )
+
     def configure_model(self) -> None:
         if self.compile_models and not self._compiled:
             # nn.Module.compile works in place, so parameter names (and checkpoints) do not change.

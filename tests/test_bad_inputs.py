@@ -1,0 +1,164 @@
+"""Every wrong setup fails early with the bad value and the fix in the message, and leaves no files."""
+
+from pathlib import Path
+
+import pytest
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+from lit_distill import CrossEntropy, DistillationModule, FeatureTaps, LogitKD
+from lit_distill.callbacks import ExportStudent
+from lit_distill.data import DigitsDataModule
+from lit_distill.models import MLP
+from lit_distill.teacher import load_weights, read_state_dict
+from tests.helpers import loaders, make_module, trainer
+
+
+def files_under(path: Path) -> set[Path]:
+    return {p for p in path.rglob("*") if p.is_file()}
+
+
+def student_ckpt(path: Path, hidden=(32,)) -> Path:
+    torch.save({"state_dict": {f"student.{k}": v for k, v in MLP(64, list(hidden), 10).state_dict().items()}}, path)
+    return path
+
+
+def fit_once(tmp_path, module, data=None, **kw):
+    train, val = data if data is not None else loaders()
+    trainer(tmp_path, **kw).fit(module, train, val)
+
+
+def shared_student():
+    student = MLP(64, [16], 10)
+    teacher = MLP(64, [16], 10)
+    teacher.head = student.head
+    return {"student": student, "teacher": teacher}
+
+
+class Evil:
+    def __reduce__(self):
+        return (print, ("this would run at load time",))
+
+
+CASES = {
+    "temperature zero": (lambda tmp: LogitKD(temperature=0), ValueError, "got 0"),
+    "temperature negative": (lambda tmp: LogitKD(temperature=-1.5), ValueError, "got -1.5"),
+    "beta outside [0,1]": (lambda tmp: LogitKD(divergence="jsd", beta=1.5), ValueError, "got 1.5"),
+    "unknown divergence": (lambda tmp: LogitKD(divergence="kld"), ValueError, "unknown divergence 'kld'"),
+    "negative weight": (lambda tmp: CrossEntropy(weight=-0.5), ValueError, "got -0.5"),
+    "all weights zero": (lambda tmp: make_module(losses=[LogitKD(weight=0.0)]), ValueError, "every loss weight is 0"),
+    "no losses": (lambda tmp: make_module(losses=[]), ValueError, "losses is empty"),
+    "duplicate loss names": (lambda tmp: make_module(losses=[LogitKD(), LogitKD()]), ValueError, "'logit_kd'"),
+    "teacher loss without teacher": (
+        lambda tmp: DistillationModule(student=MLP(64, [8], 10), losses=[LogitKD()]),
+        ValueError,
+        "'logit_kd' (LogitKD) needs a teacher",
+    ),
+    "not a strategy": (lambda tmp: make_module(losses=[torch.nn.MSELoss()]), TypeError, "got MSELoss"),
+    "missing teacher checkpoint": (
+        lambda tmp: make_module(teacher_checkpoint=str(tmp / "no" / "teacher.ckpt")),
+        FileNotFoundError,
+        "teacher.ckpt' does not exist",
+    ),
+    "wrong-architecture checkpoint": (
+        lambda tmp: make_module(teacher=MLP(64, [64], 10), teacher_checkpoint=str(student_ckpt(tmp / "t.ckpt"))),
+        ValueError,
+        "body.0.weight: checkpoint (32, 64) vs model (64, 64)",
+    ),
+    "extra layers in model": (
+        lambda tmp: load_weights(MLP(64, [32, 32], 10), student_ckpt(tmp / "t.ckpt"), prefix="student."),
+        ValueError,
+        "missing keys (2): ['body.2.bias', 'body.2.weight']",
+    ),
+    "pickled object in checkpoint": (
+        lambda tmp: (torch.save({"state_dict": Evil()}, tmp / "evil.ckpt"), read_state_dict(tmp / "evil.ckpt")),
+        ValueError,
+        "evil.ckpt' as a weights-only",
+    ),
+    "unknown teacher dtype": (lambda tmp: make_module(teacher_dtype="bf17"), ValueError, "unknown dtype 'bf17'"),
+    "student is the teacher": (
+        lambda tmp: (lambda m: DistillationModule(student=m, teacher=m))(MLP(64, [8], 10)),
+        ValueError,
+        "same module object",
+    ),
+    "student shares parameters": (
+        lambda tmp: DistillationModule(**shared_student()),
+        ValueError,
+        "shares 2 parameter(s) with the teacher (e.g. ['head.weight', 'head.bias'])",
+    ),
+    "class counts differ": (
+        lambda tmp: fit_once(tmp, make_module(teacher=MLP(64, [32], 7))),
+        ValueError,
+        "student logits (16, 10) and teacher logits (16, 7)",
+    ),
+    "input width wrong": (
+        lambda tmp: fit_once(tmp, make_module(student=MLP(32, [8], 10))),
+        RuntimeError,
+        "64",
+    ),
+    "empty dataset": (
+        lambda tmp: fit_once(
+            tmp, make_module(), (DataLoader(TensorDataset(torch.zeros(0, 64), torch.zeros(0).long())), None)
+        ),
+        ValueError,
+        "dataset size 0",
+    ),
+    "bad nan policy": (lambda tmp: make_module(nan_policy="ignore"), ValueError, "got 'ignore'"),
+    "unknown hook module": (lambda tmp: FeatureTaps(MLP(64, [8], 10), ["body.9"]), KeyError, "'body.9'"),
+    "hook suffix": (lambda tmp: FeatureTaps(MLP(64, [8], 10), ["head:inputs"]), ValueError, "'inputs'"),
+    "batch size zero": (lambda tmp: DigitsDataModule(batch_size=0), ValueError, "got 0"),
+    "too many train samples": (
+        lambda tmp: (lambda dm: dm.setup("fit"))(DigitsDataModule(train_samples=5000)),
+        ValueError,
+        "train_samples=5000",
+    ),
+    "export suffix": (
+        lambda tmp: make_module().export_student(tmp / "student.pt"),
+        ValueError,
+        "student.pt' must end in .safetensors",
+    ),
+    "export over an existing file": (
+        lambda tmp: ((tmp / "s.safetensors").write_text("mine"), make_module().export_student(tmp / "s.safetensors")),
+        FileExistsError,
+        "s.safetensors' exists; pass overwrite=True",
+    ),
+    "export callback over an existing file, before training": (
+        lambda tmp: (
+            (tmp / "keep.safetensors").write_text("mine"),
+            fit_once(tmp, make_module(), callbacks=[ExportStudent(str(tmp / "keep.safetensors"))]),
+        ),
+        FileExistsError,
+        "keep.safetensors' exists; set overwrite: true",
+    ),
+    "teacher dtype changed by true precision": (
+        lambda tmp: fit_once(tmp, make_module(teacher_dtype="fp16"), precision="bf16-true"),
+        RuntimeError,
+        "teacher_dtype is torch.float16 but the teacher's weights are torch.bfloat16",
+    ),
+    "dict batch without input_ids": (
+        lambda tmp: make_module().shared_step({"inputs": torch.zeros(2, 64)}),
+        KeyError,
+        "['inputs']",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_bad_input_fails_clearly_and_leaves_nothing(case, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    build, error, text = CASES[case]
+    before = files_under(tmp_path)
+    with pytest.raises(error) as info:
+        build(tmp_path)
+    message = info.value.args[0] if isinstance(info.value, KeyError) else str(info.value)
+    assert text in message, message
+    created = files_under(tmp_path) - before
+    user_files = {tmp_path / n for n in ("t.ckpt", "evil.ckpt", "s.safetensors", "keep.safetensors")}
+    assert not (created - user_files), f"{case} left files behind: {sorted(map(str, created))}"
+    for path in user_files & files_under(tmp_path):
+        if path.suffix == ".safetensors":
+            assert path.read_text() == "mine", "a user file was overwritten"
+
+
+def test_the_matrix_is_large_enough():
+    assert len(CASES) >= 20
