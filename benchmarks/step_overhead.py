@@ -101,13 +101,12 @@ def hand_loop(case, steps: int, warmup: int, compiled: bool) -> list[float]:
         teacher.compile()
     opt = make_opt(student.parameters())
     inputs, targets = batch
-    t_inputs = inputs.to(dtype) if dtype is not None and inputs.is_floating_point() else inputs
     clock = Clock(device)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=case["autocast"])
     for _ in range(warmup + steps + 1):
         clock.mark()
-        with torch.no_grad():
-            t_logits = teacher(t_inputs)
+        with torch.no_grad():  # fresh data each step would need this cast each step too
+            t_logits = teacher(inputs.to(dtype) if dtype is not None and inputs.is_floating_point() else inputs)
         with autocast:
             s_logits = student(inputs)
             loss = loss_fn(s_logits, t_logits, targets)

@@ -1,4 +1,4 @@
-"""Stop (or skip) on a non-finite loss term without a host-device sync per step."""
+"""Stop on a non-finite loss term without a host-device sync per step."""
 
 from __future__ import annotations
 
@@ -16,50 +16,55 @@ class NonFiniteLossError(FloatingPointError):
 class NonFiniteGuard:
     """Watches loss terms step by step and raises :class:`NonFiniteLossError` naming the bad term.
 
-    The finiteness flags are copied to the host asynchronously and read once the copy has landed
-    (usually one step later), so the training step never waits for the GPU. :meth:`check` waits for
-    everything still in flight; the module calls it before a checkpoint is written, so no
-    checkpoint holding weights updated from a NaN loss is saved.
+    Each step costs one small device op (stacking the scalar terms) and an asynchronous copy into a
+    reused pinned host buffer; the values are read once the copy has landed (usually a step later),
+    so the training step never waits for the GPU. The last finite value of each term is tracked on
+    the host. :meth:`check` waits for everything in flight; the module calls it before a checkpoint
+    is written, so no checkpoint holding weights updated from a NaN loss is saved.
+
+    Args:
+        ring: pinned buffers in rotation (how many steps may be in flight before one waits).
 
     Example:
         >>> guard = NonFiniteGuard()
         >>> guard.observe(0, {"kd": torch.tensor(0.5)})
         >>> guard.observe(1, {"kd": torch.tensor(float("nan"))})  # doctest: +IGNORE_EXCEPTION_DETAIL
         Traceback (most recent call last):
-        ...
-        lit_distill.guard.NonFiniteLossError: non-finite loss at step 1: kd=nan (last finite: kd=0.5 at step 0) ...
+        NonFiniteLossError: non-finite loss at step 1: kd=nan (last finite: kd=0.5 at step 0) ...
     """
 
-    def __init__(self) -> None:
+    def __init__(self, ring: int = 16) -> None:
+        self.ring = ring
         self._pending: deque = deque()
-        self._last: Tensor | None = None
-        self._last_step: Tensor | None = None
-        self._names: tuple[str, ...] = ()
+        self._buffers: list[Tensor] = []
+        self._slot = 0
+        self._last: dict[str, tuple[float, int]] = {}
 
     def observe(self, step: int, terms: dict[str, Tensor]) -> None:
-        names = tuple(terms)
-        values = torch.stack([v.detach().float().reshape(()) for v in terms.values()])
-        if names != self._names:
-            self._names, self._last, self._last_step = names, torch.full_like(values, float("nan")), None
-        finite = torch.isfinite(values)
-        step_t = torch.full_like(values, float(step))
-        self._last = torch.where(finite, values, self._last)
-        self._last_step = step_t if self._last_step is None else torch.where(finite, step_t, self._last_step)
-        snapshot = torch.stack([values, self._last, self._last_step])
+        values = torch.stack([v.detach().reshape(()).float() for v in terms.values()])
         event = None
-        if snapshot.is_cuda:
-            host = torch.empty(snapshot.shape, dtype=snapshot.dtype, pin_memory=True)
-            host.copy_(snapshot, non_blocking=True)
+        if values.is_cuda:
+            host = self._pinned(values.numel())
+            host.copy_(values, non_blocking=True)
             event = torch.cuda.Event()
             event.record()
         else:
-            host = snapshot.clone()
-        self._pending.append((step, names, host, event))
+            host = values
+        self._pending.append((step, tuple(terms), host, event))
         self._drain(block=False)
 
     def check(self) -> None:
         """Wait for every observed step and raise if any had a non-finite term."""
         self._drain(block=True)
+
+    def _pinned(self, size: int) -> Tensor:
+        if not self._buffers or self._buffers[0].numel() != size:
+            self._drain(block=True)
+            self._buffers = [torch.empty(size, pin_memory=True) for _ in range(self.ring)]
+        if len(self._pending) >= self.ring:
+            self._drain(block=True)  # every buffer is in flight: wait for the oldest copies
+        self._slot = (self._slot + 1) % self.ring
+        return self._buffers[self._slot]
 
     def _drain(self, block: bool) -> None:
         while self._pending:
@@ -69,20 +74,24 @@ class NonFiniteGuard:
                     return
                 event.synchronize()
             self._pending.popleft()
-            values, last, last_step = host.tolist()
+            values = host.tolist()
             bad = [i for i, v in enumerate(values) if not math.isfinite(v)]
             if bad:
                 self._pending.clear()
-                raise NonFiniteLossError(describe(step, names, values, last, last_step, bad))
+                raise NonFiniteLossError(self._describe(step, names, values, bad))
+            for name, value in zip(names, values):
+                self._last[name] = (value, step)
 
-
-def describe(step: int, names, values, last, last_step, bad) -> str:
-    now = ", ".join(f"{names[i]}={values[i]}" for i in bad)
-    before = ", ".join(
-        f"{names[i]}={last[i]:.6g} at step {int(last_step[i])}" if last[i] == last[i] else f"{names[i]}=never finite"
-        for i in bad
-    )
-    return (
-        f"non-finite loss at step {step}: {now} (last finite: {before}). Lower the learning rate or the "
-        "temperature, check the inputs and teacher outputs for NaN, or set `nan_policy: skip` to skip such batches."
-    )
+    def _describe(self, step: int, names: tuple[str, ...], values: list[float], bad: list[int]) -> str:
+        now = ", ".join(f"{names[i]}={values[i]}" for i in bad)
+        before = ", ".join(
+            f"{names[i]}={self._last[names[i]][0]:.6g} at step {self._last[names[i]][1]}"
+            if names[i] in self._last
+            else f"{names[i]}=never finite"
+            for i in bad
+        )
+        return (
+            f"non-finite loss at step {step}: {now} (last finite: {before}). Lower the learning rate or the "
+            "temperature, check the inputs and teacher outputs for NaN, or set `nan_policy: skip` to skip such "
+            "batches."
+        )

@@ -7,6 +7,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -125,6 +126,7 @@ def test_wandb_offline_run_records_loss_terms(workdir, monkeypatch):
             "--config",
             "configs/digits/wandb.yaml",
             "--trainer.max_epochs=1",
+            "--trainer.check_val_every_n_epoch=1",
             "--trainer.log_every_n_steps=1",
             "--trainer.enable_progress_bar=false",
         ]
@@ -134,6 +136,11 @@ def test_wandb_offline_run_records_loss_terms(workdir, monkeypatch):
     wandb.finish()  # what process exit does for a CLI run
     runs = glob.glob("wandb/offline-run-*/run-*.wandb")
     assert runs
-    data = Path(sorted(runs)[-1]).read_bytes()
+    deadline = time.time() + 60
+    while True:  # the wandb service writes the run file in the background
+        data = Path(sorted(runs)[-1]).read_bytes()
+        if b"val/teacher_acc" in data or time.time() > deadline:
+            break
+        time.sleep(1)
     for key in (b"train/logit_kd", b"train/ce", b"train/loss", b"val/student_acc", b"val/teacher_acc"):
         assert key in data, key

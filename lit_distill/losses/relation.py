@@ -1,0 +1,121 @@
+"""Feature strategies that need no adapter: attention maps (AT) and relations between samples (RKD, PKT).
+
+Student and teacher widths may differ: AT compares channel-aggregated spatial maps, RKD and PKT compare
+how the samples of one batch relate to each other. Layer pairs work as in :mod:`lit_distill.losses.feature`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from lit_distill.losses import functional as LF
+from lit_distill.losses.feature import FeaturePairLoss, Layers
+
+
+class AttentionTransfer(FeaturePairLoss):
+    """Attention transfer (Zagoruyko & Komodakis 2017): ``mean_b ‖q_s − q_t‖²``, ``q = normalize(Σ_c |A_c|^p)``.
+
+    Needs ``[B, C, H, W]`` features of equal spatial size; channel counts may differ (no adapter). The
+    authors' β = 1000, applied as β/2 to a mean over positions, equals ``weight = 500 / (H·W)`` here.
+
+    Args:
+        student_layer: student module path(s).
+        teacher_layer: teacher module path(s).
+        layer_weights: weight of each pair.
+        p: exponent of the channel aggregation (paper: 2).
+        weight: multiplier in the total loss.
+        name: log name (default ``attention``).
+    """
+
+    def __init__(
+        self,
+        student_layer: str | list[str],
+        teacher_layer: str | list[str],
+        layer_weights: list[float] | None = None,
+        p: float = 2.0,
+        weight: float = 1.0,
+        name: str | None = None,
+    ) -> None:
+        super().__init__(student_layer, teacher_layer, layer_weights, weight, name or "attention")
+        LF.attention_map(torch.zeros(1, 1, 1), p)  # validates p now, not at the first batch
+        self.p = float(p)
+
+    def pair_loss(self, i: int, student: Tensor, teacher: Tensor, batch: Any) -> Tensor:
+        if student.ndim < 3 or student.shape[2:] != teacher.shape[2:]:
+            raise ValueError(
+                f"loss {self.name!r} pair {self.pair_label(i)}: AT needs [B, C, H, W] features of equal spatial "
+                f"size, got student {tuple(student.shape)} and teacher {tuple(teacher.shape)}."
+            )
+        return LF.attention_transfer(student, teacher, self.p)
+
+
+class RKD(FeaturePairLoss):
+    """Relational KD (Park et al. 2019): distance + angle relations among the batch's embeddings.
+
+    ``RKD = λ_D·huber(ψ_D^s, ψ_D^t) + λ_A·huber(ψ_A^s, ψ_A^t)``; see :func:`lit_distill.losses.functional.rkd`.
+    Layers default to the logits; embeddings of any width (features are flattened). Logs ``distance`` and
+    ``angle`` (already times λ).
+
+    Args:
+        student_layer: student module path(s), or None for logits.
+        teacher_layer: teacher module path(s), or None for logits.
+        layer_weights: weight of each pair.
+        distance_weight: λ_D (paper: 25).
+        angle_weight: λ_A (paper: 50).
+        weight: multiplier in the total loss.
+        name: log name (default ``rkd``).
+    """
+
+    def __init__(
+        self,
+        student_layer: Layers = None,
+        teacher_layer: Layers = None,
+        layer_weights: list[float] | None = None,
+        distance_weight: float = 25.0,
+        angle_weight: float = 50.0,
+        weight: float = 1.0,
+        name: str | None = None,
+    ) -> None:
+        super().__init__(student_layer, teacher_layer, layer_weights, weight, name or "rkd")
+        LF.check_nonnegative("distance_weight", distance_weight)
+        LF.check_nonnegative("angle_weight", angle_weight)
+        self.distance_weight, self.angle_weight = float(distance_weight), float(angle_weight)
+
+    def pair_loss(self, i: int, student: Tensor, teacher: Tensor, batch: Any) -> dict[str, Tensor]:
+        distance, angle = LF.rkd_terms(student, teacher)
+        return {"distance": self.distance_weight * distance, "angle": self.angle_weight * angle}
+
+
+class PKT(FeaturePairLoss):
+    """Probabilistic knowledge transfer (Passalis & Tefas 2018): KL between cosine-kernel neighbour distributions.
+
+    ``PKT = mean_i Σ_{j≠i} p^t_{j|i} log(p^t_{j|i}/p^s_{j|i})``, ``p_{j|i} ∝ (1 + cos(x_i, x_j))/2``.
+    Layers default to the logits; embeddings of any width (features are flattened).
+
+    Args:
+        student_layer: student module path(s), or None for logits.
+        teacher_layer: teacher module path(s), or None for logits.
+        layer_weights: weight of each pair.
+        eps: guards the log and zero vectors.
+        weight: multiplier in the total loss.
+        name: log name (default ``pkt``).
+    """
+
+    def __init__(
+        self,
+        student_layer: Layers = None,
+        teacher_layer: Layers = None,
+        layer_weights: list[float] | None = None,
+        eps: float = 1e-7,
+        weight: float = 1.0,
+        name: str | None = None,
+    ) -> None:
+        super().__init__(student_layer, teacher_layer, layer_weights, weight, name or "pkt")
+        LF.pkt(torch.zeros(1, 1), torch.zeros(1, 1), eps)  # validates eps now, not at the first batch
+        self.eps = float(eps)
+
+    def pair_loss(self, i: int, student: Tensor, teacher: Tensor, batch: Any) -> Tensor:
+        return LF.pkt(student, teacher, self.eps)
