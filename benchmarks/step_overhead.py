@@ -225,6 +225,15 @@ def measure(case: dict, steps: int, warmup: int, compiled: bool, repeats: int) -
     return row
 
 
+def profile_module(case: dict) -> None:
+    """Where the module path spends host time: the top self-CPU ops of a few steps."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        module_loop(case, 10, 5, False)
+    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=25, max_name_column_width=60))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--suite", choices=["gpu", "cpu", "smoke"], default="gpu")
@@ -234,15 +243,22 @@ def main() -> None:
     parser.add_argument("--compile-repeats", type=int, default=1, help="compilation is slow: fewer repeats")
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--no-compile", action="store_true")
+    parser.add_argument("--only", choices=["resnet", "gpt"], default=None, help="run one GPU case")
+    parser.add_argument("--profile", action="store_true", help="torch.profiler table of the module path (gpt case)")
     args = parser.parse_args()
 
     rows = []
     if args.suite == "gpu":
         torch.backends.cudnn.benchmark = True
-        cases: list[tuple[Callable[[], dict], bool]] = [(lambda: resnet_case(args.batch_size), False)]
-        cases.append((lambda: gpt_case(torch.device("cuda")), False))
-        if not args.no_compile:
+        cases: list[tuple[Callable[[], dict], bool]] = []
+        if args.only in (None, "resnet"):
+            cases.append((lambda: resnet_case(args.batch_size), False))
+        if args.only in (None, "gpt"):
+            cases.append((lambda: gpt_case(torch.device("cuda")), False))
+        if not args.no_compile and args.only in (None, "resnet"):
             cases.append((lambda: resnet_case(args.batch_size), True))
+        if args.profile:
+            profile_module(gpt_case(torch.device("cuda")))
         for make, compiled in cases:
             repeats = args.compile_repeats if compiled else args.repeats
             rows.append(measure(make(), args.steps, args.warmup, compiled, repeats))
