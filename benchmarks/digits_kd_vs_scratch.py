@@ -64,7 +64,12 @@ def main() -> None:
     parser.add_argument("--temperature", type=float, default=4.0)
     parser.add_argument("--alpha", type=float, default=0.9, help="weight of the KD term; 1-alpha on hard labels")
     parser.add_argument("--lr", type=float, default=3e-3)
-    parser.add_argument("--train-samples", type=int, default=150, help="labelled samples the student sees")
+    parser.add_argument(
+        "--train-samples",
+        type=int,
+        default=150,
+        help="labelled samples the student sees (0 = the whole training split)",
+    )
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--val-every", type=int, default=5, help="validate every N epochs (the plotted curve)")
     parser.add_argument("--plot", default=None, help="PNG path for validation accuracy per epoch")
@@ -74,7 +79,7 @@ def main() -> None:
     seed_everything(0)
     teacher = DistillationModule(student=MLP(64, [256, 256], 10, dropout=0.1), optimizer=adamw(1e-3))
     teacher_acc, teacher_curve = fit(teacher, DigitsDataModule(batch_size=64, seed=0), args.teacher_epochs, 1)
-    data = DigitsDataModule(batch_size=args.batch_size, seed=0, train_samples=args.train_samples)
+    data = DigitsDataModule(batch_size=args.batch_size, seed=0, train_samples=args.train_samples or None)
     teacher_net = teacher.student
 
     scratch, kd, curves = [], [], {"scratch": [], "kd": []}
