@@ -51,6 +51,9 @@ def workdir(tmp_path_factory):
     """A copy of configs/ where every recipe that writes a checkpoint has run briefly, in dependency order."""
     work = tmp_path_factory.mktemp("recipes")
     shutil.copytree(ROOT / "configs", work / "configs")
+    if importlib.util.find_spec("transformers"):  # the HF recipe distills tiny random models made locally
+        script = ROOT / "scripts" / "make_tiny_hf_models.py"
+        subprocess.run([sys.executable, str(script), "--out", "checkpoints/text/hf_tiny"], cwd=work, check=True)
     old = os.getcwd()
     os.chdir(work)
     producers = [

@@ -1,0 +1,212 @@
+"""Hugging Face ``transformers`` models as lit-distill teachers/students, and exporting a trained student.
+
+Needs the optional extra ``hf`` (``pip install 'lit-distill[hf]'``); ``transformers`` is imported only
+when a model is built, so the rest of lit-distill works without it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch.utilities import rank_zero_info
+from torch import Tensor, nn
+
+from lit_distill.data.tokenizers import TINY_HINT, looks_local, tokenizer_fingerprint
+from lit_distill.models.gpt import GPT
+from lit_distill.outputs import ModelOutput
+from lit_distill.teacher import parse_dtype
+
+
+def _transformers() -> Any:
+    try:
+        import transformers
+    except ImportError as err:
+        raise ImportError("Hugging Face models need transformers: pip install 'lit-distill[hf]'.") from err
+    return transformers
+
+
+def _missing_model(path: str, err: Exception | None) -> FileNotFoundError:
+    if looks_local(path) and not Path(path).expanduser().exists():
+        hint = TINY_HINT if "hf_tiny" in path else ""
+        return FileNotFoundError(f"Hugging Face model directory {path!r} does not exist.{hint}")
+    offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0", "false", "False")
+    why = "the hub is offline (HF_HUB_OFFLINE=1) and it is not in the local cache" if offline else "download failed"
+    return FileNotFoundError(
+        f"cannot load Hugging Face model {path!r}: no such local directory, and {why}. Give a local folder "
+        f"(save_pretrained output), or fetch it once with network access. ({err})"
+    )
+
+
+class HFCausalLM(nn.Module):
+    """A ``transformers`` causal LM (``AutoModelForCausalLM``) or base model (``AutoModel``) from a folder or hub id.
+
+    ``forward(input_ids, attention_mask=None)`` returns logits ``[B, T, V]`` (base models: a
+    :class:`ModelOutput` with ``hidden`` only); ``forward_hidden`` the final hidden states; and
+    ``get_output_embeddings`` the LM head, like :class:`~lit_distill.models.GPT`, so token KD and its fused
+    path work unchanged. ``tokenizer_id`` (for the tokenizer check of :class:`~lit_distill.losses.TokenKD`)
+    is, in order: the argument, ``config.tokenizer_id``, a fingerprint of the tokenizer saved beside the
+    weights, or None.
+
+    Args:
+        path: local directory (``save_pretrained`` output) or hub id; offline hub ids must be cached.
+        auto_class: ``"causal_lm"`` (``AutoModelForCausalLM``) or ``"base"`` (``AutoModel``, no head).
+        dtype: load the weights in this dtype (``"bf16"``, ``"fp32"``, ...); None keeps the saved one.
+        tokenizer_id: override the tokenizer identity.
+        trust_remote_code: allow model code shipped with the checkpoint (off: it runs arbitrary code).
+
+    Example (YAML)::
+
+        teacher:
+          class_path: lit_distill.models.hf.HFCausalLM
+          init_args: {path: checkpoints/text/hf_tiny/teacher}
+    """
+
+    def __init__(
+        self,
+        path: str,
+        auto_class: Literal["causal_lm", "base"] = "causal_lm",
+        dtype: str | None = None,
+        tokenizer_id: str | None = None,
+        trust_remote_code: bool = False,
+    ) -> None:
+        super().__init__()
+        tf = _transformers()
+        if auto_class not in ("causal_lm", "base"):
+            raise ValueError(f"auto_class must be 'causal_lm' or 'base', got {auto_class!r}.")
+        if looks_local(path) and not Path(path).expanduser().exists():
+            raise _missing_model(path, None)  # say so at once instead of after the hub client's retries
+        factory = tf.AutoModelForCausalLM if auto_class == "causal_lm" else tf.AutoModel
+        kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code}
+        if dtype is not None:
+            kwargs["dtype"] = parse_dtype(dtype)
+        try:
+            self.model = factory.from_pretrained(path, **kwargs)
+        except OSError as err:
+            raise _missing_model(path, err) from err
+        self.model.train(self.training)  # from_pretrained returns eval mode; behave like any freshly built module
+        self.path, self.auto_class = path, auto_class
+        try:
+            self.tokenizer = tf.AutoTokenizer.from_pretrained(path)
+        except (OSError, ValueError, TypeError):
+            self.tokenizer = None  # weights without tokenizer files: identity falls back to the config
+        self.tokenizer_id = (
+            tokenizer_id
+            or getattr(self.model.config, "tokenizer_id", None)
+            or (tokenizer_fingerprint(self.tokenizer) if self.tokenizer is not None else None)
+        )
+        self.vocab_size = len(self.tokenizer) if self.tokenizer is not None else int(self.model.config.vocab_size)
+        self._hidden_checked = auto_class == "base"
+
+    @property
+    def config(self) -> Any:
+        return self.model.config
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> Tensor | ModelOutput:
+        if self.auto_class == "base":
+            return ModelOutput(hidden=self.forward_hidden(input_ids, attention_mask))
+        return self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
+
+    def forward_hidden(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:
+        """Hidden states the LM head reads (after the final norm), ``[B, T, hidden]``."""
+        base = self.model.base_model if self.auto_class == "causal_lm" else self.model
+        hidden = base(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
+        if not self._hidden_checked:
+            self._check_hidden_path(input_ids[:1], None if attention_mask is None else attention_mask[:1])
+        return hidden
+
+    @torch.no_grad()
+    def _check_hidden_path(self, input_ids: Tensor, attention_mask: Tensor | None) -> None:
+        # Fused losses assume logits == head(hidden); models that rescale or soft-cap logits break that.
+        # Checked once, on one row, in eval mode so that dropout cannot make the two forwards differ.
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            hidden = self.model.base_model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)[0]
+            again = self.get_output_embeddings()(hidden).float()
+            logits = self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits.float()
+        finally:
+            self.model.train(was_training)
+        gap = float((logits - again).abs().max())
+        if gap > 1e-2 * (1.0 + float(logits.abs().max())):
+            raise ValueError(
+                f"{type(self.model).__name__}: logits differ from lm_head(last hidden state) by {gap:.3g} (the model "
+                "post-processes its logits), so fused token KD would be wrong. Set TokenKD(fused=false)."
+            )
+        self._hidden_checked = True
+
+    def get_output_embeddings(self) -> nn.Module | None:
+        return self.model.get_output_embeddings()
+
+    def save_pretrained(self, path: str | Path) -> Path:
+        """Write the model (``config.json`` records ``tokenizer_id``) and its tokenizer, if any, to ``path``."""
+        if self.tokenizer_id is not None:
+            self.model.config.tokenizer_id = self.tokenizer_id
+        self.model.save_pretrained(str(path))
+        if self.tokenizer is not None:
+            self.tokenizer.save_pretrained(str(path))
+        return Path(path)
+
+
+def export_pretrained(model: nn.Module | LightningModule, path: str | Path, overwrite: bool = False) -> Path:
+    """Save a trained student for inference: ``save_pretrained`` for HF models, safetensors + config for GPT.
+
+    Accepts the student itself or a :class:`~lit_distill.DistillationModule` (its ``student`` is saved).
+    Reload with :func:`load_pretrained`.
+
+    Example:
+        >>> export_pretrained(GPT(n_layer=1, n_embd=16, n_head=2), "out/student")  # doctest: +SKIP
+    """
+    model = getattr(model, "student", model)
+    folder = Path(path)
+    if folder.exists() and any(folder.iterdir()) and not overwrite:
+        raise FileExistsError(f"{str(folder)!r} is not empty; pass overwrite=True or choose another folder.")
+    if isinstance(model, GPT):
+        return model.save_pretrained(folder, overwrite=True)
+    if isinstance(model, HFCausalLM):
+        return model.save_pretrained(folder)
+    if hasattr(model, "save_pretrained"):  # a bare transformers PreTrainedModel
+        model.save_pretrained(str(folder))
+        return folder
+    raise TypeError(f"cannot export {type(model).__name__}: expected GPT, HFCausalLM or a transformers model.")
+
+
+def load_pretrained(path: str | Path, dtype: str | None = None) -> nn.Module:
+    """Reload a folder written by :func:`export_pretrained` in eval mode (GPT or Hugging Face, by its config)."""
+    config = Path(path) / "config.json"
+    if not config.is_file():
+        raise FileNotFoundError(f"{str(path)!r} has no config.json; expected a folder from export_pretrained.")
+    if json.loads(config.read_text()).get("model_type") == "lit_distill.GPT":
+        model: nn.Module = GPT.from_pretrained(path)
+        if dtype is not None:
+            model.to(parse_dtype(dtype))
+    else:
+        model = HFCausalLM(str(path), dtype=dtype)
+    return model.eval()
+
+
+class ExportPretrained(Callback):
+    """At the end of ``fit``, save the student with :func:`export_pretrained` (skipped on ``fast_dev_run``).
+
+    Args:
+        dirpath: target folder; default ``<log_dir>/student``.
+        overwrite: replace a non-empty folder.
+    """
+
+    def __init__(self, dirpath: str | None = None, overwrite: bool = False) -> None:
+        self.dirpath, self.overwrite = dirpath, overwrite
+
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        folder = Path(self.dirpath) if self.dirpath else None
+        if stage == "fit" and folder and folder.exists() and any(folder.iterdir()) and not self.overwrite:
+            raise FileExistsError(f"ExportPretrained: {self.dirpath!r} is not empty; set overwrite: true or change it.")
+
+    def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if trainer.fast_dev_run or not trainer.is_global_zero:
+            return
+        folder = Path(self.dirpath or Path(trainer.log_dir or trainer.default_root_dir) / "student")
+        rank_zero_info(f"student written to {export_pretrained(pl_module, folder, overwrite=self.overwrite)}")
