@@ -143,7 +143,8 @@ class DistillationModule(LightningModule):
             if loss.requires_teacher and teacher is None:
                 raise ValueError(
                     f"loss {loss.name!r} ({type(loss).__name__}) needs a teacher but `teacher` is None; add a "
-                    "teacher or use only teacher-free terms such as CrossEntropy."
+                    "teacher (or `lit_distill.cache.CachedTeacher` with `CachedTeacherDataModule` to read a teacher "
+                    "cache), or use only teacher-free terms such as CrossEntropy."
                 )
             if loss.name in names:
                 raise ValueError(f"two losses are named {loss.name!r}; give one of them another `name:`.")
@@ -206,7 +207,7 @@ class DistillationModule(LightningModule):
             args = tuple(self._prepare_input(a, cast) for a in args)
         taps = self._taps.get(side)
         with taps.capture() if taps is not None else contextlib.nullcontext({}) as features:
-            if self._use_hidden(model):
+            if self._use_hidden():
                 out = ModelOutput(hidden=model.forward_hidden(*args, **kwargs), head=model.get_output_embeddings())
             else:
                 out = as_model_output(model(*args, **kwargs))
@@ -222,18 +223,21 @@ class DistillationModule(LightningModule):
             value = value.contiguous(memory_format=torch.channels_last)
         return value
 
-    def _use_hidden(self, model: nn.Module) -> bool:
+    def _use_hidden(self) -> bool:
         """Hand strategies hidden states + head instead of logits (fused LM-head losses).
 
-        Only in training, only when every strategy can work from hidden states, and only for models
-        that expose ``forward_hidden`` and ``get_output_embeddings`` (lit-distill's GPT, HF causal LMs):
-        then the ``[tokens, vocab]`` logits are never materialised. Evaluation keeps logits for metrics.
+        Only in training, only when every strategy can work from hidden states, and only when both
+        models (so not a cached teacher) expose ``forward_hidden`` and ``get_output_embeddings``
+        (lit-distill's GPT, HF causal LMs): then the ``[tokens, vocab]`` logits are never materialised.
+        Evaluation keeps logits for metrics.
         """
         return (
             self.training
             and all(getattr(loss, "accepts_hidden", False) for loss in self.losses)
-            and hasattr(model, "forward_hidden")
-            and hasattr(model, "get_output_embeddings")
+            and all(
+                hasattr(model, "forward_hidden") and hasattr(model, "get_output_embeddings")
+                for model in (self.student, self.teacher)
+            )
         )
 
     def forward_student(self, batch: Any) -> ModelOutput:

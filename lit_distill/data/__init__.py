@@ -6,3 +6,7 @@ from lit_distill.data.tokenizers import ByteTokenizer, HFTokenizer
 
 __all__ = ["DigitsDataModule"]
 __all__ += ["TextDataModule", "ByteTokenizer", "HFTokenizer"]
+
+from lit_distill.data.cached import CachedTeacherDataModule  # noqa: E402 - appended by the teacher-cache work
+
+__all__ += ["CachedTeacherDataModule"]

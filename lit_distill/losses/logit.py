@@ -17,6 +17,11 @@ Divergence = Literal["forward_kl", "reverse_kl", "jsd", "tvd"]
 
 
 def require_logits(out: ModelOutput | None, side: str, loss: DistillationLoss) -> Tensor:
+    if side == "teacher" and topk_teacher(out) is not None:
+        raise ValueError(
+            f"loss {loss.name!r} ({type(loss).__name__}) needs the teacher's full logits, but the teacher cache holds "
+            "only its top-k; write the cache with `top_k: null`, or use LogitKD/TokenKD."
+        )
     if out is None or out.logits is None:
         raise ValueError(f"loss {loss.name!r} needs {side} logits, but the {side} returned none.")
     return out.logits

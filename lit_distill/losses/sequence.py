@@ -13,6 +13,7 @@ from torch.utils.checkpoint import checkpoint
 from lit_distill.losses import functional as LF
 from lit_distill.losses.base import DistillationLoss
 from lit_distill.losses.logit import Divergence
+from lit_distill.losses.topk import topk_divergence, topk_teacher
 from lit_distill.outputs import ModelOutput
 
 
@@ -162,6 +163,22 @@ class TokenKD(DistillationLoss):
         targets, counted = shifted_targets(batch, self.ignore_index)
         if self.accepts_hidden and _has_hidden(student) and _has_hidden(teacher):
             return self._fused(student, teacher, targets)
+        topk = topk_teacher(teacher)
+        if topk is not None:  # an offline cache that kept only the teacher's top-k logits
+            s = _logits(student, "student", self)[:, :-1]
+            vocab = getattr(self, "shared_vocab", None) or s.shape[-1]
+            kd = topk_divergence(
+                self.divergence,
+                s[..., :vocab],
+                topk[0][:, :-1],
+                topk[1][:, :-1],
+                temperature=self.temperature,
+                beta=self.beta,
+                mask=counted,
+            )
+            if self.lm_weight == 0:
+                return kd
+            return {"kd": kd, "lm": self.lm_weight * _lm_loss(s, targets, self.ignore_index)}
         s_logits, t_logits = _logits(student, "student", self), _logits(teacher, "teacher", self)
         vocab = self._vocab(s_logits.shape[-1], t_logits.shape[-1])
         s, t = s_logits[:, :-1], t_logits[:, :-1]

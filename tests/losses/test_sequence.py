@@ -200,10 +200,40 @@ def test_module_trains_through_the_fused_path(tmp_path):
 
     student, teacher = gpts()
     module = DistillationModule(student=student, teacher=teacher, losses=[TokenKD(lm_weight=0.5)])
-    assert module._use_hidden(student) and module._use_hidden(teacher)
+    assert module._use_hidden()
     ids = torch.randint(0, 258, (8, 12))
     data = DataLoader([{"input_ids": row, "labels": row} for row in ids], batch_size=4)
     before = [p.detach().clone() for p in student.parameters()]
     trainer(tmp_path, max_steps=2).fit(module, train_dataloaders=data, val_dataloaders=data)
     assert any(not torch.equal(a, b) for a, b in zip(before, student.parameters()))
     assert module.losses[0].shared_vocab == 258
+
+
+def test_token_kd_reads_a_topk_teacher_cache():
+    """A cache holding the teacher's top-k: renormalised over the k, compared on shifted, counted positions."""
+    g = torch.Generator().manual_seed(7)
+    s, t = torch.randn(2, 5, 11, generator=g), torch.randn(2, 5, 11, generator=g)
+    labels = torch.randint(0, 11, (2, 5), generator=g)
+    labels[0, :3] = -100
+    values, indices = t.topk(4, dim=-1)
+    teacher = ModelOutput(extra={"topk_values": values, "topk_indices": indices})
+    batch = {"input_ids": labels.clamp_min(0), "labels": labels}
+    got = TokenKD(temperature=2.0)(ModelOutput(logits=s), teacher, batch)
+    rows = []
+    for b in range(2):
+        for pos in range(4):  # position pos predicts token pos + 1
+            if labels[b, pos + 1] == -100:
+                continue
+            p = torch.softmax(values[b, pos].double() / 2.0, -1)
+            log_q = torch.log_softmax(s[b, pos].double() / 2.0, -1)[indices[b, pos]]
+            rows.append(4.0 * float((p * (p.log() - log_q)).sum()))
+    assert got.item() == pytest.approx(sum(rows) / len(rows), rel=1e-5)
+
+
+def test_dkd_refuses_a_topk_only_teacher():
+    from lit_distill.losses import DKD
+
+    values, indices = torch.randn(4, 10).topk(3, dim=-1)
+    teacher = ModelOutput(extra={"topk_values": values, "topk_indices": indices})
+    with pytest.raises(ValueError, match="needs the teacher's full logits.*top_k: null"):
+        DKD()(ModelOutput(logits=torch.randn(4, 10)), teacher, (torch.randn(4, 3), torch.randint(0, 10, (4,))))

@@ -1,0 +1,205 @@
+"""Distillation throughput with the live teacher vs its offline cache: same student, data and losses, one process.
+
+    python benchmarks/teacher_cache.py --case digits                      # CPU, the quickstart's MLPs
+    python benchmarks/teacher_cache.py --case text                        # CPU, small GPTs on pydoc text
+    python benchmarks/teacher_cache.py --case text-gpu --device cuda      # GPU, a 12-layer GPT teacher
+
+Writes the cache once (``Trainer.predict`` + ``TeacherCacheWriter``, timed), then fits the student for
+``--epochs`` with the live teacher and from the cache, alternating ``--repeats`` times. A training
+epoch's samples/s is timed between epoch start and end (CUDA synchronised, validation off); the first
+epoch of each fit is warm-up and not counted; the median over the rest is reported, by the wall clock and
+per CPU-second of this process (robust on a shared CPU). Also prints the teacher/student forward FLOPs
+ratio and the cache size per sample. The last printed line is JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import torch
+from lightning.pytorch import Callback, Trainer, seed_everything
+from torch.utils.flop_counter import FlopCounterMode
+
+from lit_distill import CrossEntropy, DistillationModule, LogitKD
+from lit_distill.batch import split_batch
+from lit_distill.cache import CachedTeacher, TeacherCacheWriter
+from lit_distill.data import CachedTeacherDataModule, DigitsDataModule, TextDataModule
+from lit_distill.models import MLP
+from lit_distill.models.gpt import GPT
+
+warnings.filterwarnings("ignore")
+
+CASES = {
+    # name: (data, teacher, student, batch size, loss temperature)
+    "digits": (
+        lambda bs: DigitsDataModule(batch_size=bs, seed=0),
+        lambda: MLP(64, [256, 256], 10),
+        lambda: MLP(64, [16], 10),
+        64,
+        4.0,
+    ),
+    "text": (
+        lambda bs: TextDataModule(seq_len=128, batch_size=bs, max_blocks=512),
+        lambda: GPT(block_size=128, n_layer=4, n_head=4, n_embd=256),
+        lambda: GPT(block_size=128, n_layer=1, n_head=2, n_embd=64),
+        16,
+        1.0,
+    ),
+    "text-gpu": (
+        lambda bs: TextDataModule(seq_len=256, batch_size=bs),
+        lambda: GPT(block_size=256, n_layer=12, n_head=12, n_embd=768),
+        lambda: GPT(block_size=256, n_layer=2, n_head=4, n_embd=256),
+        32,
+        1.0,
+    ),
+}
+
+
+class EpochClock(Callback):
+    """Samples per second of each training epoch: wall clock, and this process's CPU time (summed over threads).
+
+    On a CPU shared with other jobs the wall clock also counts their time; CPU time does not.
+    """
+
+    def __init__(self) -> None:
+        self.rates: list[float] = []
+        self.cpu_rates: list[float] = []
+
+    def _sync(self, pl_module) -> None:
+        if pl_module.device.type == "cuda":
+            torch.cuda.synchronize(pl_module.device)
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        self._sync(pl_module)
+        self.samples, self.start, self.cpu_start = 0, time.perf_counter(), time.process_time()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        args, _, _ = split_batch(batch)
+        self.samples += int(args[0].shape[0])
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        self._sync(pl_module)
+        self.rates.append(self.samples / (time.perf_counter() - self.start))
+        self.cpu_rates.append(self.samples / (time.process_time() - self.cpu_start))
+
+
+def trainer(args, **kwargs) -> Trainer:
+    return Trainer(
+        accelerator=args.device,
+        devices=1,
+        precision=args.precision,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+        **kwargs,
+    )
+
+
+def forward_flops(model, data, device: str) -> int:
+    """Forward FLOPs on two samples of a batch (the teacher/student ratio does not depend on the batch size)."""
+    data.setup("fit")
+    args, kwargs, _ = split_batch(next(iter(data.train_dataloader())))
+    args = [a[:2].to(device) for a in args]
+    kwargs = {k: v[:2].to(device) for k, v in kwargs.items()}
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model.to(device)(*args, **kwargs)
+    model.cpu()
+    return counter.get_total_flops()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--case", choices=sorted(CASES), default="digits")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--precision", default="32-true")
+    parser.add_argument("--epochs", type=int, default=4)
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--batch-size", type=int, default=None)
+    parser.add_argument("--top-k", type=int, default=None, help="cache the top-k logits instead of all")
+    parser.add_argument("--dtype", default=None, help="cache dtype: fp32, fp16, bf16 (default: writer's)")
+    parser.add_argument("--cache-dir", default=None, help="default: a temporary folder, deleted afterwards")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch CPU threads (1 avoids spin-waits on a busy CPU)"
+    )
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    make_data, make_teacher, make_student, default_bs, temperature = CASES[args.case]
+    batch_size = args.batch_size or default_bs
+    seed_everything(0, verbose=False)
+    teacher = make_teacher()
+    base = make_data(batch_size)  # built once: tokenizing the text corpus takes seconds
+    flops = [forward_flops(m, base, args.device) for m in (teacher, make_student())]
+    ratio = flops[0] / flops[1]
+    tmp = tempfile.TemporaryDirectory() if args.cache_dir is None else None
+    cache_dir = str(Path(args.cache_dir or tmp.name) / "cache")
+
+    def module(with_teacher) -> DistillationModule:
+        seed_everything(0, verbose=False)
+        losses = [LogitKD(temperature=temperature, weight=0.9), CrossEntropy(weight=0.1)]
+        return DistillationModule(student=make_student(), teacher=with_teacher, losses=losses)
+
+    start = time.perf_counter()
+    writer = TeacherCacheWriter(top_k=args.top_k, dtype=args.dtype)
+    data = CachedTeacherDataModule(base, cache_dir, splits=["train"])
+    trainer(args, callbacks=[writer]).predict(module(teacher), datamodule=data)
+    write_s = time.perf_counter() - start
+    n_train = writer.manifest["splits"]["train"]["num_samples"]
+    size = sum(f.stat().st_size for f in Path(cache_dir, "train").rglob("*.npy"))
+
+    rates: dict[str, list[float]] = {"live": [], "cached": []}
+    cpu_rates: dict[str, list[float]] = {"live": [], "cached": []}
+    for _ in range(args.repeats):
+        for mode in ("live", "cached"):
+            clock = EpochClock()
+            if mode == "live":
+                fit_module, fit_data = module(teacher), base
+            else:
+                fit_module = module(CachedTeacher())
+                fit_data = CachedTeacherDataModule(base, cache_dir, splits=["train"])
+            trainer(args, max_epochs=args.epochs, callbacks=[clock]).fit(fit_module, datamodule=fit_data)
+            rates[mode] += clock.rates[1:]
+            cpu_rates[mode] += clock.cpu_rates[1:]
+    live, cached = statistics.median(rates["live"]), statistics.median(rates["cached"])
+    cpu_live, cpu_cached = statistics.median(cpu_rates["live"]), statistics.median(cpu_rates["cached"])
+    device = torch.cuda.get_device_name() if args.device == "cuda" else f"cpu x{torch.get_num_threads()} threads"
+    print(f"case {args.case} on {device}, precision {args.precision}, batch {batch_size}, {n_train} train samples")
+    print(f"teacher/student forward FLOPs: {ratio:.1f}x")
+    print(f"cache: {writer.manifest['settings']}, {size / n_train:,.0f} bytes/sample, written in {write_s:.1f} s")
+    print(f"live teacher : {live:10.1f} samples/s  (epochs: {', '.join(f'{r:.0f}' for r in rates['live'])})")
+    print(f"from cache   : {cached:10.1f} samples/s  (epochs: {', '.join(f'{r:.0f}' for r in rates['cached'])})")
+    print(f"speed-up     : {cached / live:.2f}x")
+    print(f"per CPU-second of this process: live {cpu_live:.1f}, cached {cpu_cached:.1f}, {cpu_cached / cpu_live:.2f}x")
+    result = {
+        "case": args.case,
+        "device": device,
+        "precision": args.precision,
+        "batch_size": batch_size,
+        "flops_ratio": round(ratio, 2),
+        "cache_bytes_per_sample": round(size / n_train),
+        "cache_write_s": round(write_s, 2),
+        "settings": writer.manifest["settings"],
+        "live_samples_per_s": round(live, 1),
+        "cached_samples_per_s": round(cached, 1),
+        "speedup": round(cached / live, 3),
+        "live_samples_per_cpu_s": round(cpu_live, 1),
+        "cached_samples_per_cpu_s": round(cpu_cached, 1),
+        "cpu_time_speedup": round(cpu_cached / cpu_live, 3),
+    }
+    print(json.dumps(result))
+    if tmp is not None:
+        tmp.cleanup()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,91 @@
+"""The on-disk layout of a teacher cache and its JSON manifest.
+
+::
+
+    cache_dir/
+      manifest.json                 format, teacher/dataset fingerprints, k, dtype, field shapes, completion
+      train/shard-000000/           one finished shard (written as shard-000000.tmp/, then renamed)
+        ids.npy                     int64 [n] sample indices into the split's dataset
+        lengths.npy                 int64 [n] stored positions per sample (only with per-token fields)
+        logits.npy | topk_values.npy + topk_indices.npy | feature-0.npy ...
+      val/...
+
+Arrays are plain ``.npy`` files read with ``numpy.load(mmap_mode="r")``; bfloat16 is stored as its int16 bits.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+__all__ = ["FORMAT", "MANIFEST", "read_manifest", "write_manifest", "differences", "shard_dirs", "STORAGE_DTYPES"]
+
+FORMAT = "lit-distill-teacher-cache/1"
+MANIFEST = "manifest.json"
+SHARD_PREFIX = "shard-"
+TMP_SUFFIX = ".tmp"
+
+#: storage name -> (torch dtype, numpy dtype on disk)
+STORAGE_DTYPES: dict[str, tuple[torch.dtype, Any]] = {
+    "float32": (torch.float32, np.float32),
+    "float16": (torch.float16, np.float16),
+    "bfloat16": (torch.bfloat16, np.int16),
+    "int32": (torch.int32, np.int32),
+}
+
+
+def read_manifest(cache_dir: str | Path) -> dict[str, Any] | None:
+    """The manifest of ``cache_dir``, or None when there is none; refuses files of another format."""
+    path = Path(cache_dir) / MANIFEST
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise ValueError(f"teacher cache manifest {str(path)!r} is not valid JSON ({err}).") from err
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        found = data.get("format") if isinstance(data, dict) else None
+        raise ValueError(
+            f"{str(path)!r} is not a lit-distill teacher cache manifest of format {FORMAT!r} (found {found!r}); "
+            "rewrite the cache into a new folder."
+        )
+    return data
+
+
+def write_manifest(cache_dir: str | Path, data: dict[str, Any]) -> None:
+    """Write atomically (temp file + rename): a crash never leaves half a manifest."""
+    path = Path(cache_dir) / MANIFEST
+    tmp = path.with_name(MANIFEST + TMP_SUFFIX)
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _short(value: Any) -> str:
+    text = str(value)
+    return text[:16] + "..." if len(text) > 19 and all(c in "0123456789abcdef" for c in text) else text
+
+
+def differences(cached: dict[str, Any], wanted: dict[str, Any], prefix: str = "") -> list[str]:
+    """Readable ``key: cache X, now Y`` lines for every leaf where two settings dicts differ."""
+    lines = []
+    for key in sorted(set(cached) | set(wanted)):
+        a, b = cached.get(key), wanted.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            lines += differences(a, b, f"{prefix}{key}.")
+        elif a != b:
+            lines.append(f"{prefix}{key}: cache {_short(a)}, now {_short(b)}")
+    return lines
+
+
+def shard_dirs(split_dir: Path) -> list[Path]:
+    """Finished shards of one split, in order (unfinished ``*.tmp`` folders are not listed)."""
+    if not split_dir.is_dir():
+        return []
+    return sorted(
+        p for p in split_dir.iterdir() if p.is_dir() and p.name.startswith(SHARD_PREFIX) and p.suffix != TMP_SUFFIX
+    )

@@ -1,0 +1,143 @@
+"""Turning teacher outputs into stored arrays, and writing them in finished, renamed shards."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from lit_distill.cache.manifest import SHARD_PREFIX, STORAGE_DTYPES, TMP_SUFFIX, shard_dirs
+from lit_distill.losses.topk import TOPK_INDICES, TOPK_VALUES
+from lit_distill.outputs import ModelOutput
+
+__all__ = ["encode_outputs", "ShardWriter", "to_numpy", "file_names", "FEATURE_PREFIX"]
+
+FEATURE_PREFIX = "features/"
+
+
+def to_numpy(t: Tensor, storage: str) -> np.ndarray:
+    """``t`` cast to ``storage`` (``float32``/``float16``/``bfloat16``/``int32``) as a numpy array for disk."""
+    torch_dtype, _ = STORAGE_DTYPES[storage]
+    t = t.detach().to("cpu", torch_dtype).contiguous()
+    return t.view(torch.int16).numpy() if torch_dtype == torch.bfloat16 else t.numpy()
+
+
+def _valid_positions(batch: Any, logits: Tensor) -> Tensor | None:
+    """``[B, T]`` bool of real tokens for token-level outputs of a dict batch, else None (one row per sample)."""
+    if not isinstance(batch, Mapping) or logits.ndim != 3 or "input_ids" not in batch:
+        return None
+    ids = batch["input_ids"]
+    if tuple(logits.shape[:2]) != tuple(ids.shape):
+        return None
+    mask = batch.get("attention_mask")
+    return torch.ones_like(ids, dtype=torch.bool) if mask is None else mask.to(torch.bool)
+
+
+def encode_outputs(
+    out: ModelOutput, batch: Any, top_k: int | None, dtype: str, features: list[str]
+) -> tuple[dict[str, np.ndarray], dict[str, dict[str, Any]], np.ndarray | None]:
+    """Arrays to store for one batch, their field descriptions, and per-sample lengths (token-level only).
+
+    Token-level outputs ``[B, T, ...]`` of dict batches keep only positions where ``attention_mask`` is 1,
+    concatenated over the batch (so left or right padding of any width reads back the same).
+    """
+    if out.logits is None:
+        raise ValueError(
+            "the teacher returned no logits (hidden states only?); the cache stores logits. Run it in eval mode "
+            "or override DistillationModule.forward_teacher."
+        )
+    logits = out.logits
+    tensors: dict[str, tuple[Tensor, str]] = {}
+    if top_k is None:
+        tensors["logits"] = (logits, dtype)
+    else:
+        if top_k >= logits.shape[-1]:
+            raise ValueError(
+                f"top_k={top_k} is not below the teacher's {logits.shape[-1]} classes; store full logits (top_k: null)."
+            )
+        values, indices = logits.topk(top_k, dim=-1)
+        tensors[TOPK_VALUES], tensors[TOPK_INDICES] = (values, dtype), (indices, "int32")
+    for name in features:
+        if name not in out.features:
+            raise ValueError(
+                f"teacher feature {name!r} was not captured (captured: {sorted(out.features)}); check the names "
+                "in TeacherCacheWriter.features (module paths of the teacher, optionally with ':input')."
+            )
+        tensors[FEATURE_PREFIX + name] = (out.features[name], dtype)
+    valid = _valid_positions(batch, logits)
+    lengths = None if valid is None else valid.sum(1).cpu().numpy().astype(np.int64)
+    arrays, fields = {}, {}
+    b = logits.shape[0]
+    for name, (t, storage) in tensors.items():
+        if t.shape[0] != b:
+            raise ValueError(f"teacher output {name!r} has batch size {t.shape[0]}, expected {b}.")
+        per_token = valid is not None and t.ndim >= 3 and tuple(t.shape[:2]) == tuple(valid.shape)
+        arr = to_numpy(t[valid.to(t.device)] if per_token else t, storage)
+        if storage == "float16" and not np.isfinite(arr).all() and torch.isfinite(t).all():
+            raise ValueError(f"teacher output {name!r} overflows float16 (|x| > 65504); set dtype: bf16 or fp32.")
+        arrays[name] = arr
+        fields[name] = {"dtype": storage, "shape": list(arr.shape[1:]), "per_token": per_token}
+    return arrays, fields, lengths
+
+
+class ShardWriter:
+    """Buffers encoded batches of one split and writes them as shards of about ``shard_bytes``.
+
+    A shard is written into ``shard-NNNNNN.tmp/`` and renamed when complete, so an interrupted run
+    leaves only finished shards behind (and maybe a ``.tmp`` folder, removed on the next start).
+
+    Args:
+        split_dir: ``cache_dir/<split>``.
+        shard_bytes: flush once the buffer holds this many bytes.
+    """
+
+    def __init__(self, split_dir: Path, shard_bytes: int) -> None:
+        self.split_dir = split_dir
+        self.shard_bytes = shard_bytes
+        split_dir.mkdir(parents=True, exist_ok=True)
+        for stale in split_dir.glob(f"{SHARD_PREFIX}*{TMP_SUFFIX}"):
+            shutil.rmtree(stale)  # our own unfinished shard from an interrupted run
+        done = shard_dirs(split_dir)
+        self.next_number = int(done[-1].name.removeprefix(SHARD_PREFIX)) + 1 if done else 0
+        self._ids: list[np.ndarray] = []
+        self._lengths: list[np.ndarray] = []
+        self._arrays: dict[str, list[np.ndarray]] = {}
+        self._bytes = 0
+
+    def add(self, ids: np.ndarray, arrays: dict[str, np.ndarray], lengths: np.ndarray | None) -> None:
+        self._ids.append(ids.astype(np.int64))
+        if lengths is not None:
+            self._lengths.append(lengths)
+        for name, arr in arrays.items():
+            self._arrays.setdefault(name, []).append(arr)
+            self._bytes += arr.nbytes
+        if self._bytes >= self.shard_bytes:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write what is buffered as one finished shard (nothing when the buffer is empty)."""
+        if not self._ids:
+            return
+        name = f"{SHARD_PREFIX}{self.next_number:06d}"
+        tmp = self.split_dir / (name + TMP_SUFFIX)
+        tmp.mkdir()
+        np.save(tmp / "ids.npy", np.concatenate(self._ids))
+        if self._lengths:
+            np.save(tmp / "lengths.npy", np.concatenate(self._lengths))
+        files = file_names(self._arrays)
+        for field, parts in self._arrays.items():
+            np.save(tmp / f"{files[field]}.npy", np.concatenate(parts))
+        tmp.rename(self.split_dir / name)
+        self.next_number += 1
+        self._ids, self._lengths, self._arrays, self._bytes = [], [], {}, 0
+
+
+def file_names(fields: Any) -> dict[str, str]:
+    """On-disk name of each field: features are numbered in sorted order (module paths may hold any character)."""
+    features = sorted(f for f in fields if f.startswith(FEATURE_PREFIX))
+    return {f: f"feature-{features.index(f)}" if f in features else f for f in fields}
