@@ -54,9 +54,36 @@ def main(out: str) -> None:
         "teacher_ignored_by_ddp": all(f"teacher.{k}" in ignored for k in module.teacher.state_dict()),
         "student_in_sync": bool(torch.equal(gathered[0], gathered[1])),
     }
+    result.update(parity_step(out))
     if trainer.global_rank == 0:
         with open(out, "w") as f:
             json.dump(result, f)
+
+
+def parity_batch():
+    g = torch.Generator().manual_seed(1)
+    return torch.rand(16, 64, generator=g), torch.randint(0, 10, (16,), generator=g)
+
+
+def parity_module():
+    seed_everything(5)
+    return make_module(optimizer=lambda p: torch.optim.SGD(p, lr=0.5))
+
+
+def parity_step(out: str) -> dict:
+    """One SGD step on a 16-sample global batch split over 2 ranks; the weights are saved for the test to
+    compare with one single-process step on the whole batch."""
+    module = parity_module()
+    x, y = parity_batch()
+    loader = DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=8, shuffle=False)
+    trainer = Trainer(
+        accelerator="cpu", devices=2, strategy="ddp", max_steps=1, logger=False, enable_progress_bar=False,
+        enable_checkpointing=False, enable_model_summary=False,
+    )  # fmt: skip
+    trainer.fit(module, loader)
+    if trainer.global_rank == 0:
+        torch.save({k: v.detach().clone() for k, v in module.student.state_dict().items()}, out + ".parity.pt")
+    return {"parity_steps": trainer.global_step}
 
 
 if __name__ == "__main__":
