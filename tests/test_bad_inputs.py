@@ -9,7 +9,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from lit_distill import CrossEntropy, DistillationModule, FeatureTaps, LogitKD
 from lit_distill.callbacks import ExportStudent
 from lit_distill.data import DigitsDataModule
-from lit_distill.models import MLP
+from lit_distill.models import GPT, MLP
 from lit_distill.teacher import load_weights, read_state_dict
 from tests.helpers import loaders, make_module, trainer
 
@@ -134,6 +134,24 @@ CASES = {
         lambda tmp: fit_once(tmp, make_module(teacher_dtype="fp16"), precision="bf16-true"),
         RuntimeError,
         "teacher_dtype is torch.float16 but the teacher's weights are torch.bfloat16",
+    ),
+    "cache top-k above the vocabulary": (
+        lambda tmp: (
+            __import__("lit_distill.cache", fromlist=["TeacherCacheWriter"])
+            .TeacherCacheWriter(top_k=50)
+            ._check_vocab(torch.zeros(2, 10))
+        ),
+        ValueError,
+        "top_k=50 exceeds the teacher's 10 classes",
+    ),
+    "token KD between different tokenizers": (
+        lambda tmp: (
+            __import__("lit_distill.losses", fromlist=["TokenKD"])
+            .TokenKD()
+            .check_models(GPT(vocab_size=258, tokenizer_id="bytes"), GPT(vocab_size=258, tokenizer_id="gpt2-bpe"))
+        ),
+        ValueError,
+        "'bytes' and the teacher 'gpt2-bpe'",
     ),
     "dict batch without input_ids": (
         lambda tmp: make_module().shared_step({"inputs": torch.zeros(2, 64)}),

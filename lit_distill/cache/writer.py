@@ -192,6 +192,11 @@ class TeacherCacheWriter(Callback):
         pl_module.predict_step = teacher_step
 
     def _check_vocab(self, logits: Any) -> None:
+        if self.top_k is not None and logits is not None and self.top_k > logits.shape[-1]:
+            raise ValueError(
+                f"top_k={self.top_k} exceeds the teacher's {logits.shape[-1]} classes; set top_k <= "
+                f"{logits.shape[-1]}, or top_k: null to cache the full logits."
+            )
         if self.top_k is None and logits is not None and logits.shape[-1] > self.max_full_vocab:
             raise ValueError(
                 f"the teacher has {logits.shape[-1]} classes, above max_full_vocab={self.max_full_vocab}: full logits "
