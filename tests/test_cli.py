@@ -85,6 +85,11 @@ def workdir(tmp_path_factory):
     # Teacher caches (`predict` recipes with TeacherCacheWriter) are inputs of the cached recipes.
     for config in [c for c in CONFIGS if "TeacherCacheWriter" in (ROOT / c).read_text() and usage_of(c) == "predict"]:
         main(["predict", "--config", config, *FAST])
+    # Generated {"prompt", "response"} files are inputs of the sequence-KD recipes; two batches are enough.
+    for config in [
+        c for c in CONFIGS if "JsonlPredictionWriter" in (ROOT / c).read_text() and usage_of(c) == "predict"
+    ]:
+        main(["predict", "--config", config, "--trainer.limit_predict_batches=2", *FAST])
     os.chdir(old)
     assert not pending, f"these recipes could not run: {pending}"
     return work

@@ -10,3 +10,7 @@ __all__ += ["TextDataModule", "ByteTokenizer", "HFTokenizer"]
 from lit_distill.data.cached import CachedTeacherDataModule  # noqa: E402 - appended by the teacher-cache work
 
 __all__ += ["CachedTeacherDataModule"]
+
+from lit_distill.data.prompts import PromptDataModule  # noqa: E402 - appended by the generation work
+
+__all__ += ["PromptDataModule"]

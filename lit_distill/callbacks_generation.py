@@ -1,0 +1,200 @@
+"""A resumable JSONL prediction writer for generated ``{"prompt", "response"}`` pairs (sequence-level KD data)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+from lightning.pytorch import LightningModule, Trainer
+from lightning.pytorch.callbacks import BasePredictionWriter
+from lightning.pytorch.utilities import rank_zero_info
+
+
+class JsonlPredictionWriter(BasePredictionWriter):
+    """Append each predicted batch of ``{"prompt", "response"}`` rows to a JSONL file, resumably.
+
+    * **Resume**: a rerun reads the rows already written, skips those prompts (the
+      :class:`~lit_distill.data.PromptDataModule` leaves them out of its ``predict`` loader, and the
+      writer never writes a prompt twice) and appends the rest. A last line torn by a crash is dropped.
+    * **Finished files are kept**: once a run has written every batch, a sidecar ``<path>.meta.json``
+      marks the file finished; a later run refuses to touch it unless ``overwrite=True``, which starts afresh.
+    * **Same settings**: the sidecar records the model's ``generation_settings()``; resuming with other
+      settings (another temperature, checkpoint, ...) is refused rather than mixing two recipes in one file.
+    * **Atomic appends**: each batch is one ``write`` of whole lines on an ``O_APPEND`` descriptor, then ``fsync``.
+
+    The file reads back with :class:`~lit_distill.data.TextDataModule` (``instructions: <path>``), which puts
+    the loss on the response tokens only: sequence-level KD (Kim & Rush 2016).
+
+    Args:
+        path: the JSONL file to write.
+        overwrite: replace an existing file (finished or not) instead of resuming or refusing.
+
+    Example (YAML)::
+
+        trainer:
+          callbacks:
+            - class_path: lit_distill.callbacks_generation.JsonlPredictionWriter
+              init_args: {path: generated/text/teacher_responses.jsonl}
+    """
+
+    def __init__(self, path: str, overwrite: bool = False) -> None:
+        super().__init__(write_interval="batch")
+        self.path, self.overwrite = Path(path), overwrite
+        self.meta_path = Path(f"{path}.meta.json")
+        self.done: set[str] = set()
+        self.batches = 0
+
+    # ------------------------------------------------------------------ start
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        super().setup(trainer, pl_module, stage)
+        if stage != "predict":
+            return
+        if trainer.world_size > 1:
+            raise ValueError(
+                f"JsonlPredictionWriter appends to one file from one process; run predict with devices: 1 "
+                f"(got world size {trainer.world_size})."
+            )
+        meta = self._read_meta()
+        settings = _settings(pl_module)
+        if self.overwrite:
+            for file in (self.path, self.meta_path):
+                file.unlink(missing_ok=True)
+            meta = {}
+        elif self.path.exists() and meta.get("finished"):
+            raise FileExistsError(
+                f"{str(self.path)!r} is a finished generation ({meta.get('rows', '?')} rows); set "
+                "overwrite: true on JsonlPredictionWriter to regenerate it, or choose another path."
+            )
+        elif self.path.exists() and meta.get("settings") not in (None, settings):
+            raise ValueError(
+                f"{str(self.path)!r} was generated with {meta['settings']}, but this run uses {settings}; resuming "
+                "would mix two recipes in one file. Use the same settings, another path, or overwrite: true."
+            )
+        self.done, self.batches = self._recover(), 0
+        exclude = getattr(trainer.datamodule, "exclude_prompts", None) if trainer.datamodule is not None else None
+        if self.done and exclude is not None:
+            exclude(self.done)
+        if self.done:
+            rank_zero_info(f"resuming {self.path}: {len(self.done)} prompt(s) already answered are skipped.")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._write_meta({"finished": False, "rows": len(self.done), "settings": settings})
+
+    def _read_meta(self) -> dict[str, Any]:
+        if not self.meta_path.is_file():
+            return {}
+        try:
+            meta = json.loads(self.meta_path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{str(self.meta_path)!r} is not valid JSON ({err}); delete it to resume.") from err
+        return meta if isinstance(meta, dict) else {}
+
+    def _write_meta(self, meta: dict[str, Any]) -> None:
+        # Write-then-rename so a crash never leaves a half-written marker.
+        tmp = self.meta_path.with_name(self.meta_path.name + ".tmp")
+        tmp.write_text(json.dumps(meta, indent=2, sort_keys=True), encoding="utf-8")
+        os.replace(tmp, self.meta_path)
+
+    def _recover(self) -> set[str]:
+        """Prompts already in the file; a torn last line (no newline, not valid JSON) is cut off."""
+        if not self.path.exists():
+            return set()
+        data = self.path.read_bytes()
+        lines = data.split(b"\n")
+        tail = lines.pop()  # b"" when the file ends with a newline
+        done = {_row(line, self.path, n)["prompt"] for n, line in enumerate(lines, start=1) if line.strip()}
+        if tail.strip():
+            try:
+                json.loads(tail)
+            except json.JSONDecodeError:
+                os.truncate(self.path, len(data) - len(tail))  # the partial row a crash left behind
+                return done
+            done.add(_row(tail, self.path, len(lines) + 1)["prompt"])
+            with self.path.open("ab") as handle:
+                handle.write(b"\n")  # a complete row that only lacks its newline
+        return done
+
+    # ------------------------------------------------------------------ rows
+    def write_on_batch_end(
+        self,
+        trainer: Trainer,
+        pl_module: LightningModule,
+        prediction: Any,
+        batch_indices: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int,
+    ) -> None:
+        rows = _check_rows(prediction)
+        fresh = []
+        for row in rows:
+            if row["prompt"] not in self.done:
+                self.done.add(row["prompt"])
+                fresh.append(row)
+        if fresh:
+            payload = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in fresh).encode("utf-8")
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            try:
+                view = memoryview(payload)
+                while view:
+                    view = view[os.write(fd, view) :]
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        self.batches += 1
+
+    def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        # Lightning calls teardown only after a run that ended normally (also one with nothing left to do),
+        # never after a crash or Ctrl+C: then the sidecar keeps saying "not finished" and a rerun resumes.
+        if stage != "predict":
+            return
+        lengths = [_length(loader) for loader in _loaders(trainer.predict_dataloaders)]
+        limits = list(trainer.num_predict_batches)
+        complete = not trainer.fast_dev_run and limits == lengths and self.batches == sum(lengths)
+        self._write_meta({"finished": complete, "rows": len(self.done), "settings": _settings(pl_module)})
+        state = "finished" if complete else "partial (rerun to resume)"
+        rank_zero_info(f"{self.path}: {len(self.done)} rows, {state}.")
+
+
+def _settings(pl_module: LightningModule) -> dict[str, Any] | None:
+    get = getattr(pl_module, "generation_settings", None)
+    return json.loads(json.dumps(get(), default=str)) if callable(get) else None
+
+
+def _loaders(value: Any) -> list[Any]:
+    if value is None:
+        return []
+    if isinstance(value, (list, tuple)):
+        return list(value)
+    return list(value.values()) if isinstance(value, dict) else [value]
+
+
+def _length(loader: Any) -> float:
+    try:
+        return len(loader)
+    except TypeError:
+        return math.inf
+
+
+def _row(line: bytes, path: Path, number: int) -> dict[str, Any]:
+    try:
+        row = json.loads(line)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}:{number} is not valid JSON ({err}); fix or delete that line to resume.") from err
+    if not isinstance(row, dict) or not isinstance(row.get("prompt"), str):
+        raise ValueError(f"{path}:{number}: expected an object with a string 'prompt'; fix or delete that line.")
+    return row
+
+
+def _check_rows(prediction: Any) -> list[dict[str, str]]:
+    if not isinstance(prediction, (list, tuple)) or not all(
+        isinstance(r, dict) and isinstance(r.get("prompt"), str) and isinstance(r.get("response"), str)
+        for r in prediction
+    ):
+        raise TypeError(
+            "JsonlPredictionWriter expects predict_step to return a list of {'prompt': str, 'response': str} "
+            f"dicts, got {type(prediction).__name__}; use lit_distill.generation_module.GenerationModule."
+        )
+    return list(prediction)
