@@ -1,5 +1,6 @@
 """Stopping mid-epoch and resuming gives the same student as an uninterrupted run."""
 
+import pytest
 import torch
 from lightning.pytorch import Callback, Trainer, seed_everything
 
@@ -17,9 +18,25 @@ class StopAt(Callback):
             trainer.should_stop = True  # a preemption right after the checkpoint
 
 
-def run(tmp_path, ckpt_path=None, callbacks=()):
+def digits():
+    return make_module(), DigitsDataModule(batch_size=64, seed=3)
+
+
+def text():
+    from lit_distill.data import TextDataModule
+    from lit_distill.losses import TokenKD
+    from lit_distill.models import GPT
+
+    def gpt(layers):
+        return GPT(block_size=32, n_layer=layers, n_head=2, n_embd=32, tokenizer_id="bytes")
+
+    module = make_module(student=gpt(1), teacher=gpt(2), losses=[TokenKD(lm_weight=0.5)])
+    return module, TextDataModule(seq_len=32, batch_size=8, max_blocks=160, seed=3)
+
+
+def run(tmp_path, ckpt_path=None, callbacks=(), recipe=digits):
     seed_everything(0)
-    module = make_module()
+    module, data = recipe()
     trainer = Trainer(
         default_root_dir=tmp_path,
         accelerator="cpu",
@@ -31,18 +48,19 @@ def run(tmp_path, ckpt_path=None, callbacks=()):
         callbacks=list(callbacks),
         limit_val_batches=0,
     )
-    trainer.fit(module, DigitsDataModule(batch_size=64, seed=3), ckpt_path=ckpt_path)
+    trainer.fit(module, data, ckpt_path=ckpt_path)
     return module, trainer
 
 
-def test_mid_epoch_resume_matches_uninterrupted_run(tmp_path):
-    full, full_trainer = run(tmp_path)
+@pytest.mark.parametrize("recipe", [digits, text], ids=["digits", "text"])
+def test_mid_epoch_resume_matches_uninterrupted_run(tmp_path, recipe):
+    full, full_trainer = run(tmp_path, recipe=recipe)
     steps_per_epoch = full_trainer.num_training_batches
     stop = steps_per_epoch + steps_per_epoch // 2  # in the middle of the second epoch
     ckpt = tmp_path / "mid.ckpt"
-    interrupted, t = run(tmp_path, callbacks=[StopAt(stop, ckpt)])
+    interrupted, t = run(tmp_path, callbacks=[StopAt(stop, ckpt)], recipe=recipe)
     assert t.global_step == stop and ckpt.exists()
-    resumed, resumed_trainer = run(tmp_path, ckpt_path=str(ckpt))
+    resumed, resumed_trainer = run(tmp_path, ckpt_path=str(ckpt), recipe=recipe)
     assert resumed_trainer.global_step == full_trainer.global_step
     for (name, a), b in zip(full.student.named_parameters(), resumed.student.parameters()):
         assert torch.allclose(a, b, atol=1e-6, rtol=0), name

@@ -14,7 +14,7 @@ from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader
 
 from lit_distill.data.text import IGNORE_INDEX, encode_instruction, pad_collate, pydoc_documents
-from lit_distill.data.tokenizers import Tokenizer, load_tokenizer
+from lit_distill.data.tokenizers import LazyTokenizer, Tokenizer
 
 Split = Literal["train", "val", "test", "all"]
 
@@ -97,7 +97,7 @@ def _producer_hint(path: Path, config_dir: str = "configs") -> str:
     return ""
 
 
-class PromptDataModule(LightningDataModule):
+class PromptDataModule(LazyTokenizer, LightningDataModule):
     """Prompts to generate from (``predict``) and prompt/reference pairs to train on (``fit``).
 
     ``predict`` batches are ``{"prompt": list[str]}`` (the model tokenizes and generates); prompts named by
@@ -159,20 +159,6 @@ class PromptDataModule(LightningDataModule):
         self.splits: dict[str, list[tuple[str, str | None]]] = {}
         self.excluded: set[str] = set()
         self._tokenizer: Tokenizer | None = None
-
-    @property
-    def tokenizer(self) -> Tokenizer:
-        if self._tokenizer is None:
-            self._tokenizer = load_tokenizer(self.tokenizer_spec)
-        return self._tokenizer
-
-    @property
-    def vocab_size(self) -> int:
-        return self.tokenizer.vocab_size
-
-    @property
-    def tokenizer_id(self) -> str:
-        return self.tokenizer.tokenizer_id
 
     def setup(self, stage: str | None = None) -> None:
         if self.splits:

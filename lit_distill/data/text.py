@@ -11,7 +11,8 @@ from lightning.pytorch import LightningDataModule
 from torch import Tensor
 from torch.utils.data import DataLoader
 
-from lit_distill.data.tokenizers import Tokenizer, load_tokenizer
+from lit_distill.data.resumable import ResumableTrainData
+from lit_distill.data.tokenizers import LazyTokenizer, Tokenizer
 
 IGNORE_INDEX = -100
 
@@ -104,7 +105,7 @@ def _block_collate(rows: list[Tensor]) -> dict[str, Tensor]:
     return {"input_ids": ids, "labels": ids.clone()}  # the loss shifts: position t predicts token t+1
 
 
-class TextDataModule(LightningDataModule):
+class TextDataModule(LazyTokenizer, ResumableTrainData, LightningDataModule):
     """Causal-LM batches ``{"input_ids", "labels"[, "attention_mask"]}`` with ``labels`` aligned to the inputs.
 
     Corpus mode (default): the documents — CPython's ``pydoc_data.topics`` unless ``files`` is given — are
@@ -184,20 +185,6 @@ class TextDataModule(LightningDataModule):
                 raise ValueError(f"seq_len must be >= 2 (one input and one next token), got {seq_len}.")
             self.seq_len = seq_len
 
-    @property
-    def tokenizer(self) -> Tokenizer:
-        if self._tokenizer is None:
-            self._tokenizer = load_tokenizer(self.tokenizer_spec)
-        return self._tokenizer
-
-    @property
-    def vocab_size(self) -> int:
-        return self.tokenizer.vocab_size
-
-    @property
-    def tokenizer_id(self) -> str:
-        return self.tokenizer.tokenizer_id
-
     def setup(self, stage: str | None = None) -> None:
         if self.splits:
             return
@@ -246,7 +233,15 @@ class TextDataModule(LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True)
+        if not self.splits:
+            self.setup()
+        return self.resumable_train_loader(
+            self.splits["train"],
+            self.batch_size,
+            collate_fn=self._collate,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+        )
 
     def val_dataloader(self) -> DataLoader:
         return self._loader("val", shuffle=False)

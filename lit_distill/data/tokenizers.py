@@ -137,3 +137,24 @@ def load_tokenizer(spec: str | Tokenizer | None) -> Tokenizer:
         if not hasattr(spec, attr):
             raise TypeError(f"tokenizer object {type(spec).__name__} lacks {attr!r}; wrap it like HFTokenizer does.")
     return spec
+
+
+class LazyTokenizer:
+    """Mixin for DataModules: ``tokenizer`` is loaded from ``tokenizer_spec`` on first use (late binding)."""
+
+    tokenizer_spec: Any
+    _tokenizer: Tokenizer | None = None
+
+    @property
+    def tokenizer(self) -> Tokenizer:
+        if self._tokenizer is None:
+            self._tokenizer = load_tokenizer(self.tokenizer_spec)
+        return self._tokenizer
+
+    @property
+    def vocab_size(self) -> int:
+        return self.tokenizer.vocab_size
+
+    @property
+    def tokenizer_id(self) -> str:
+        return self.tokenizer.tokenizer_id
