@@ -94,6 +94,9 @@ class HFCausalLM(nn.Module):
             self.tokenizer = tf.AutoTokenizer.from_pretrained(path)
         except (OSError, ValueError, TypeError):
             self.tokenizer = None  # weights without tokenizer files: identity falls back to the config
+        if self.tokenizer is not None and len(self.tokenizer) <= 1:
+            # Some transformers versions hand back an empty tokenizer for a folder without tokenizer files.
+            self.tokenizer = None
         self.tokenizer_id = (
             tokenizer_id
             or getattr(self.model.config, "tokenizer_id", None)

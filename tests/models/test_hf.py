@@ -107,3 +107,13 @@ def test_missing_and_offline_models_fail_clearly():
         FileNotFoundError, match=r"no such local directory, and the hub is offline \(HF_HUB_OFFLINE=1\)"
     ):
         HFCausalLM("lit-distill-test/not-a-cached-model")
+
+
+def test_folder_without_tokenizer_files_falls_back_to_the_config(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    from lit_distill.models.hf import HFCausalLM
+
+    config = transformers.GPT2Config(vocab_size=97, n_positions=16, n_embd=16, n_layer=1, n_head=2)
+    transformers.GPT2LMHeadModel(config).save_pretrained(tmp_path / "weights_only")
+    model = HFCausalLM(str(tmp_path / "weights_only"))
+    assert model.tokenizer is None and model.vocab_size == 97
