@@ -40,6 +40,20 @@ class EpochShuffleSampler(Sampler[int]):
         return self.size
 
 
+class ResumableLoader(DataLoader):
+    """A DataLoader that tells Lightning it resumes mid-epoch (so no "not resumable" warning is shown).
+
+    Its position lives in the owning DataModule's checkpoint state, which fast-forwards the sampler;
+    the loader itself has nothing more to save.
+    """
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        return None
+
+
 class ResumableTrainData:
     """Mixin for LightningDataModules: the train loader resumes mid-epoch from a checkpoint.
 
@@ -66,4 +80,4 @@ class ResumableTrainData:
         if self._resume_batches:
             sampler.skip(self._resume_batches * batch_size)
             self._resume_batches = 0
-        return DataLoader(dataset, batch_size=batch_size, sampler=sampler, **kwargs)
+        return ResumableLoader(dataset, batch_size=batch_size, sampler=sampler, **kwargs)
