@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import warnings
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -353,6 +354,10 @@ class DistillationModule(LightningModule):
 
     def on_fit_start(self) -> None:
         self._check_teacher_placement()
+        student_side = [self.student, self.losses]
+        if self.teacher is not None and all(m.training for part in student_side for m in part.modules()):
+            # The frozen teacher is in eval mode on purpose; Lightning's warning would only alarm users.
+            warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode at the start of training")
 
     def _check_teacher_placement(self) -> None:
         """The teacher must sit where the student is, in the dtype configured for it."""
