@@ -1,0 +1,55 @@
+"""Pure loss functions: the single source of every distillation formula in lit-distill.
+
+Conventions shared by every function here:
+
+* the last dimension holds the logits of one distribution ("a row");
+* ``mask`` is optional, boolean, shaped like the logits without their last dimension, ``True`` = counted;
+* the result is a scalar, the mean over counted rows, computed in float32 (or float64 if the inputs are);
+* ``student`` always comes first, ``teacher`` second.
+"""
+
+from lit_distill.losses.functional._common import check_beta, check_nonnegative, check_temperature, masked_mean
+from lit_distill.losses.functional.decoupled import dist, dist_terms, dkd, dkd_terms
+from lit_distill.losses.functional.divergences import (
+    DIVERGENCES,
+    check_divergence,
+    divergence,
+    jensen_shannon,
+    kl_divergence,
+    total_variation,
+)
+from lit_distill.losses.functional.features import (
+    attention_map,
+    attention_transfer,
+    feature_cosine,
+    hint_mse,
+    pkt,
+    rkd,
+    rkd_terms,
+)
+from lit_distill.losses.fused import fused_linear_kd
+
+__all__ = [
+    "kl_divergence",
+    "jensen_shannon",
+    "total_variation",
+    "divergence",
+    "check_divergence",
+    "DIVERGENCES",
+    "masked_mean",
+    "check_temperature",
+    "check_beta",
+    "check_nonnegative",
+    "dkd",
+    "dkd_terms",
+    "dist",
+    "dist_terms",
+    "attention_map",
+    "attention_transfer",
+    "rkd",
+    "rkd_terms",
+    "pkt",
+    "hint_mse",
+    "feature_cosine",
+    "fused_linear_kd",
+]

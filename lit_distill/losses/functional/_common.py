@@ -1,0 +1,80 @@
+"""Argument checks and small helpers shared by the loss formulas."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+def _compute_dtype(*tensors: Tensor) -> torch.dtype:
+    # Half-precision softmax/log differences lose several digits; accumulate in at least fp32.
+    return torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32
+
+
+def check_temperature(temperature: float) -> None:
+    if not (isinstance(temperature, (int, float)) and math.isfinite(temperature) and temperature > 0):
+        raise ValueError(f"temperature must be a finite number > 0, got {temperature!r}. Typical values: 1.0-8.0.")
+
+
+def check_beta(beta: float) -> None:
+    if not (isinstance(beta, (int, float)) and 0.0 <= beta <= 1.0):
+        raise ValueError(f"beta must lie in [0, 1], got {beta!r}: 0 = forward KL(teacher||student), 1 = reverse KL.")
+
+
+def _check_pair(student_logits: Tensor, teacher_logits: Tensor, mask: Tensor | None) -> None:
+    if student_logits.shape != teacher_logits.shape:
+        raise ValueError(
+            f"student logits {tuple(student_logits.shape)} and teacher logits {tuple(teacher_logits.shape)} "
+            "differ in shape; both models must predict over the same classes/vocabulary."
+        )
+    if mask is not None and mask.shape != student_logits.shape[:-1]:
+        raise ValueError(
+            f"mask shape {tuple(mask.shape)} must equal the logits shape without the last dim "
+            f"{tuple(student_logits.shape[:-1])}."
+        )
+
+
+def masked_mean(per_row: Tensor, mask: Tensor | None) -> Tensor:
+    """Mean of ``per_row`` over the rows where ``mask`` is True (all rows when ``mask`` is None).
+
+    A mask with no True entry gives 0 (not NaN), so an all-padding batch contributes nothing.
+    """
+    if mask is None:
+        return per_row.mean()
+    mask = mask.to(torch.bool)
+    return (per_row * mask).sum() / mask.sum().clamp_min(1)
+
+
+def _log_probs(student_logits: Tensor, teacher_logits: Tensor, temperature: float) -> tuple[Tensor, Tensor]:
+    dtype = _compute_dtype(student_logits, teacher_logits)
+    log_p_s = F.log_softmax(student_logits.to(dtype) / temperature, dim=-1)
+    log_p_t = F.log_softmax(teacher_logits.to(dtype) / temperature, dim=-1)
+    return log_p_s, log_p_t
+
+
+def _kl_rows(log_p: Tensor, log_q: Tensor) -> Tensor:
+    """KL(p||q) per row from log-probabilities; 0·log0 terms are taken as 0, NaN propagates."""
+    p = log_p.exp()
+    return torch.where(p == 0, torch.zeros_like(p), p * (log_p - log_q)).sum(-1)
+
+
+def check_nonnegative(name: str, value: float) -> None:
+    if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
+        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}.")
+
+
+def _mean_or_zero(values: Tensor, like: Tensor) -> Tensor:
+    # An empty selection (a batch too small to form pairs/triplets) contributes 0, not NaN,
+    # and stays attached to the graph so backward() still works.
+    return values.mean() if values.numel() else like.sum() * 0.0
+
+
+def _check_batches(student: Tensor, teacher: Tensor, what: str) -> None:
+    if student.shape[0] != teacher.shape[0]:
+        raise ValueError(
+            f"{what}: student batch {student.shape[0]} and teacher batch {teacher.shape[0]} differ; "
+            "both must see the same samples."
+        )
