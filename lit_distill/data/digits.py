@@ -90,12 +90,7 @@ class DigitsDataModule(ResumableTrainData, LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
-        return self.resumable_train_loader(
-            self.splits["train"],
-            self.batch_size,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
-        )
+        return self.resumable_train_loader(self.splits["train"], self.batch_size, num_workers=self.num_workers)
 
     def val_dataloader(self) -> DataLoader:
         return self._loader("val", shuffle=False)

@@ -75,9 +75,13 @@ class ResumableTrainData:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self._resume_batches = int(state.get("batches_done", 0))
 
-    def resumable_train_loader(self, dataset: Dataset, batch_size: int, **kwargs: Any) -> DataLoader:
+    def resumable_train_loader(
+        self, dataset: Dataset, batch_size: int, num_workers: int = 0, **kwargs: Any
+    ) -> DataLoader:
+        """The shuffled training loader; workers persist across epochs when there are any."""
+        kwargs.setdefault("persistent_workers", num_workers > 0)
         sampler = EpochShuffleSampler(len(dataset), seed=self.seed)
         if self._resume_batches:
             sampler.skip(self._resume_batches * batch_size)
             self._resume_batches = 0
-        return ResumableLoader(dataset, batch_size=batch_size, sampler=sampler, **kwargs)
+        return ResumableLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers, **kwargs)

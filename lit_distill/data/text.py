@@ -236,11 +236,7 @@ class TextDataModule(LazyTokenizer, ResumableTrainData, LightningDataModule):
         if not self.splits:
             self.setup()
         return self.resumable_train_loader(
-            self.splits["train"],
-            self.batch_size,
-            collate_fn=self._collate,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
+            self.splits["train"], self.batch_size, num_workers=self.num_workers, collate_fn=self._collate
         )
 
     def val_dataloader(self) -> DataLoader:
