@@ -102,7 +102,7 @@ def load_weights(model: nn.Module, path: str | Path, prefix: str | None = None, 
     unexpected = sorted(set(state) - set(own))
     shapes = [
         f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
-        for k in own.keys() & state.keys()
+        for k in sorted(own.keys() & state.keys())
         if state[k].shape != own[k].shape
     ]
     if shapes or (strict and (missing or unexpected)):

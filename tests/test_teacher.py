@@ -30,7 +30,9 @@ def test_mismatched_checkpoint_lists_keys_and_shapes(tmp_path):
         {"state_dict": {f"student.{k}": v for k, v in MLP(64, [32], 10).state_dict().items()}}, tmp_path / "a.ckpt"
     )
     with pytest.raises(
-        ValueError, match=r"shape mismatches: \['body.0.weight: checkpoint \(32, 64\) vs model \(16, 64\)"
+        ValueError,
+        match=r"shape mismatches: \['body.0.bias: checkpoint \(32,\) vs model \(16,\)', "
+        r"'body.0.weight: checkpoint \(32, 64\) vs model \(16, 64\)",
     ):
         load_weights(MLP(64, [16], 10), tmp_path / "a.ckpt")
     with pytest.raises(ValueError, match=r"missing keys \(2\): \['body.2.bias', 'body.2.weight'\]"):
