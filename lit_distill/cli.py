@@ -18,6 +18,12 @@ _PACKAGE_DIR = str(Path(lit_distill.__file__).parent)
 class DistillCLI(LightningCLI):
     """LightningCLI whose model is a :class:`DistillationModule` (or a subclass, by ``class_path``)."""
 
+    def _parse_ckpt_path(self) -> None:
+        # LightningCLI would rebuild the model config from the checkpoint's hyperparameters. Ours leave out the
+        # modules (student, teacher, losses are objects, not values), so that would drop them from the recipe:
+        # the recipe stays the source of truth and the checkpoint supplies weights only.
+        return None
+
 
 def _our_error(err: BaseException) -> BaseException | None:
     """The innermost exception in ``err``'s chain raised by lit-distill code (a user-facing error)."""

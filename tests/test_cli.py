@@ -155,3 +155,15 @@ def test_wandb_offline_run_records_loss_terms(workdir, monkeypatch):
         time.sleep(1)
     for key in (b"train/logit_kd", b"train/ce", b"train/loss", b"val/student_acc", b"val/teacher_acc"):
         assert key in data, key
+
+
+def test_validate_and_test_from_a_checkpoint_use_the_recipe(workdir, monkeypatch, capsys):
+    """`lit-distill test --ckpt_path` keeps the recipe's models and loads the student from the checkpoint."""
+    monkeypatch.chdir(workdir)
+    recipe = ["--config", "configs/digits/no_kd.yaml"]
+    main(["fit", *recipe, "--trainer.max_epochs=1", "--trainer.check_val_every_n_epoch=1",
+          "--trainer.default_root_dir=ckpt_run", *FAST])  # fmt: skip
+    ckpt = sorted(Path("ckpt_run").rglob("*.ckpt"))[-1]
+    for command in ("validate", "test"):
+        main([command, *recipe, f"--ckpt_path={ckpt}", *FAST])
+    assert "student_acc" in capsys.readouterr().out
