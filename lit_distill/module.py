@@ -14,7 +14,8 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 
-from lit_distill.batch import cached_teacher_output, split_batch
+from lit_distill.batch import batch_size_of, cached_teacher_output, split_batch
+from lit_distill.checks import check_losses, check_not_shared, check_teacher_placement, first_train_batch
 from lit_distill.features import FeatureTaps
 from lit_distill.guard import NonFiniteGuard, NonFiniteLossError
 from lit_distill.losses.base import DistillationLoss
@@ -92,13 +93,13 @@ class DistillationModule(LightningModule):
         self.student = student
         if losses is None:
             losses = [LogitKD(temperature=4.0)] if teacher is not None else [CrossEntropy()]
-        self.losses = nn.ModuleList(self._check_losses(losses, teacher))
+        self.losses = nn.ModuleList(check_losses(losses, teacher))
         if teacher_checkpoint is not None and teacher is None:
             raise ValueError("teacher_checkpoint is set but no teacher model is given; add `teacher:`.")
         if teacher is not None:
             if teacher_checkpoint is not None:
                 load_weights(teacher, teacher_checkpoint, prefix=teacher_checkpoint_prefix)
-            self._check_not_shared(student, teacher)
+            check_not_shared(student, teacher)
             dtype = parse_dtype(teacher_dtype)
             if dtype is not None:
                 teacher.to(dtype)
@@ -128,43 +129,6 @@ class DistillationModule(LightningModule):
         self._compiled = False
         self._taps: dict[str, FeatureTaps] = {}
         self._probed = False
-
-    # ------------------------------------------------------------------ checks
-    @staticmethod
-    def _check_losses(losses: list[DistillationLoss], teacher: nn.Module | None) -> list[DistillationLoss]:
-        if not losses:
-            raise ValueError("losses is empty; give at least one strategy, e.g. LogitKD or CrossEntropy.")
-        names: set[str] = set()
-        for loss in losses:
-            if not isinstance(loss, DistillationLoss):
-                raise TypeError(
-                    f"losses must be DistillationLoss strategies, got {type(loss).__name__}; wrap plain "
-                    "functions in a DistillationLoss subclass."
-                )
-            if loss.requires_teacher and teacher is None:
-                raise ValueError(
-                    f"loss {loss.name!r} ({type(loss).__name__}) needs a teacher but `teacher` is None; add a "
-                    "teacher (or `lit_distill.cache.CachedTeacher` with `CachedTeacherDataModule` to read a teacher "
-                    "cache), or use only teacher-free terms such as CrossEntropy."
-                )
-            if loss.name in names:
-                raise ValueError(f"two losses are named {loss.name!r}; give one of them another `name:`.")
-            names.add(loss.name)
-        if all(loss.weight == 0 for loss in losses):
-            raise ValueError("every loss weight is 0, so nothing would be trained; set a weight > 0.")
-        return losses
-
-    @staticmethod
-    def _check_not_shared(student: nn.Module, teacher: nn.Module) -> None:
-        if student is teacher:
-            raise ValueError("student and teacher are the same module object; build two separate models.")
-        teacher_ids = {id(p) for p in teacher.parameters()}
-        shared = [n for n, p in student.named_parameters() if id(p) in teacher_ids]
-        if shared:
-            raise ValueError(
-                f"student shares {len(shared)} parameter(s) with the teacher (e.g. {shared[:3]}); freezing the "
-                "teacher would freeze them too. Copy the weights (copy.deepcopy) instead of sharing them."
-            )
 
     # ----------------------------------------------------------- frozen teacher
     def train(self, mode: bool = True) -> DistillationModule:
@@ -294,7 +258,7 @@ class DistillationModule(LightningModule):
 
     def training_step(self, batch: Any, batch_idx: int) -> Tensor | None:
         total, terms, _, _ = self.shared_step(batch)
-        bs = _batch_size(batch)
+        bs = batch_size_of(batch)
         if self.nan_policy == "skip":
             finite = bool(torch.isfinite(total))
             if not self.trainer.strategy.reduce_boolean_decision(finite, all=True):
@@ -318,7 +282,7 @@ class DistillationModule(LightningModule):
 
     def _eval_step(self, batch: Any, stage: str, metrics: EvalMetrics) -> None:
         total, terms, student_out, teacher_out = self.shared_step(batch)
-        bs = _batch_size(batch)
+        bs = batch_size_of(batch)
         for name, value in terms.items():
             self.log(f"{stage}/{name}", value, batch_size=bs, sync_dist=True)
         self.log(f"{stage}/loss", total, batch_size=bs, sync_dist=True)
@@ -355,30 +319,11 @@ class DistillationModule(LightningModule):
             self._probe()
 
     def on_fit_start(self) -> None:
-        self._check_teacher_placement()
+        check_teacher_placement(self.student, self.teacher, self.teacher_dtype)
         student_side = [self.student, self.losses]
         if self.teacher is not None and all(m.training for part in student_side for m in part.modules()):
             # The frozen teacher is in eval mode on purpose; Lightning's warning would only alarm users.
             warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode at the start of training")
-
-    def _check_teacher_placement(self) -> None:
-        """The teacher must sit where the student is, in the dtype configured for it."""
-        if self.teacher is None:
-            return
-        teacher_param = next(self.teacher.parameters(), None)
-        student_param = next(self.student.parameters(), None)
-        if teacher_param is None or student_param is None:
-            return
-        if teacher_param.device != student_param.device:
-            raise RuntimeError(
-                f"teacher is on {teacher_param.device} but the student is on {student_param.device}; do not move the "
-                "teacher by hand: Lightning places the whole module (use --trainer.accelerator/devices)."
-            )
-        if self.teacher_dtype is not None and teacher_param.dtype != self.teacher_dtype:
-            raise RuntimeError(
-                f"teacher_dtype is {self.teacher_dtype} but the teacher's weights are {teacher_param.dtype}, probably "
-                "converted by a '-true' trainer precision; use a '-mixed' precision or set teacher_dtype to match."
-            )
 
     def configure_model(self) -> None:
         if self.compile_models and not self._compiled:
@@ -401,7 +346,7 @@ class DistillationModule(LightningModule):
         adapters whose size is inferred from the first batch get their parameters, so the optimizer
         and DDP see them.
         """
-        batch = _first_train_batch(self.trainer)
+        batch = first_train_batch(self.trainer)
         if batch is None:
             return
         device = self.trainer.strategy.root_device
@@ -448,27 +393,3 @@ class DistillationModule(LightningModule):
         from lit_distill.export import save_student
 
         return save_student(self, path, include_adapters=include_adapters, overwrite=overwrite)
-
-
-def _batch_size(batch: Any) -> int:
-    args, _, _ = split_batch(batch)
-    return int(args[0].shape[0])
-
-
-def _first_train_batch(trainer: Any) -> Any:
-    datamodule = getattr(trainer, "datamodule", None)
-    if datamodule is not None:
-        loader = datamodule.train_dataloader()
-    else:
-        source = getattr(getattr(trainer, "fit_loop", None), "_data_source", None)
-        if source is None or not source.is_defined():
-            return None
-        loader = source.dataloader()
-    batch = next(iter(loader), None)
-    if batch is None:
-        size = len(loader.dataset) if hasattr(loader, "dataset") and hasattr(loader.dataset, "__len__") else "?"
-        raise ValueError(
-            f"the training dataloader yields no batch (dataset size {size}); check the data path/split settings, "
-            "or batch_size with drop_last=True larger than the dataset."
-        )
-    return batch

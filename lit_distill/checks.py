@@ -1,0 +1,88 @@
+"""Checks a DistillationModule runs before any compute: each names the bad value and the fix."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from lit_distill.losses.base import DistillationLoss
+
+
+def check_losses(losses: list[DistillationLoss], teacher: nn.Module | None) -> list[DistillationLoss]:
+    """Strategies only, at least one, unique names, a teacher where one is needed, not every weight 0."""
+    if not losses:
+        raise ValueError("losses is empty; give at least one strategy, e.g. LogitKD or CrossEntropy.")
+    names: set[str] = set()
+    for loss in losses:
+        if not isinstance(loss, DistillationLoss):
+            raise TypeError(
+                f"losses must be DistillationLoss strategies, got {type(loss).__name__}; wrap plain "
+                "functions in a DistillationLoss subclass."
+            )
+        if loss.requires_teacher and teacher is None:
+            raise ValueError(
+                f"loss {loss.name!r} ({type(loss).__name__}) needs a teacher but `teacher` is None; add a "
+                "teacher (or `lit_distill.cache.CachedTeacher` with `CachedTeacherDataModule` to read a teacher "
+                "cache), or use only teacher-free terms such as CrossEntropy."
+            )
+        if loss.name in names:
+            raise ValueError(f"two losses are named {loss.name!r}; give one of them another `name:`.")
+        names.add(loss.name)
+    if all(loss.weight == 0 for loss in losses):
+        raise ValueError("every loss weight is 0, so nothing would be trained; set a weight > 0.")
+    return losses
+
+
+def check_not_shared(student: nn.Module, teacher: nn.Module) -> None:
+    """Freezing the teacher must not freeze the student: no parameter may belong to both."""
+    if student is teacher:
+        raise ValueError("student and teacher are the same module object; build two separate models.")
+    teacher_ids = {id(p) for p in teacher.parameters()}
+    shared = [n for n, p in student.named_parameters() if id(p) in teacher_ids]
+    if shared:
+        raise ValueError(
+            f"student shares {len(shared)} parameter(s) with the teacher (e.g. {shared[:3]}); freezing the "
+            "teacher would freeze them too. Copy the weights (copy.deepcopy) instead of sharing them."
+        )
+
+
+def check_teacher_placement(student: nn.Module, teacher: nn.Module | None, teacher_dtype: torch.dtype | None) -> None:
+    """The teacher must sit where the student is, in the dtype configured for it."""
+    if teacher is None:
+        return
+    teacher_param = next(teacher.parameters(), None)
+    student_param = next(student.parameters(), None)
+    if teacher_param is None or student_param is None:
+        return
+    if teacher_param.device != student_param.device:
+        raise RuntimeError(
+            f"teacher is on {teacher_param.device} but the student is on {student_param.device}; do not move the "
+            "teacher by hand: Lightning places the whole module (use --trainer.accelerator/devices)."
+        )
+    if teacher_dtype is not None and teacher_param.dtype != teacher_dtype:
+        raise RuntimeError(
+            f"teacher_dtype is {teacher_dtype} but the teacher's weights are {teacher_param.dtype}, probably "
+            "converted by a '-true' trainer precision; use a '-mixed' precision or set teacher_dtype to match."
+        )
+
+
+def first_train_batch(trainer: Any) -> Any:
+    """The first training batch (for the setup probe); an empty training set is an error, not a silent no-op."""
+    datamodule = getattr(trainer, "datamodule", None)
+    if datamodule is not None:
+        loader = datamodule.train_dataloader()
+    else:
+        source = getattr(getattr(trainer, "fit_loop", None), "_data_source", None)
+        if source is None or not source.is_defined():
+            return None
+        loader = source.dataloader()
+    batch = next(iter(loader), None)
+    if batch is None:
+        size = len(loader.dataset) if hasattr(loader, "dataset") and hasattr(loader.dataset, "__len__") else "?"
+        raise ValueError(
+            f"the training dataloader yields no batch (dataset size {size}); check the data path/split settings, "
+            "or batch_size with drop_last=True larger than the dataset."
+        )
+    return batch
