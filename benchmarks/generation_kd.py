@@ -34,6 +34,7 @@ import warnings
 from pathlib import Path
 
 import torch
+from common import quiet_trainer  # noqa: E402 - benchmarks/ is the script's folder
 from lightning.pytorch import Trainer, seed_everything
 
 from lit_distill import CrossEntropy, DistillationModule
@@ -70,17 +71,7 @@ def parse_args() -> argparse.Namespace:
 
 
 def trainer(accelerator: str, **kwargs) -> Trainer:
-    return Trainer(
-        accelerator=accelerator,
-        devices=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        limit_val_batches=0,
-        **kwargs,
-    )
+    return quiet_trainer(accelerator=accelerator, num_sanity_val_steps=0, limit_val_batches=0, **kwargs)
 
 
 def optimizer(lr: float):

@@ -24,9 +24,7 @@ from lightning.pytorch import Callback, Trainer
 from torch.utils.data import DataLoader
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from step_overhead import RepeatBatch, digits_case, gpt_case, resnet_case  # noqa: E402
-
-from lit_distill import CrossEntropy, DistillationModule, LogitKD  # noqa: E402
+from step_overhead import RepeatBatch, build_module, digits_case, gpt_case, resnet_case  # noqa: E402
 
 warnings.filterwarnings("ignore")
 
@@ -65,14 +63,7 @@ def run_one(args: argparse.Namespace) -> None:
     case = {"resnet": lambda: resnet_case(args.batch_size), "gpt": lambda: gpt_case(device), "digits": digits_case}[
         args.case
     ]()
-    module = DistillationModule(
-        student=case["student"](),
-        teacher=case["teacher"](),
-        losses=[LogitKD(temperature=4.0, weight=0.9), CrossEntropy(weight=0.1)],
-        teacher_dtype=None if case["teacher_dtype"] is None else str(case["teacher_dtype"]).removeprefix("torch."),
-        channels_last=case["channels_last"],
-        optimizer=case["opt"],
-    )
+    module = build_module(case)
     clock = Throughput(args.warmup)
     trainer = Trainer(
         accelerator=args.accelerator,

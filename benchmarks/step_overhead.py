@@ -116,9 +116,9 @@ def hand_loop(case, steps: int, warmup: int, compiled: bool) -> list[float]:
     return clock.step_ms(warmup)
 
 
-def module_loop(case, steps: int, warmup: int, compiled: bool) -> list[float]:
-    device = case["device"]
-    module = DistillationModule(
+def build_module(case: dict, compiled: bool = False) -> DistillationModule:
+    """The case's models, dtype and optimizer as a DistillationModule with the benchmark's loss."""
+    return DistillationModule(
         student=case["student"](),
         teacher=case["teacher"](),
         losses=[LogitKD(temperature=4.0, weight=0.9), CrossEntropy(weight=0.1)],
@@ -127,6 +127,11 @@ def module_loop(case, steps: int, warmup: int, compiled: bool) -> list[float]:
         compile=compiled,
         optimizer=case["opt"],
     )
+
+
+def module_loop(case, steps: int, warmup: int, compiled: bool) -> list[float]:
+    device = case["device"]
+    module = build_module(case, compiled)
     clock = Clock(device)
     trainer = Trainer(
         accelerator=device.type,

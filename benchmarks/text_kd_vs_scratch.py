@@ -21,6 +21,7 @@ import warnings
 from pathlib import Path
 
 import torch
+from common import quiet_trainer  # noqa: E402 - benchmarks/ is the script's folder
 from lightning.pytorch import Trainer, seed_everything
 
 from lit_distill import CrossEntropy, DistillationModule
@@ -59,15 +60,7 @@ def optimizer(lr: float):
 
 
 def trainer(accelerator: str, **kwargs) -> Trainer:
-    return Trainer(
-        accelerator=accelerator,
-        devices=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        **kwargs,
-    )
+    return quiet_trainer(accelerator=accelerator, **kwargs)
 
 
 def train(module: DistillationModule, data: TextDataModule, epochs: int, seed: int, accelerator: str) -> dict:
