@@ -4,7 +4,6 @@ import copy
 import gc
 import weakref
 
-import lightning as L
 import pytest
 import torch
 from torch import nn
@@ -13,6 +12,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from lit_distill import DistillationModule, FeatureTaps
 from lit_distill.losses import CrossEntropy, DistillationLoss, HintLoss
 from lit_distill.models import MLP, SmallCNN
+from tests.helpers import trainer as quiet_trainer
 
 
 class Recorder(DistillationLoss):
@@ -40,16 +40,7 @@ def loader(images=False):
 
 
 def fit(module, tmp_path, images=False, steps=2):
-    trainer = L.Trainer(
-        max_steps=steps,
-        log_every_n_steps=1,
-        limit_val_batches=0,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=tmp_path,
-    )
+    trainer = quiet_trainer(tmp_path, max_steps=steps, max_epochs=-1, log_every_n_steps=1, limit_val_batches=0)
     trainer.fit(module, loader(images))
     return trainer
 

@@ -12,6 +12,7 @@ from lit_distill.losses import PKT, RKD, AttentionTransfer, CrossEntropy, Hidden
 from lit_distill.losses import functional as LF
 from lit_distill.models import MLP, SmallCNN
 from lit_distill.outputs import ModelOutput
+from tests.helpers import trainer as quiet_trainer
 
 
 def loader(images=True, n=24):
@@ -26,15 +27,7 @@ def cnn_module(losses, seed=0):
 
 
 def fit(module, tmp_path, images=True, steps=3):
-    trainer = L.Trainer(
-        max_steps=steps,
-        limit_val_batches=0,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=tmp_path,
-    )
+    trainer = quiet_trainer(tmp_path, max_steps=steps, max_epochs=-1, limit_val_batches=0)
     trainer.fit(module, loader(images))
     return trainer
 
