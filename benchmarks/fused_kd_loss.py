@@ -39,30 +39,22 @@ GiB = float(1 << 30)
 
 
 def load_lib():
-    """Import lit_distill's functional and fused modules; by file path if the package's deps are missing."""
+    """Import lit_distill's functional and fused packages, and the fused modules whose internals the sweeps call;
+    if a dependency of another lit_distill module is missing, without running the packages above them."""
+    fused = "lit_distill.losses.fused"
+    names = ("lit_distill.losses.functional", fused, f"{fused}.linear_kd", f"{fused}.matmul")
     try:
-        from lit_distill.losses import functional, fused
-
-        return functional, fused, "package"
+        return (*(importlib.import_module(name) for name in names), "package")
     except Exception as err:  # noqa: BLE001 - e.g. a dependency of another lit_distill module is missing
         reason = repr(err)
     for name in ("lit_distill", "lit_distill.losses"):
         mod = types.ModuleType(name)
-        mod.__path__ = []
+        mod.__path__ = [str(ROOT / name.replace(".", "/"))]  # submodules import, this package's __init__ does not
         sys.modules[name] = mod
-    mods = []
-    for name in ("functional", "fused"):
-        spec = importlib.util.spec_from_file_location(
-            f"lit_distill.losses.{name}", ROOT / f"lit_distill/losses/{name}.py"
-        )
-        mod = importlib.util.module_from_spec(spec)
-        sys.modules[spec.name] = mod
-        spec.loader.exec_module(mod)
-        mods.append(mod)
-    return mods[0], mods[1], f"by path ({reason:.80})"
+    return (*(importlib.import_module(name) for name in names), f"by path ({reason:.80})")
 
 
-LF, FU, HOW = load_lib()
+LF, FU, FD, FM, HOW = load_lib()
 
 
 def log(*args, end="\n"):
@@ -266,7 +258,7 @@ def chunked_floor_fn(hs, ws, ht, wt, chunk, fp32_acc):
             torch.mm(h[s:e], w.T, out=zs[: e - s])
             torch.mm(ht[s:e], wt.T, out=zt[: e - s])
             torch.mm(zs[: e - s], w, out=gh[s:e])
-            FU._accumulate_weight_grad(acc, zs[: e - s], h[s:e], first=s == 0)
+            FM._accumulate_weight_grad(acc, zs[: e - s], h[s:e], first=s == 0)
 
     return step
 
@@ -326,11 +318,11 @@ def sweep(n_rows, vocab, dtype=torch.bfloat16, grid=None):
     g = zs if dtype != torch.float32 else zs.view(torch.bfloat16)[:, :vocab]
 
     def spec(div):
-        cfg = FU._Config(
+        cfg = FD._Config(
             divergence=div, beta=0.5, temperature=1.0, ce_weight=0.0, chunk_size=None, fp32_accumulation=True,
             fp32_logits=dtype == torch.float32, impl="triton", need=(True, True, False),
         )  # fmt: skip
-        return FU._Spec.of(cfg, 1.0 / n_rows)
+        return FD._Spec.of(cfg, 1.0 / n_rows)
 
     spec_j, spec_f = spec("jsd"), spec("forward_kl")
     gbytes = n_rows * vocab * (2 * zs.element_size() + 2) / 1e9  # read both once, write a bf16 gradient
@@ -340,7 +332,7 @@ def sweep(n_rows, vocab, dtype=torch.bfloat16, grid=None):
         conf = {"BLOCK": block, "num_warps": warps, "programs_per_sm": pps}
         try:
             ms = timed(
-                lambda c=conf: FU._rows_triton(zs, zt, None, spec_j, True, g=g, **c), 5, 1, lambda: zs.copy_(zs0)
+                lambda c=conf: FD._rows_triton(zs, zt, None, spec_j, True, g=g, **c), 5, 1, lambda: zs.copy_(zs0)
             )
         except Exception as err:  # noqa: BLE001
             log(f"  sweep {conf}: failed {err!r:.120}")
@@ -349,7 +341,7 @@ def sweep(n_rows, vocab, dtype=torch.bfloat16, grid=None):
         log(f"  sweep BLOCK={block:5d} warps={warps:2d} programs/SM={pps}: {ms:7.3f} ms {gbytes / ms * 1e3:5.0f} GB/s")
     results.sort(key=lambda r: r[0])
     best_ms, best = results[0]
-    ms_fkl = timed(lambda: FU._rows_triton(zs, zt, None, spec_f, True, g=g, **best), 5, 1, lambda: zs.copy_(zs0))
+    ms_fkl = timed(lambda: FD._rows_triton(zs, zt, None, spec_f, True, g=g, **best), 5, 1, lambda: zs.copy_(zs0))
     log(f"best {best}: jsd {best_ms:.3f} ms, forward_kl {ms_fkl:.3f} ms for a [{n_rows}, {vocab}] {dtype} chunk")
     return best
 
@@ -524,7 +516,7 @@ def main():
     rows = []
     for i, (name, n, hs_dim, ht_dim, vocab) in enumerate(shapes):
         run_shape(args, name, n, hs_dim, ht_dim, vocab, i == 0, deadline, rows)
-    log(f"\nfp32 weight-grad accumulation through cuBLAS out_dtype: {FU._FP32_OUT_MM or 'not used'}")
+    log(f"\nfp32 weight-grad accumulation through cuBLAS out_dtype: {FM._FP32_OUT_MM or 'not used'}")
     log(f"\n{dev_name}, torch {torch.__version__}, total {time.time() - start:.0f}s\n")
     log(table(rows))
     print(json.dumps({"device": dev_name, "torch": torch.__version__, "rows": rows}), flush=True)

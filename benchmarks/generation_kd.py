@@ -38,13 +38,13 @@ from common import quiet_trainer  # noqa: E402 - benchmarks/ is the script's fol
 from lightning.pytorch import Trainer, seed_everything
 
 from lit_distill import CrossEntropy, DistillationModule
-from lit_distill.callbacks_generation import JsonlPredictionWriter
+from lit_distill.callbacks.generation import JsonlPredictionWriter
 from lit_distill.data import PromptDataModule, TextDataModule
 from lit_distill.generation import IGNORE_INDEX, completion_batch, generate, prompts_from_batch
-from lit_distill.generation_module import GenerationModule
+from lit_distill.generation.onpolicy import OnPolicyDistillationModule
+from lit_distill.generation.predict import GenerationModule
 from lit_distill.losses import TokenKD
 from lit_distill.models import GPT
-from lit_distill.onpolicy import OnPolicyDistillationModule
 
 TEACHER = {"n_layer": 3, "n_embd": 96, "n_head": 4, "block_size": 128, "tokenizer_id": "bytes"}
 STUDENT = {"n_layer": 1, "n_embd": 48, "n_head": 2, "block_size": 128, "tokenizer_id": "bytes"}

@@ -32,7 +32,7 @@ import torch  # noqa: E402
 from lightning.pytorch import Trainer, seed_everything  # noqa: E402
 
 from lit_distill import DistillationModule  # noqa: E402
-from lit_distill.callbacks_embedding import compare_encoders, format_table, quantize_int8  # noqa: E402
+from lit_distill.callbacks.embedding import compare_encoders, format_table, quantize_int8  # noqa: E402
 from lit_distill.data.sentences import SentencesDataModule  # noqa: E402
 from lit_distill.losses import AttentionTransfer, HiddenCosine, HiddenMSE  # noqa: E402
 from lit_distill.losses.embedding import InBatchContrastive  # noqa: E402

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch import LightningDataModule
 
-from lit_distill.callbacks_embedding import (
+from lit_distill.callbacks.embedding import (
     EmbeddingEval,
     count_parameters,
     encode_rates,

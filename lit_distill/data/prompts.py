@@ -101,7 +101,7 @@ class PromptDataModule(LazyTokenizer, LightningDataModule):
     """Prompts to generate from (``predict``) and prompt/reference pairs to train on (``fit``).
 
     ``predict`` batches are ``{"prompt": list[str]}`` (the model tokenizes and generates); prompts named by
-    :meth:`exclude_prompts` (those a resumed :class:`~lit_distill.callbacks_generation.JsonlPredictionWriter`
+    :meth:`exclude_prompts` (those a resumed :class:`~lit_distill.callbacks.generation.JsonlPredictionWriter`
     has already written) are left out. ``fit``/``validate``/``test`` batches are instruction batches
     ``{"input_ids", "labels", "attention_mask"}``: prompt + reference response + eos, right-padded, ``labels``
     -100 on the prompt and padding, as :class:`~lit_distill.data.TextDataModule` builds them. The

@@ -8,11 +8,11 @@ import pytest
 import torch
 from lightning.pytorch import Trainer
 
-from lit_distill.callbacks_generation import JsonlPredictionWriter
+from lit_distill.callbacks.generation import JsonlPredictionWriter
 from lit_distill.data import PromptDataModule
 from lit_distill.data.prompts import corpus_prompts, read_prompts
 from lit_distill.data.text import IGNORE_INDEX, pydoc_documents, read_instructions
-from lit_distill.generation_module import GenerationModule
+from lit_distill.generation.predict import GenerationModule
 from lit_distill.losses import CrossEntropy
 from lit_distill.models import GPT
 from lit_distill.outputs import ModelOutput

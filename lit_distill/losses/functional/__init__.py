@@ -8,16 +8,10 @@ Conventions shared by every function here:
 * ``student`` always comes first, ``teacher`` second.
 """
 
-from lit_distill.losses.functional._common import check_beta, check_nonnegative, check_temperature, masked_mean
+from lit_distill.losses.arguments import DIVERGENCES, check_beta, check_divergence, check_nonnegative, check_temperature
+from lit_distill.losses.functional._common import masked_mean
 from lit_distill.losses.functional.decoupled import dist, dist_terms, dkd, dkd_terms
-from lit_distill.losses.functional.divergences import (
-    DIVERGENCES,
-    check_divergence,
-    divergence,
-    jensen_shannon,
-    kl_divergence,
-    total_variation,
-)
+from lit_distill.losses.functional.divergences import divergence, jensen_shannon, kl_divergence, total_variation
 from lit_distill.losses.functional.features import (
     attention_map,
     attention_transfer,

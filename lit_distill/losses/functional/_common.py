@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -12,16 +10,6 @@ from torch import Tensor
 def _compute_dtype(*tensors: Tensor) -> torch.dtype:
     # Half-precision softmax/log differences lose several digits; accumulate in at least fp32.
     return torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32
-
-
-def check_temperature(temperature: float) -> None:
-    if not (isinstance(temperature, (int, float)) and math.isfinite(temperature) and temperature > 0):
-        raise ValueError(f"temperature must be a finite number > 0, got {temperature!r}. Typical values: 1.0-8.0.")
-
-
-def check_beta(beta: float) -> None:
-    if not (isinstance(beta, (int, float)) and 0.0 <= beta <= 1.0):
-        raise ValueError(f"beta must lie in [0, 1], got {beta!r}: 0 = forward KL(teacher||student), 1 = reverse KL.")
 
 
 def _check_pair(student_logits: Tensor, teacher_logits: Tensor, mask: Tensor | None) -> None:
@@ -59,11 +47,6 @@ def _kl_rows(log_p: Tensor, log_q: Tensor) -> Tensor:
     """KL(p||q) per row from log-probabilities; 0·log0 terms are taken as 0, NaN propagates."""
     p = log_p.exp()
     return torch.where(p == 0, torch.zeros_like(p), p * (log_p - log_q)).sum(-1)
-
-
-def check_nonnegative(name: str, value: float) -> None:
-    if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
-        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}.")
 
 
 def _mean_or_zero(values: Tensor, like: Tensor) -> Tensor:

@@ -8,13 +8,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from lit_distill.losses.arguments import check_nonnegative, check_temperature
 from lit_distill.losses.functional._common import (
     _check_pair,
     _compute_dtype,
     _kl_rows,
     _mean_or_zero,
-    check_nonnegative,
-    check_temperature,
     masked_mean,
 )
 

@@ -7,12 +7,11 @@ import math
 import torch
 from torch import Tensor
 
+from lit_distill.losses.arguments import DIVERGENCES, check_beta, check_temperature
 from lit_distill.losses.functional._common import (
     _check_pair,
     _kl_rows,
     _log_probs,
-    check_beta,
-    check_temperature,
     masked_mean,
 )
 
@@ -108,9 +107,6 @@ def total_variation(
     return masked_mean(rows, mask)
 
 
-DIVERGENCES = ("forward_kl", "reverse_kl", "jsd", "tvd")
-
-
 def divergence(
     name: str,
     student_logits: Tensor,
@@ -130,8 +126,3 @@ def divergence(
     if name == "tvd":
         return total_variation(student_logits, teacher_logits, temperature=temperature, mask=mask)
     raise ValueError(f"unknown divergence {name!r}; choose one of {', '.join(DIVERGENCES)}.")
-
-
-def check_divergence(name: str) -> None:
-    if name not in DIVERGENCES:
-        raise ValueError(f"unknown divergence {name!r}; choose one of {', '.join(DIVERGENCES)}.")

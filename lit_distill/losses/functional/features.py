@@ -8,10 +8,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from lit_distill.losses.arguments import check_nonnegative
 from lit_distill.losses.functional._common import (
     _check_batches,
     _compute_dtype,
-    check_nonnegative,
     masked_mean,
 )
 

@@ -11,7 +11,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 
 from lit_distill.data.tokenizers import BYTES_ID, ByteTokenizer, HFTokenizer, Tokenizer, load_tokenizer
-from lit_distill.generation import check_sampling, generate, left_pad, new_tokens
+from lit_distill.generation.sampling import check_sampling, generate, left_pad, new_tokens
 from lit_distill.losses.logit import CrossEntropy
 from lit_distill.module import DistillationModule
 from lit_distill.teacher import load_weights
@@ -21,7 +21,7 @@ class GenerationModule(DistillationModule):
     """Generate a response for every prompt of a ``predict`` batch ``{"prompt": list[str]}`` with ``model``.
 
     ``predict_step`` returns ``[{"prompt": ..., "response": ...}, ...]``, the rows
-    :class:`~lit_distill.callbacks_generation.JsonlPredictionWriter` appends to a JSONL file; that file is
+    :class:`~lit_distill.callbacks.generation.JsonlPredictionWriter` appends to a JSONL file; that file is
     the training set of sequence-level KD (Kim & Rush 2016: the student learns the teacher's outputs rather
     than the references). Sampling is seeded per batch from ``seed`` and the batch's prompts, so the same
     pending prompts give the same responses. Generation time and tokens/s are printed at the end.
@@ -41,7 +41,7 @@ class GenerationModule(DistillationModule):
     Example (YAML, ``lit-distill predict``)::
 
         model:
-          class_path: lit_distill.generation_module.GenerationModule
+          class_path: lit_distill.generation.GenerationModule
           init_args:
             model: {class_path: lit_distill.models.GPT, init_args: {n_layer: 3, n_head: 4, n_embd: 96}}
             checkpoint: checkpoints/text/teacher.ckpt

@@ -8,7 +8,7 @@ from typing import Any, Literal
 
 from torch import Tensor, nn
 
-from lit_distill.generation import (
+from lit_distill.generation.sampling import (
     IGNORE_INDEX,
     check_sampling,
     completion_batch,

@@ -211,7 +211,7 @@ class EmbeddingEval(Callback):
 
         trainer:
           callbacks:
-            - class_path: lit_distill.callbacks_embedding.EmbeddingEval
+            - class_path: lit_distill.callbacks.EmbeddingEval
               init_args: {max_sentences: 512, k: 10}
     """
 

@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 
 if TYPE_CHECKING:
-    from lit_distill.losses.fused import _Spec
+    from lit_distill.losses.fused.spec import _Spec
 
 # Triton launch configuration by logit element size, from the sweep in benchmarks/fused_kd_loss.py (H100).
 TRITON_CONFIG = {

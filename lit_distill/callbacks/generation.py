@@ -36,7 +36,7 @@ class JsonlPredictionWriter(BasePredictionWriter):
 
         trainer:
           callbacks:
-            - class_path: lit_distill.callbacks_generation.JsonlPredictionWriter
+            - class_path: lit_distill.callbacks.JsonlPredictionWriter
               init_args: {path: generated/text/teacher_responses.jsonl}
     """
 
@@ -195,6 +195,6 @@ def _check_rows(prediction: Any) -> list[dict[str, str]]:
     ):
         raise TypeError(
             "JsonlPredictionWriter expects predict_step to return a list of {'prompt': str, 'response': str} "
-            f"dicts, got {type(prediction).__name__}; use lit_distill.generation_module.GenerationModule."
+            f"dicts, got {type(prediction).__name__}; use lit_distill.generation.predict.GenerationModule."
         )
     return list(prediction)

@@ -14,7 +14,7 @@ from lit_distill.generation import (
     prompts_from_batch,
     sequence_nll,
 )
-from lit_distill.generation_module import GenerationModule
+from lit_distill.generation.predict import GenerationModule
 from lit_distill.models import GPT
 
 EOS, PAD = 256, 257

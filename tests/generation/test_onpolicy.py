@@ -6,14 +6,14 @@ import pytest
 import torch
 from lightning.pytorch import Trainer
 
-import lit_distill.onpolicy as onpolicy
+import lit_distill.generation.onpolicy as onpolicy
 from lit_distill import DistillationModule
 from lit_distill.data import PromptDataModule
 from lit_distill.generation import IGNORE_INDEX, completion_batch, prompts_from_batch
+from lit_distill.generation.onpolicy import OnPolicyDistillationModule
 from lit_distill.losses import TokenKD
 from lit_distill.losses import functional as LF
 from lit_distill.models import GPT
-from lit_distill.onpolicy import OnPolicyDistillationModule
 
 EOS, PAD = 256, 257
 
@@ -63,7 +63,7 @@ def fit(module, steps=3):
 
 
 class Spy:
-    """Wraps ``generate`` in lit_distill.onpolicy and records how each call ran."""
+    """Wraps ``generate`` in lit_distill.generation.onpolicy and records how each call ran."""
 
     def __init__(self, monkeypatch):
         self.calls = []

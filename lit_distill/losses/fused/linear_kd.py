@@ -11,9 +11,9 @@ logits (same divergence definitions, same masking), e.g. for ``divergence="jsd"`
     jensen_shannon(h_s @ W_s.T, h_t @ W_t.T, beta, temperature, mask=labels != ignore_index)
 
 On CUDA (with Triton) the per-chunk elementwise work runs in one Triton kernel that reads the
-bf16/fp16/fp32 logits and writes the gradient in place; elsewhere it runs in PyTorch. This module
-imports nothing from ``functional`` at load time, because ``functional`` re-exports
-:func:`fused_linear_kd`.
+bf16/fp16/fp32 logits and writes the gradient in place; elsewhere it runs in PyTorch. The fused package
+imports nothing from ``functional`` (its argument checks come from :mod:`lit_distill.losses.arguments`),
+because ``functional`` re-exports :func:`fused_linear_kd`.
 """
 
 from __future__ import annotations
@@ -22,18 +22,15 @@ import math
 from typing import NamedTuple
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from lit_distill.losses.fused_triton import TRITON_CONFIG, _pick_triton, _rows_triton, _triton_available  # noqa: F401
-
-__all__ = ["fused_linear_kd", "FusedKDParts", "auto_chunk_size"]
-
-_DIV_CODES = {"fkl": 0, "rkl": 1, "jsd": 2, "tvd": 3}
-# Working set of the per-chunk logit buffers when chunk_size is not given (see auto_chunk_size).
-_GPU_CHUNK_BYTES = 448 << 20
-_CPU_CHUNK_BYTES = 256 << 20
+from lit_distill.losses.arguments import check_beta, check_divergence, check_temperature
+from lit_distill.losses.fused.checks import _check_and_flatten, _check_label_range
+from lit_distill.losses.fused.matmul import _accumulate_weight_grad, _esize, _linear, auto_chunk_size
+from lit_distill.losses.fused.spec import _Config, _Spec
+from lit_distill.losses.fused.torch_path import _rows_torch
+from lit_distill.losses.fused.triton_kernel import _pick_triton, _rows_triton
 
 
 class FusedKDParts(NamedTuple):
@@ -113,10 +110,7 @@ def fused_linear_kd(
         >>> w_s.grad.shape
         torch.Size([50, 8])
     """
-    from lit_distill.losses.functional import DIVERGENCES, check_beta, check_temperature
-
-    if divergence not in DIVERGENCES:
-        raise ValueError(f"unknown divergence {divergence!r}; choose one of {', '.join(DIVERGENCES)}.")
+    check_divergence(divergence)
     check_beta(beta)
     check_temperature(temperature)
     if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1):
@@ -165,101 +159,7 @@ def fused_linear_kd(
     return FusedKDParts(loss, kd, ce) if return_parts else loss
 
 
-def auto_chunk_size(n_rows: int, vocab: int, bytes_per_row: int, device: torch.device) -> int:
-    """Tokens per chunk so that the per-chunk buffers (``bytes_per_row`` each) fit a memory budget.
-
-    Budget: on CUDA an eighth of the free memory (driver-free plus the allocator's cached blocks),
-    capped at 448 MiB; on CPU a fixed 256 MiB. The rows are then spread evenly over the chunks and
-    rounded to a multiple of 64 (tensor-core friendly tiles).
-
-    Example:
-        >>> auto_chunk_size(10_000, 32_000, 4 * 32_000, torch.device("cpu"))
-        2048
-    """
-    if device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(device)
-        free += torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
-        budget = min(free // 8, _GPU_CHUNK_BYTES)
-    else:
-        budget = _CPU_CHUNK_BYTES
-    c_max = max(1, budget // max(1, bytes_per_row))
-    if c_max >= n_rows:
-        return max(1, n_rows)
-    n_chunks = -(-n_rows // c_max)
-    c = -(-n_rows // n_chunks)
-    return min(c_max, -(-c // 64) * 64) if c > 64 else c
-
-
-# --------------------------------------------------------------------------------------- checks
-def _check_and_flatten(
-    hs: Tensor, ws: Tensor, ht: Tensor, wt: Tensor, bs: Tensor | None, bt: Tensor | None, labels: Tensor | None
-) -> tuple[Tensor, Tensor, Tensor | None]:
-    for name, t in (("student_hidden", hs), ("teacher_hidden", ht), ("student_weight", ws), ("teacher_weight", wt)):
-        if not isinstance(t, Tensor) or not t.is_floating_point():
-            got = f"{type(t).__name__} {getattr(t, 'dtype', '')}"
-            raise TypeError(f"{name} must be a floating-point tensor, got {got}.")
-    if ws.dim() != 2 or wt.dim() != 2:
-        raise ValueError(
-            f"weights must be 2-D [vocab, hidden] like nn.Linear.weight; got student {tuple(ws.shape)}, "
-            f"teacher {tuple(wt.shape)}."
-        )
-    if ws.shape[0] != wt.shape[0]:
-        raise ValueError(
-            f"student vocab {ws.shape[0]} != teacher vocab {wt.shape[0]} (weights {tuple(ws.shape)} vs "
-            f"{tuple(wt.shape)}); distillation over logits needs one shared vocabulary/tokenizer."
-        )
-    if hs.dim() < 2 or hs.shape[-1] != ws.shape[1]:
-        raise ValueError(
-            f"student_hidden {tuple(hs.shape)} must end in the student weight's hidden size {ws.shape[1]} "
-            f"(weight {tuple(ws.shape)} is [vocab, hidden])."
-        )
-    if ht.dim() < 2 or ht.shape[-1] != wt.shape[1]:
-        raise ValueError(
-            f"teacher_hidden {tuple(ht.shape)} must end in the teacher weight's hidden size {wt.shape[1]} "
-            f"(weight {tuple(wt.shape)} is [vocab, hidden])."
-        )
-    if hs.shape[:-1] != ht.shape[:-1]:
-        raise ValueError(
-            f"student_hidden {tuple(hs.shape)} and teacher_hidden {tuple(ht.shape)} must have the same leading "
-            "(token) shape; run both models on the same batch."
-        )
-    for name, b, v in (("student_bias", bs, ws.shape[0]), ("teacher_bias", bt, wt.shape[0])):
-        if b is not None and tuple(b.shape) != (v,):
-            raise ValueError(f"{name} must have shape ({v},) (one entry per vocab row), got {tuple(b.shape)}.")
-    devices = {t.device for t in (hs, ws, ht, wt, bs, bt, labels) if t is not None}
-    if len(devices) > 1:
-        raise ValueError(f"all tensors must be on one device, got {sorted(str(d) for d in devices)}.")
-    if labels is not None:
-        if labels.shape != hs.shape[:-1]:
-            raise ValueError(
-                f"labels shape {tuple(labels.shape)} must equal the hidden states' leading shape "
-                f"{tuple(hs.shape[:-1])} (shift labels before calling)."
-            )
-        if labels.is_floating_point() or labels.is_complex():
-            raise TypeError(f"labels must be an integer tensor, got {labels.dtype}.")
-        labels = labels.reshape(-1)
-    return hs.reshape(-1, hs.shape[-1]), ht.reshape(-1, ht.shape[-1]), labels
-
-
-def _check_label_range(valid: Tensor, vocab: int, ignore_index: int) -> None:
-    if valid.numel() and bool((valid < 0).any() | (valid >= vocab).any()):
-        bad = valid[(valid < 0) | (valid >= vocab)][0].item()
-        raise ValueError(f"label {bad} is outside [0, {vocab}) and is not ignore_index={ignore_index}.")
-
-
 # -------------------------------------------------------------------------------- the autograd op
-class _Config(NamedTuple):
-    divergence: str
-    beta: float
-    temperature: float
-    ce_weight: float
-    chunk_size: int | None
-    fp32_accumulation: bool
-    fp32_logits: bool
-    impl: str
-    need: tuple[bool, bool, bool]  # gradients wanted for student hidden, weight, bias
-
-
 class _FusedLinearKD(torch.autograd.Function):
     """Gradients are computed in forward, chunk by chunk; backward only scales them by the upstream grad."""
 
@@ -371,129 +271,3 @@ def _chunk_loop(hs_m, ws_m, bs_m, ht_m, wt_m, bt_m, labels, cfg, hs, ws, bs, n, 
         None if grad_b is None else grad_b.to(bs.dtype),
     )
     return loss, kd, ce, grads
-
-
-def _esize(dtype: torch.dtype) -> int:
-    return torch.empty((), dtype=dtype).element_size()
-
-
-def _linear(x: Tensor, w: Tensor, b: Tensor | None, dtype: torch.dtype, out: Tensor | None, cache: dict) -> Tensor:
-    """``x wᵀ + b`` as ``dtype`` (wider than the operands for fp32 logits), into ``out`` when given."""
-    kw = {} if out is None else {"out": out}
-    if dtype == x.dtype:
-        return torch.mm(x, w.t(), **kw) if b is None else torch.addmm(b, x, w.t(), **kw)
-    if x.is_cuda:
-        # cuBLAS: half-precision operands, fp32 accumulation and output (torch >= 2.8), best into `out`.
-        for how, args in (("mm_out", kw), ("mm", {})):
-            if _FP32_OUT_MM.get(how, True):
-                try:
-                    if b is None:
-                        res = torch.mm(x, w.t(), out_dtype=dtype, **args)
-                    else:
-                        res = torch.addmm(b.to(dtype), x, w.t(), out_dtype=dtype, **args)
-                    _FP32_OUT_MM[how] = True
-                    return res if (out is None or args) else out.copy_(res)
-                except torch.OutOfMemoryError:
-                    raise
-                except (RuntimeError, TypeError):
-                    _FP32_OUT_MM[how] = False
-    # Upcast operands once per call (the weight copy is the expensive part).
-    key = (id(w), dtype)
-    if key not in cache:
-        cache[key] = (w.to(dtype), None if b is None else b.to(dtype))
-    w_up, b_up = cache[key]
-    res = torch.mm(x.to(dtype), w_up.t()) if b_up is None else torch.addmm(b_up, x.to(dtype), w_up.t())
-    return res if out is None else out.copy_(res)
-
-
-_FP32_OUT_MM: dict[str, bool] = {}
-
-
-def _accumulate_weight_grad(acc: Tensor, g: Tensor, h: Tensor, first: bool) -> None:
-    """``acc = gᵀ h`` (first chunk, no zero-fill pass) or ``acc += gᵀ h``, accumulating in ``acc``'s dtype."""
-    if acc.dtype == g.dtype:
-        torch.mm(g.t(), h, out=acc) if first else acc.addmm_(g.t(), h)
-        return
-    if acc.is_cuda:
-        # cuBLAS with half-precision operands reads and writes an fp32 accumulator in place.
-        how = "mm_out" if first else "addmm_"
-        if _FP32_OUT_MM.get(how, True):
-            try:
-                if first:
-                    torch.mm(g.t(), h, out_dtype=acc.dtype, out=acc)
-                else:
-                    torch.addmm(acc, g.t(), h, out_dtype=acc.dtype, out=acc)
-                _FP32_OUT_MM[how] = True
-                return
-            except torch.OutOfMemoryError:
-                raise
-            except (RuntimeError, TypeError):
-                _FP32_OUT_MM[how] = False
-    if first:
-        acc.zero_()
-    acc.addmm_(g.t().to(acc.dtype), h.to(acc.dtype))
-
-
-# ----------------------------------------------------------------------- elementwise, PyTorch
-class _Spec(NamedTuple):
-    """One call's divergence reduced to a kernel code and the scale factors of value and gradient."""
-
-    code: int
-    beta: float
-    temperature: float
-    loss_scale: float  # per-row divergence -> its share of the mean
-    grad_scale: float  # d(row)/d(z/T) -> d(mean)/dz
-    inv_n: float
-    ce_grad_scale: float  # ce_weight / n; 0 = no CE term
-
-    @staticmethod
-    def of(cfg: _Config, inv_n: float) -> _Spec:
-        t, beta = cfg.temperature, cfg.beta
-        if cfg.divergence in ("forward_kl", "reverse_kl"):  # T² · KL: Hinton's gradient-size correction
-            code, loss_scale, grad_scale = _DIV_CODES["fkl" if cfg.divergence == "forward_kl" else "rkl"], t * t, t
-        elif cfg.divergence == "jsd" and beta in (0.0, 1.0):  # GKD's end points: plain KL, no T²
-            code, loss_scale, grad_scale = _DIV_CODES["fkl" if beta == 0.0 else "rkl"], 1.0, 1.0 / t
-        elif cfg.divergence == "jsd":
-            code, loss_scale, grad_scale = _DIV_CODES["jsd"], 1.0, (1.0 - beta) / t
-        else:
-            code, loss_scale, grad_scale = _DIV_CODES["tvd"], 0.5, 0.5 / t
-        return _Spec(code, beta, t, loss_scale * inv_n, grad_scale * inv_n, inv_n, cfg.ce_weight * inv_n)
-
-
-def _kl_rows(p: Tensor, log_p: Tensor, log_q: Tensor) -> Tensor:
-    return torch.where(p == 0, torch.zeros_like(p), p * (log_p - log_q)).sum(-1)  # NaN propagates
-
-
-def _rows_torch(zs: Tensor, zt: Tensor, labels: Tensor | None, spec: _Spec, need_grad: bool):
-    """Scaled sums of one chunk's divergence and CE rows, and ``d(loss)/d zs`` (None without grad)."""
-    cd = torch.float64 if zs.dtype == torch.float64 else torch.float32
-    zs_c = zs.to(cd)
-    log_q = torch.log_softmax(zs_c / spec.temperature, dim=-1)
-    log_p = torch.log_softmax(zt.to(cd) / spec.temperature, dim=-1)
-    q, p = log_q.exp(), log_p.exp()
-    if spec.code == 0:  # forward KL(p||q): d/da = q - p
-        rows = _kl_rows(p, log_p, log_q)
-        g = q - p if need_grad else None
-    elif spec.code == 1:  # reverse KL(q||p): d/da = q * (log q/p - KL)
-        rows = _kl_rows(q, log_q, log_p)
-        g = q * ((log_q - log_p) - rows[:, None]) if need_grad else None
-    elif spec.code == 2:  # JSD(beta): d/da = (1-beta) q (r - sum q r), r = log q/m
-        b = spec.beta
-        log_m = torch.logaddexp(log_p + math.log(b), log_q + math.log1p(-b))
-        rows = b * _kl_rows(p, log_p, log_m) + (1.0 - b) * _kl_rows(q, log_q, log_m)
-        r = log_q - log_m
-        g = q * (r - (q * r).sum(-1, keepdim=True)) if need_grad else None
-    else:  # TVD: d/da = 1/2 q (s - sum q s), s = sign(q - p)
-        rows = (p - q).abs().sum(-1)
-        s = torch.sign(q - p)
-        g = q * (s - (q * s).sum(-1, keepdim=True)) if need_grad else None
-    kd = rows.sum() * spec.loss_scale
-    ce = torch.zeros((), dtype=cd, device=zs.device)
-    if spec.ce_grad_scale > 0:
-        log_q1 = log_q if spec.temperature == 1.0 else torch.log_softmax(zs_c, dim=-1)
-        ce = -log_q1.gather(1, labels[:, None]).sum() * spec.inv_n
-    if g is not None:
-        g = g * spec.grad_scale
-        if spec.ce_grad_scale > 0:
-            g = g + spec.ce_grad_scale * (log_q1.exp() - F.one_hot(labels, zs.shape[1]).to(cd))
-    return kd, ce, g

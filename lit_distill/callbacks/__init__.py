@@ -1,0 +1,32 @@
+"""Callbacks for the recipes: student export and fit summary, embedding evaluation, generation JSONL writer."""
+
+from lit_distill.callbacks.embedding import (
+    EmbeddingEval,
+    compare_encoders,
+    count_parameters,
+    encode_rates,
+    format_table,
+    mean_cosine,
+    nearest_neighbours,
+    neighbour_agreement,
+    quantize_int8,
+    size_bytes,
+)
+from lit_distill.callbacks.fit import ExportStudent, FitSummary
+from lit_distill.callbacks.generation import JsonlPredictionWriter
+
+__all__ = [
+    "ExportStudent",
+    "FitSummary",
+    "EmbeddingEval",
+    "JsonlPredictionWriter",
+    "compare_encoders",
+    "count_parameters",
+    "encode_rates",
+    "format_table",
+    "mean_cosine",
+    "nearest_neighbours",
+    "neighbour_agreement",
+    "quantize_int8",
+    "size_bytes",
+]
