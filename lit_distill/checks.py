@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 import torch
 from torch import nn
 
+from lit_distill.guard import NonFiniteLossError
 from lit_distill.losses.base import DistillationLoss
 
 
@@ -68,6 +70,14 @@ def check_teacher_placement(student: nn.Module, teacher: nn.Module | None, teach
         )
 
 
+def check_models(losses: Iterable[Any], student: nn.Module, teacher: nn.Module | None) -> None:
+    """Each strategy's own cheap configuration checks (``check_models(student, teacher)``), before any compute."""
+    for loss in losses:
+        check = getattr(loss, "check_models", None)
+        if check is not None:
+            check(student, teacher)
+
+
 def first_train_batch(trainer: Any) -> Any:
     """The first training batch (for the setup probe); an empty training set is an error, not a silent no-op."""
     datamodule = getattr(trainer, "datamodule", None)
@@ -86,3 +96,34 @@ def first_train_batch(trainer: Any) -> Any:
             "or batch_size with drop_last=True larger than the dataset."
         )
     return batch
+
+
+def probe_first_batch(module: Any) -> bool:
+    """Run one batch through teacher, student and every loss before training starts.
+
+    Bad shapes, vocab mismatches and unknown names fail here, before any optimizer step, and
+    adapters whose size is inferred from the first batch get their parameters, so the optimizer
+    and DDP see them. Returns whether it ran (not without a training batch, nor before FSDP/DeepSpeed sharding).
+    """
+    batch = first_train_batch(module.trainer)
+    if batch is None:
+        return False
+    device = module.trainer.strategy.root_device
+    if getattr(module.trainer.strategy, "strategy_name", "") in ("fsdp", "deepspeed"):
+        return False  # the full model does not fit one device before sharding; checks run at step 1
+    module.to(device)
+    batch = module.trainer.strategy.batch_to_device(batch, device)
+    was_training = module.training
+    module.eval()  # a shape check must not move BatchNorm statistics
+    try:
+        with torch.no_grad():
+            total, terms, _, _ = module.shared_step(batch)
+    finally:
+        module.train(was_training)
+    bad = [name for name, value in terms.items() if not torch.isfinite(value).all()]
+    if bad:
+        raise NonFiniteLossError(
+            f"the first batch already gives non-finite loss term(s) {bad} before any update: check the inputs "
+            "and the teacher's outputs for NaN/inf, and the loss settings (temperature, weights)."
+        )
+    return True

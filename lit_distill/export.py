@@ -3,15 +3,21 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from torch import Tensor, nn
 
-if TYPE_CHECKING:
-    from lit_distill.module import DistillationModule
+from lit_distill.teacher import load_weights
 
 
-def student_state(module: DistillationModule, include_adapters: bool = False) -> dict[str, Tensor]:
+class Distilled(Protocol):
+    """What export reads of a :class:`~lit_distill.DistillationModule` (typed here so export sits below it)."""
+
+    student: nn.Module
+    losses: nn.Module
+
+
+def student_state(module: Distilled, include_adapters: bool = False) -> dict[str, Tensor]:
     """The student's state dict; with ``include_adapters`` also the loss adapters under ``losses.``."""
     state = {k: v.detach().cpu().contiguous() for k, v in module.student.state_dict().items()}
     if include_adapters:
@@ -36,16 +42,12 @@ def save_state(state: dict[str, Tensor], path: str | Path, overwrite: bool = Fal
     return path
 
 
-def save_student(
-    module: DistillationModule, path: str | Path, include_adapters: bool = False, overwrite: bool = False
-) -> Path:
+def save_student(module: Distilled, path: str | Path, include_adapters: bool = False, overwrite: bool = False) -> Path:
     """Write the student's weights to ``path``; reload with :func:`load_student`."""
     return save_state(student_state(module, include_adapters), path, overwrite=overwrite)
 
 
 def load_student(model: nn.Module, path: str | Path) -> nn.Module:
     """Load exported student weights into a freshly built ``model`` (strict) and return it."""
-    from lit_distill.teacher import load_weights
-
     load_weights(model, path, prefix="")
     return model

@@ -100,3 +100,19 @@ class FeatureTaps:
 
     def __len__(self) -> int:
         return len(self._handles)
+
+
+def taps_for_losses(
+    losses: Iterable[nn.Module], models: dict[str, nn.Module | None], existing: dict[str, FeatureTaps]
+) -> None:
+    """Add to ``existing`` one :class:`FeatureTaps` per side (``"student"``, ``"teacher"``) on the layers that the
+    losses declare in ``student_taps`` / ``teacher_taps``; sides already tapped, or with nothing to tap, are skipped.
+
+    A cache stand-in (:class:`lit_distill.cache.CachedTeacher`, ``reads_from_batch``) is never run: its features
+    come with the batch.
+    """
+    losses = list(losses)
+    for side, model in models.items():
+        specs = sorted({s for loss in losses for s in getattr(loss, f"{side}_taps", ())})
+        if specs and side not in existing and not getattr(model, "reads_from_batch", False):
+            existing[side] = FeatureTaps(model, specs, side)

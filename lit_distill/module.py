@@ -14,24 +14,27 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 
+from lit_distill.acceleration import compile_in_place, hidden_path, logging_step, prepare_input, to_channels_last
 from lit_distill.batch import batch_size_of, cached_teacher_output, split_batch
-from lit_distill.checks import check_losses, check_not_shared, check_teacher_placement, first_train_batch
-from lit_distill.features import FeatureTaps
-from lit_distill.guard import NonFiniteGuard, NonFiniteLossError
+from lit_distill.checkpointing import TEACHER_PREFIX, TeacherCheckpointing, ddp_ignore_list, load_teacher
+from lit_distill.checks import check_losses, check_models, check_teacher_placement, probe_first_batch
+from lit_distill.export import save_student
+from lit_distill.features import FeatureTaps, taps_for_losses
+from lit_distill.guard import NonFiniteGuard
 from lit_distill.losses.base import DistillationLoss
 from lit_distill.losses.logit import CrossEntropy, LogitKD
 from lit_distill.metrics import EvalMetrics
 from lit_distill.outputs import ModelOutput, as_model_output
-from lit_distill.teacher import freeze, load_weights, parse_dtype
+from lit_distill.teacher import load_weights, parse_dtype
 
-TEACHER_PREFIX = "teacher."
+__all__ = ["DistillationModule", "TEACHER_PREFIX"]
 
 
 def _adamw(params: Iterator[nn.Parameter]) -> torch.optim.Optimizer:
     return torch.optim.AdamW(params, lr=1e-3, weight_decay=0.01)
 
 
-class DistillationModule(LightningModule):
+class DistillationModule(TeacherCheckpointing, LightningModule):
     """Train ``student`` to match a frozen ``teacher`` through a weighted sum of loss strategies.
 
     One step: batch -> teacher (eval, no grad, own dtype) -> outputs; batch -> student -> outputs;
@@ -94,22 +97,12 @@ class DistillationModule(LightningModule):
         if losses is None:
             losses = [LogitKD(temperature=4.0)] if teacher is not None else [CrossEntropy()]
         self.losses = nn.ModuleList(check_losses(losses, teacher))
-        if teacher_checkpoint is not None and teacher is None:
-            raise ValueError("teacher_checkpoint is set but no teacher model is given; add `teacher:`.")
-        if teacher is not None:
-            if teacher_checkpoint is not None:
-                load_weights(teacher, teacher_checkpoint, prefix=teacher_checkpoint_prefix)
-            check_not_shared(student, teacher)
-            dtype = parse_dtype(teacher_dtype)
-            if dtype is not None:
-                teacher.to(dtype)
-            freeze(teacher)
+        load_teacher(teacher, student, teacher_checkpoint, teacher_checkpoint_prefix, teacher_dtype)
         if student_checkpoint is not None:
             load_weights(student, student_checkpoint)
         self.teacher = teacher
         if teacher is not None:
-            # DDP neither all-reduces nor broadcasts these: every rank loads the same teacher itself.
-            self._ddp_params_and_buffers_to_ignore = [TEACHER_PREFIX + k for k in teacher.state_dict()]
+            self._ddp_params_and_buffers_to_ignore = ddp_ignore_list(teacher)
         self.teacher_dtype = parse_dtype(teacher_dtype)
         self.save_teacher = save_teacher
         self.optimizer_factory = optimizer
@@ -123,9 +116,7 @@ class DistillationModule(LightningModule):
         self.compile_models = compile
         self.channels_last = channels_last
         if channels_last:
-            student.to(memory_format=torch.channels_last)
-            if teacher is not None:
-                teacher.to(memory_format=torch.channels_last)
+            to_channels_last(student, teacher)
         self._compiled = False
         self._taps: dict[str, FeatureTaps] = {}
         self._probed = False
@@ -137,28 +128,11 @@ class DistillationModule(LightningModule):
             self.teacher.eval()  # Lightning calls .train() on the whole module every epoch
         return self
 
-    def state_dict(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
-        state = super().state_dict(*args, **kwargs)
-        if self.save_teacher:
-            return state
-        prefix = kwargs.get("prefix", args[1] if len(args) > 1 else "")
-        drop = prefix + TEACHER_PREFIX
-        for key in [k for k in state if k.startswith(drop)]:
-            del state[key]
-        return state
-
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self._guard.check()  # never write weights that a NaN loss has already touched
 
     def on_train_epoch_end(self) -> None:
         self._guard.check()
-
-    def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False):
-        if self.teacher is not None and not any(k.startswith(TEACHER_PREFIX) for k in state_dict):
-            # The checkpoint left the teacher out; it was already reloaded from its own source.
-            state_dict = dict(state_dict)
-            state_dict.update({TEACHER_PREFIX + k: v for k, v in self.teacher.state_dict().items()})
-        return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
     # ----------------------------------------------------------------- forward
     def model_inputs(self, batch: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:
@@ -169,7 +143,7 @@ class DistillationModule(LightningModule):
     def _run(self, model: nn.Module, side: str, batch: Any, cast: torch.dtype | None = None) -> ModelOutput:
         args, kwargs = self.model_inputs(batch)
         if cast is not None or self.channels_last:
-            args = tuple(self._prepare_input(a, cast) for a in args)
+            args = tuple(prepare_input(a, cast, self.channels_last) for a in args)
         taps = self._taps.get(side)
         with taps.capture() if taps is not None else contextlib.nullcontext({}) as features:
             if self._use_hidden():
@@ -179,31 +153,9 @@ class DistillationModule(LightningModule):
         out.features.update(features)
         return out
 
-    def _prepare_input(self, value: Any, cast: torch.dtype | None) -> Any:
-        if not isinstance(value, Tensor) or not value.is_floating_point():
-            return value
-        if cast is not None:
-            value = value.to(cast)
-        if self.channels_last and value.ndim == 4:
-            value = value.contiguous(memory_format=torch.channels_last)
-        return value
-
     def _use_hidden(self) -> bool:
-        """Hand strategies hidden states + head instead of logits (fused LM-head losses).
-
-        Only in training, only when every strategy can work from hidden states, and only when both
-        models (so not a cached teacher) expose ``forward_hidden`` and ``get_output_embeddings``
-        (lit-distill's GPT, HF causal LMs): then the ``[tokens, vocab]`` logits are never materialised.
-        Evaluation keeps logits for metrics.
-        """
-        return (
-            self.training
-            and all(getattr(loss, "accepts_hidden", False) for loss in self.losses)
-            and all(
-                hasattr(model, "forward_hidden") and hasattr(model, "get_output_embeddings")
-                for model in (self.student, self.teacher)
-            )
-        )
+        """Hand strategies hidden states + head instead of logits: in training only (evaluation keeps logits)."""
+        return self.training and hidden_path(self.losses, self.student, self.teacher)
 
     def forward_student(self, batch: Any) -> ModelOutput:
         """Run the student on ``batch``; override to change how the student is called."""
@@ -268,17 +220,11 @@ class DistillationModule(LightningModule):
                 return None
         else:
             self._guard.observe(self.global_step, {**terms, "loss": total})
-        if self._logging_step():
+        if logging_step(self._trainer):
             for name, value in terms.items():
                 self.log(f"train/{name}", value.detach(), batch_size=bs)
             self.log("train/loss", total.detach(), prog_bar=True, batch_size=bs)
         return total
-
-    def _logging_step(self) -> bool:
-        """Log training terms only on the steps Lightning writes logs: ``self.log`` costs host time per call,
-        and on small GPU steps that time is not hidden behind the GPU."""
-        connector = getattr(self._trainer, "_logger_connector", None) if self._trainer is not None else None
-        return bool(getattr(connector, "should_update_logs", True))
 
     def _eval_step(self, batch: Any, stage: str, metrics: EvalMetrics) -> None:
         total, terms, student_out, teacher_out = self.shared_step(batch)
@@ -305,18 +251,10 @@ class DistillationModule(LightningModule):
 
     # ------------------------------------------------------------ setup/optim
     def setup(self, stage: str) -> None:
-        student_specs = sorted({s for loss in self.losses for s in getattr(loss, "student_taps", ())})
-        teacher_specs = sorted({s for loss in self.losses for s in getattr(loss, "teacher_taps", ())})
-        for side, model, specs in (("student", self.student, student_specs), ("teacher", self.teacher, teacher_specs)):
-            # a cache stand-in (lit_distill.cache.CachedTeacher) is never run: its features come with the batch
-            if specs and side not in self._taps and not getattr(model, "reads_from_batch", False):
-                self._taps[side] = FeatureTaps(model, specs, side)
-        for loss in self.losses:
-            check = getattr(loss, "check_models", None)
-            if check is not None:
-                check(self.student, self.teacher)  # cheap config checks before any compute
+        taps_for_losses(self.losses, {"student": self.student, "teacher": self.teacher}, self._taps)
+        check_models(self.losses, self.student, self.teacher)
         if stage == "fit" and not self._probed:
-            self._probe()
+            self._probed = probe_first_batch(self)
 
     def on_fit_start(self) -> None:
         check_teacher_placement(self.student, self.teacher, self.teacher_dtype)
@@ -327,47 +265,13 @@ class DistillationModule(LightningModule):
 
     def configure_model(self) -> None:
         if self.compile_models and not self._compiled:
-            # nn.Module.compile works in place, so parameter names (and checkpoints) do not change.
-            options = self.compile_models if isinstance(self.compile_models, dict) else {}
-            self.student.compile(**options)
-            if self.teacher is not None:
-                self.teacher.compile(**options)
+            compile_in_place((self.student, self.teacher), self.compile_models)
             self._compiled = True
 
     def teardown(self, stage: str) -> None:
         for taps in self._taps.values():
             taps.remove()
         self._taps.clear()
-
-    def _probe(self) -> None:
-        """Run one batch through teacher, student and every loss before training starts.
-
-        Bad shapes, vocab mismatches and unknown names fail here, before any optimizer step, and
-        adapters whose size is inferred from the first batch get their parameters, so the optimizer
-        and DDP see them.
-        """
-        batch = first_train_batch(self.trainer)
-        if batch is None:
-            return
-        device = self.trainer.strategy.root_device
-        if getattr(self.trainer.strategy, "strategy_name", "") in ("fsdp", "deepspeed"):
-            return  # the full model does not fit one device before sharding; checks run at step 1
-        self.to(device)
-        batch = self.trainer.strategy.batch_to_device(batch, device)
-        was_training = self.training
-        self.eval()  # a shape check must not move BatchNorm statistics
-        try:
-            with torch.no_grad():
-                total, terms, _, _ = self.shared_step(batch)
-        finally:
-            self.train(was_training)
-        bad = [name for name, value in terms.items() if not torch.isfinite(value).all()]
-        if bad:
-            raise NonFiniteLossError(
-                f"the first batch already gives non-finite loss term(s) {bad} before any update: check the inputs "
-                "and the teacher's outputs for NaN/inf, and the loss settings (temperature, weights)."
-            )
-        self._probed = True
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         """Student parameters plus trainable loss parts (adapters), never the teacher's."""
@@ -390,6 +294,4 @@ class DistillationModule(LightningModule):
 
         Returns the path. Refuses to replace an existing file unless ``overwrite=True``.
         """
-        from lit_distill.export import save_student
-
         return save_student(self, path, include_adapters=include_adapters, overwrite=overwrite)

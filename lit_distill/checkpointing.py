@@ -1,0 +1,88 @@
+"""The frozen teacher's weights: loaded and frozen at construction, left out of ``state_dict`` unless asked (it is
+reloaded from where it came from), put back from the live teacher on ``load_state_dict``, and kept away from DDP's
+gradient machinery."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from torch import nn
+
+from lit_distill.checks import check_not_shared
+from lit_distill.teacher import freeze, load_weights, parse_dtype
+
+TEACHER_PREFIX = "teacher."
+
+
+def load_teacher(
+    teacher: nn.Module | None,
+    student: nn.Module,
+    checkpoint: str | None = None,
+    prefix: str | None = None,
+    dtype: str | None = None,
+) -> None:
+    """Load ``teacher``'s weights from ``checkpoint`` (if given), check it shares nothing with the student, cast it
+    to ``dtype`` (if given) and freeze it. ``checkpoint`` without a teacher is an error.
+
+    Example:
+        >>> teacher = nn.Linear(2, 1)
+        >>> load_teacher(teacher, nn.Linear(2, 1), dtype="bf16")
+        >>> teacher.weight.dtype, teacher.weight.requires_grad, teacher.training
+        (torch.bfloat16, False, False)
+    """
+    if checkpoint is not None and teacher is None:
+        raise ValueError("teacher_checkpoint is set but no teacher model is given; add `teacher:`.")
+    if teacher is None:
+        return
+    if checkpoint is not None:
+        load_weights(teacher, checkpoint, prefix=prefix)
+    check_not_shared(student, teacher)
+    target = parse_dtype(dtype)
+    if target is not None:
+        teacher.to(target)
+    freeze(teacher)
+
+
+def ddp_ignore_list(teacher: nn.Module) -> list[str]:
+    """Names DDP should neither all-reduce nor broadcast: every rank loads the same teacher itself.
+
+    Example:
+        >>> ddp_ignore_list(nn.Linear(2, 1))
+        ['teacher.weight', 'teacher.bias']
+    """
+    return [TEACHER_PREFIX + k for k in teacher.state_dict()]
+
+
+class TeacherCheckpointing:
+    """Mixin (before ``LightningModule``) for a module with a ``teacher`` submodule and a ``save_teacher`` flag.
+
+    Example:
+        >>> from lightning.pytorch import LightningModule
+        >>> class Pair(TeacherCheckpointing, LightningModule):
+        ...     def __init__(self):
+        ...         super().__init__()
+        ...         self.student, self.teacher, self.save_teacher = nn.Linear(2, 1), nn.Linear(2, 1), False
+        >>> sorted(Pair().state_dict())
+        ['student.bias', 'student.weight']
+    """
+
+    teacher: nn.Module | None
+    save_teacher: bool
+
+    def state_dict(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        state = super().state_dict(*args, **kwargs)
+        if self.save_teacher:
+            return state
+        prefix = kwargs.get("prefix", args[1] if len(args) > 1 else "")
+        drop = prefix + TEACHER_PREFIX
+        for key in [k for k in state if k.startswith(drop)]:
+            del state[key]
+        return state
+
+    def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False):
+        if self.teacher is not None and not any(k.startswith(TEACHER_PREFIX) for k in state_dict):
+            # The checkpoint left the teacher out; it was already reloaded from its own source.
+            state_dict = dict(state_dict)
+            state_dict.update({TEACHER_PREFIX + k: v for k, v in self.teacher.state_dict().items()})
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
