@@ -130,11 +130,11 @@ class SentencesDataModule(LightningDataModule):
 
     def _resolve_tokenizer(self) -> Any:
         if isinstance(self.tokenizer, str):
-            from lit_distill.models.encoder import _transformers
+            from lit_distill.data.tokenizers import encoder_transformers
 
             if not Path(self.tokenizer).expanduser().is_dir():
                 raise FileNotFoundError(f"tokenizer directory {self.tokenizer!r} does not exist; give the teacher's.")
-            self.tokenizer = _transformers().AutoTokenizer.from_pretrained(self.tokenizer)
+            self.tokenizer = encoder_transformers().AutoTokenizer.from_pretrained(self.tokenizer)
         if self.tokenizer is None:
             module = getattr(self.trainer, "lightning_module", None) if self.trainer is not None else None
             for side in ("teacher", "student"):

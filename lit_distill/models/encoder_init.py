@@ -87,7 +87,7 @@ def tiny_tokenizer(vocab_size: int = 1000) -> Any:
     from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
 
     from lit_distill.data.sentence_corpus import pydoc_texts
-    from lit_distill.models.encoder import _transformers
+    from lit_distill.data.tokenizers import encoder_transformers
 
     text = " ".join(pydoc_texts()).lower()
     specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
@@ -104,4 +104,4 @@ def tiny_tokenizer(vocab_size: int = 1000) -> Any:
     )
     core.decoder = decoders.WordPiece()
     names = dict(pad_token="[PAD]", unk_token="[UNK]", cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]")
-    return _transformers().PreTrainedTokenizerFast(tokenizer_object=core, model_max_length=512, **names)
+    return encoder_transformers().PreTrainedTokenizerFast(tokenizer_object=core, model_max_length=512, **names)
