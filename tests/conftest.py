@@ -14,3 +14,12 @@ def in_tmp(tmp_path, monkeypatch):
     """Run the test with the working directory in a fresh temporary folder."""
     monkeypatch.chdir(tmp_path)
     return tmp_path
+
+
+@pytest.fixture
+def one_thread():
+    """Run the test on one torch thread: on the shared two-core machine two threads spin against each other."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

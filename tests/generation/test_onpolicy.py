@@ -18,12 +18,7 @@ from lit_distill.models import GPT
 EOS, PAD = 256, 257
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny decode steps on a shared machine: one thread is much faster than two
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny decode steps: one thread is much faster
 
 
 def gpt(seed, width):

@@ -20,13 +20,7 @@ from lit_distill.models import GPT
 EOS, PAD = 256, 257
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # The test machine is shared: tiny decode steps run far faster on one thread than fighting for two.
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny decode steps: one thread is much faster
 
 
 def tiny_gpt(seed=0, **kwargs):
