@@ -13,8 +13,11 @@ from lit_distill.losses.functional._common import masked_mean
 from lit_distill.losses.functional.decoupled import dist, dist_terms, dkd, dkd_terms
 from lit_distill.losses.functional.divergences import divergence, jensen_shannon, kl_divergence, total_variation
 from lit_distill.losses.functional.features import (
+    AT_REDUCTIONS,
+    RELATION_REDUCTIONS,
     attention_map,
     attention_transfer,
+    check_reduction,
     feature_cosine,
     hint_mse,
     pkt,
@@ -39,6 +42,9 @@ __all__ = [
     "dist",
     "dist_terms",
     "attention_map",
+    "check_reduction",
+    "AT_REDUCTIONS",
+    "RELATION_REDUCTIONS",
     "attention_transfer",
     "rkd",
     "rkd_terms",

@@ -29,24 +29,50 @@ def attention_map(feature: Tensor, p: float = 2.0, eps: float = 1e-12) -> Tensor
     return q / q.norm(dim=1, keepdim=True).clamp_min(eps)
 
 
-def attention_transfer(student_feature: Tensor, teacher_feature: Tensor, p: float = 2.0) -> Tensor:
+AT_REDUCTIONS = ("mean", "batchmean")
+RELATION_REDUCTIONS = ("mean", "pairs")
+
+
+def check_reduction(what: str, reduction: str, allowed: tuple[str, ...]) -> None:
+    """Refuse an unknown ``reduction`` early, naming the valid ones."""
+    if reduction not in allowed:
+        raise ValueError(
+            f"{what}: reduction must be one of {', '.join(map(repr, allowed))}, got {reduction!r}; "
+            "'mean' (the default) reduces like the authors' released code, so published weights carry over."
+        )
+
+
+def attention_transfer(
+    student_feature: Tensor, teacher_feature: Tensor, p: float = 2.0, reduction: str = "mean"
+) -> Tensor:
     """Activation-based attention transfer (AT) for one layer pair.
 
     Zagoruyko & Komodakis 2017, "Paying More Attention to Attention".
 
-    ``AT = mean_b ‖q_s − q_t‖₂²`` with ``q = vec(Σ_c |A_c|^p) / ‖vec(Σ_c |A_c|^p)‖₂``. Channel counts may
-    differ; spatial sizes must match. (The authors' code also divides by ``H·W``; fold that into the weight.)
+    ``AT = mean_{b,n} (q_s[b,n] − q_t[b,n])²`` with ``q = vec(Σ_c |A_c|^p) / ‖vec(Σ_c |A_c|^p)‖₂``
+    (``n`` runs over the ``H·W`` positions). Channel counts may differ; spatial sizes must match.
+
+    Reductions:
+
+    * ``"mean"`` (default): the mean over batch and positions, as the authors' released ``at_loss``
+      (szagoruyko/attention-transfer) and torchdistill's ``ATLoss(mode="code")``. Their β = 1000 multiplies
+      the sum of this over layer pairs, so ``weight: 1000`` reproduces it (the paper's "β/2" with β = 10³
+      divided by the map size and batch size is this same mean).
+    * ``"batchmean"``: ``mean_b ‖q_s − q_t‖₂²``, summed over positions (``H·W`` times ``"mean"``); its scale
+      does not depend on the map size (lit-distill's earlier default).
 
     Args:
         student_feature: ``[B, C_s, H, W]`` (any number of spatial dims).
         teacher_feature: ``[B, C_t, H, W]``.
         p: exponent of the channel-wise aggregation ``|A_c|^p``.
+        reduction: ``"mean"`` or ``"batchmean"`` (see above).
 
     Example:
         >>> a = torch.randn(2, 8, 4, 4)
         >>> float(attention_transfer(a, torch.cat([a, a], 1))) < 1e-9  # doubling channels keeps the map
         True
     """
+    check_reduction("attention transfer", reduction, AT_REDUCTIONS)
     _check_batches(student_feature, teacher_feature, "attention transfer")
     if student_feature.shape[2:] != teacher_feature.shape[2:]:
         raise ValueError(
@@ -54,7 +80,8 @@ def attention_transfer(student_feature: Tensor, teacher_feature: Tensor, p: floa
             f"teacher's {tuple(teacher_feature.shape[2:])}; pair layers of the same resolution."
         )
     diff = attention_map(student_feature, p) - attention_map(teacher_feature, p).to(_compute_dtype(student_feature))
-    return diff.pow(2).sum(1).mean()
+    squared = diff.pow(2)
+    return squared.mean() if reduction == "mean" else squared.sum(1).mean()
 
 
 def _pairwise(x: Tensor, eps: float = 1e-12) -> tuple[Tensor, Tensor]:
@@ -64,8 +91,9 @@ def _pairwise(x: Tensor, eps: float = 1e-12) -> tuple[Tensor, Tensor]:
     return dist, diff / dist[..., None]
 
 
-def rkd_terms(student_embedding: Tensor, teacher_embedding: Tensor) -> tuple[Tensor, Tensor]:
+def rkd_terms(student_embedding: Tensor, teacher_embedding: Tensor, reduction: str = "mean") -> tuple[Tensor, Tensor]:
     """Unweighted ``(distance, angle)`` terms of relational KD; see :func:`rkd`."""
+    check_reduction("RKD", reduction, RELATION_REDUCTIONS)
     _check_batches(student_embedding, teacher_embedding, "RKD")
     dtype = _compute_dtype(student_embedding, teacher_embedding)
     s, t = student_embedding.flatten(1).to(dtype), teacher_embedding.flatten(1).to(dtype)
@@ -77,30 +105,50 @@ def rkd_terms(student_embedding: Tensor, teacher_embedding: Tensor) -> tuple[Ten
     d_t, e_t = _pairwise(t)
     psi_s = d_s / ((d_s * off).sum() / max(pairs, 1)).clamp_min(1e-12)
     psi_t = d_t / ((d_t * off).sum() / max(pairs, 1)).clamp_min(1e-12)
-    distance = (F.huber_loss(psi_s, psi_t, reduction="none", delta=1.0) * off).sum() / max(pairs, 1)
-    # cos[j, i, k] = <e_ij, e_kj>: the angle at vertex j of triangle (i, j, k), counted when all three differ
+    distance = (F.huber_loss(psi_s, psi_t, reduction="none", delta=1.0) * off).sum()
+    # cos[j, i, k] = <e_ij, e_kj>: the angle at vertex j of triangle (i, j, k). Where i or k equals j the
+    # unit vector is 0 on both sides and where i = k both cosines are 1 (barring coincident points), so the
+    # degenerate entries add ~0 but, in "mean", still count in the denominator as in the released code.
     cos_s = torch.bmm(e_s.transpose(0, 1), e_s.transpose(0, 1).transpose(1, 2))
     cos_t = torch.bmm(e_t.transpose(0, 1), e_t.transpose(0, 1).transpose(1, 2))
+    angle = F.huber_loss(cos_s, cos_t, reduction="none", delta=1.0)
+    if reduction == "mean":  # the released code: every one of the B² pairs and B³ triplets in the count
+        return distance / n**2, angle.sum() / n**3
     distinct = off[:, :, None] * off[:, None, :] * off[None, :, :]
-    angle = (F.huber_loss(cos_s, cos_t, reduction="none", delta=1.0) * distinct).sum() / max(triplets, 1)
-    return distance, angle
+    return distance / max(pairs, 1), (angle * distinct).sum() / max(triplets, 1)
 
 
 def rkd(
-    student_embedding: Tensor, teacher_embedding: Tensor, distance_weight: float = 25.0, angle_weight: float = 50.0
+    student_embedding: Tensor,
+    teacher_embedding: Tensor,
+    distance_weight: float = 25.0,
+    angle_weight: float = 50.0,
+    reduction: str = "mean",
 ) -> Tensor:
     """Relational KD (Park et al. 2019, "Relational Knowledge Distillation"): distance + angle.
 
-    ``RKD = λ_D·mean_{i≠j} huber(ψ_D^s(i,j), ψ_D^t(i,j)) + λ_A·mean_{i,j,k distinct} huber(ψ_A^s(i,j,k), ψ_A^t(i,j,k))``
-    with ``ψ_D(i,j) = ‖x_i − x_j‖ / μ`` (μ the batch's mean pairwise distance) and
-    ``ψ_A(i,j,k) = cos∠x_i x_j x_k``; Huber with δ = 1. Embedding widths may differ. Costs O(B³) memory.
-    A batch of 1 (2) has no pairs (triplets): that term is 0.
+    ``RKD = λ_D·mean_{i,j} huber(ψ_D^s(i,j), ψ_D^t(i,j)) + λ_A·mean_{i,j,k} huber(ψ_A^s(i,j,k), ψ_A^t(i,j,k))``
+    with ``ψ_D(i,j) = ‖x_i − x_j‖ / μ`` (μ the batch's mean distance over ``i ≠ j``),
+    ``ψ_A(i,j,k) = cos∠x_i x_j x_k`` and Huber with δ = 1. Embedding widths may differ. Costs O(B³) memory.
+
+    Reductions:
+
+    * ``"mean"`` (default): the means run over all ``B²`` pairs and ``B³`` triplets, the degenerate ones
+      (``ψ`` equal on both sides, so 0) included, as in the authors' released code (lenscloth/RKD
+      ``RkdDistance``/``RKdAngle``), RepDistiller's and torchdistill's ``RKDLoss``. Their λ_D = 25,
+      λ_A = 50 (CIFAR classification) or 1 and 2 (metric learning) carry over unchanged.
+    * ``"pairs"``: the means run over distinct pairs ``i ≠ j`` and triplets (the paper's χ², χ³), which makes
+      the terms ``B/(B−1)`` and ``B²/((B−1)(B−2))`` times ``"mean"`` (lit-distill's earlier default).
+
+    Batches too small to relate anything give 0 and a zero gradient: B = 1 for the distance term (the
+    released code returns NaN there), B ≤ 2 for the angle term (all its triangles are degenerate).
 
     Args:
         student_embedding: ``[B, D_s]`` (more dims are flattened).
         teacher_embedding: ``[B, D_t]``.
-        distance_weight: λ_D (paper: 25).
-        angle_weight: λ_A (paper: 50).
+        distance_weight: λ_D (25 in the authors' classification code).
+        angle_weight: λ_A (50 in the authors' classification code).
+        reduction: ``"mean"`` or ``"pairs"`` (see above).
 
     Example:
         >>> e = torch.randn(6, 16)
@@ -109,28 +157,42 @@ def rkd(
     """
     check_nonnegative("distance_weight", distance_weight)
     check_nonnegative("angle_weight", angle_weight)
-    distance, angle = rkd_terms(student_embedding, teacher_embedding)
+    distance, angle = rkd_terms(student_embedding, teacher_embedding, reduction)
     return distance_weight * distance + angle_weight * angle
 
 
-def pkt(student_embedding: Tensor, teacher_embedding: Tensor, eps: float = 1e-7) -> Tensor:
+def pkt(student_embedding: Tensor, teacher_embedding: Tensor, eps: float = 1e-7, reduction: str = "mean") -> Tensor:
     """Probabilistic knowledge transfer (PKT).
 
     Passalis & Tefas 2018, "Learning Deep Representations with Probabilistic Knowledge Transfer".
 
-    With the cosine kernel ``K(a, b) = (1 + cos(a, b))/2`` and ``p_{j|i} = K(x_j, x_i) / Σ_{k≠i} K(x_k, x_i)``:
-    ``PKT = mean_i Σ_{j≠i} p^t_{j|i}·log((p^t_{j|i} + ε)/(p^s_{j|i} + ε))``. Embedding widths may differ.
+    With the cosine kernel ``K(a, b) = (1 + cos(a, b))/2`` and ``p_{j|i} = K(x_j, x_i) / Σ_k K(x_k, x_i)``:
+    ``PKT = mean_{i,j} p^t_{j|i}·log((p^t_{j|i} + ε)/(p^s_{j|i} + ε))``. Embedding widths may differ.
+
+    Reductions:
+
+    * ``"mean"`` (default): vectors scaled by ``1/(‖x‖ + ε)``, every ``j`` including ``j = i`` in the kernel's
+      row sums, and the KL terms averaged over all ``B²`` entries, as in the authors' released
+      ``cosine_similarity_loss`` (passalis/probabilistic_kt), RepDistiller's and torchdistill's ``PKTLoss``;
+      their weights (1 in the authors' unsupervised transfer, 30000 next to cross-entropy in RepDistiller
+      and torchdistill) carry over.
+    * ``"pairs"``: the paper's neighbour distributions over ``j ≠ i``, summed over ``j`` and averaged over
+      ``i`` (lit-distill's earlier default; about ``B`` times ``"mean"``).
+
+    A batch of 1 has no neighbours: the loss is 0 with a zero gradient in both reductions.
 
     Args:
         student_embedding: ``[B, D_s]`` (more dims are flattened).
         teacher_embedding: ``[B, D_t]``.
-        eps: guards the log and zero-norm vectors.
+        eps: guards the log and zero-norm vectors (1e-7 in the released code).
+        reduction: ``"mean"`` or ``"pairs"`` (see above).
 
     Example:
         >>> e = torch.randn(6, 16)
         >>> float(pkt(e, 2 * e)) < 1e-6
         True
     """
+    check_reduction("PKT", reduction, RELATION_REDUCTIONS)
     _check_batches(student_embedding, teacher_embedding, "PKT")
     if not (isinstance(eps, (int, float)) and 0 < eps < 1):
         raise ValueError(f"PKT eps must lie in (0, 1), got {eps!r}; 1e-7 is the usual value.")
@@ -138,12 +200,18 @@ def pkt(student_embedding: Tensor, teacher_embedding: Tensor, eps: float = 1e-7)
 
     def conditional(x: Tensor) -> Tensor:
         x = x.flatten(1).to(dtype)
-        x = x / x.norm(dim=1, keepdim=True).clamp_min(eps)
-        kernel = ((x @ x.T + 1.0) / 2.0).masked_fill(torch.eye(len(x), dtype=torch.bool, device=x.device), 0.0)
+        length = x.norm(dim=1, keepdim=True)
+        if reduction == "mean":
+            x = x / (length + eps)
+            kernel = (x @ x.T + 1.0) / 2.0
+        else:
+            x = x / length.clamp_min(eps)
+            kernel = ((x @ x.T + 1.0) / 2.0).masked_fill(torch.eye(len(x), dtype=torch.bool, device=x.device), 0.0)
         return kernel / kernel.sum(1, keepdim=True).clamp_min(eps)
 
     p_s, p_t = conditional(student_embedding), conditional(teacher_embedding)
-    return (p_t * torch.log((p_t + eps) / (p_s + eps))).sum(1).mean()
+    kl = p_t * torch.log1p((p_t - p_s) / (p_s + eps))  # log((p_t+ε)/(p_s+ε)), accurate when p_s ≈ p_t
+    return kl.mean() if reduction == "mean" else kl.sum(1).mean()
 
 
 def hint_mse(student_feature: Tensor, teacher_feature: Tensor, mask: Tensor | None = None) -> Tensor:
