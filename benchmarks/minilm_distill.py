@@ -54,7 +54,7 @@ def distill_losses(kinds: list[str], layers: list[int], depth: int) -> list:
     if "attention" in kinds:
         s = [f"attentions.{i}" for i in range(len(layers))]
         t = [f"attentions.{end - 1}" for end in ends]
-        losses.append(AttentionTransfer(student_layer=s, teacher_layer=t, weight=1.0, name="attention"))
+        losses.append(AttentionTransfer(s, t, reduction="batchmean", weight=1.0, name="attention"))
     return losses
 
 
