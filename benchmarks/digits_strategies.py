@@ -1,6 +1,6 @@
 """Every distillation strategy on digits, each beside the no-KD baseline of the same student.
 
-    python benchmarks/digits_strategies.py --seeds 5 [--group mlp|cnn] [--lr 0.01]
+    python benchmarks/digits_strategies.py --seeds 5 [--group mlp|cnn] [--lr 0.01] [--rows "attention transfer" RKD]
 
 Runs the bundled recipes themselves (``configs/digits/*.yaml``, built through the ``lit-distill`` CLI),
 so the numbers describe what the YAMLs do. Each teacher recipe is trained once (into a temporary folder,
@@ -12,7 +12,8 @@ each strategy and with hard labels only, all with the same optimizer (``--lr``).
 * ``cnn``: SmallCNN teacher (cnn_teacher.yaml) -> SmallCNN [8, 16] student; no KD, logit KD, DKD, DIST
   (the logit recipes' losses on this pair), FitNets, AT, RKD, PKT, logit KD + hint (combined).
 
-Reports the last student's held-out test accuracy (mean ± sample std over seeds); the last line is JSON.
+``--rows`` keeps only the named rows (and "no KD", which every Δ needs). Reports the last student's held-out
+test accuracy (mean ± sample std over seeds); the last line is JSON.
 """
 
 from __future__ import annotations
@@ -155,7 +156,11 @@ def main() -> None:
         help="AdamW learning rate of every student run (the feature/DKD/DIST recipes' value); 0 keeps each "
         "recipe's own. no_kd.yaml and quickstart.yaml default to 1e-3, which leaves 30 epochs underfit.",
     )
+    parser.add_argument("--rows", nargs="+", default=None, help='only these rows (and "no KD"), e.g. RKD PKT')
     args = parser.parse_args()
+    known = {name for _, rows in GROUPS.values() for name, _, _ in rows}
+    if args.rows and not set(args.rows) <= known:
+        parser.error(f"unknown --rows {sorted(set(args.rows) - known)}; choose from {sorted(known)}")
     warnings.filterwarnings("ignore")
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
     logging.getLogger("lightning.fabric").setLevel(logging.ERROR)
@@ -165,11 +170,18 @@ def main() -> None:
     optimizer = (
         None if not args.lr else {"class_path": "torch.optim.AdamW", "init_args": {"lr": args.lr, "weight_decay": 0.01}}
     )
-    result: dict = {"seeds": args.seeds, "lr": args.lr or None, "threads": args.threads, "groups": {}}
+    result: dict = {
+        "seeds": args.seeds,
+        "lr": args.lr or None,
+        "threads": args.threads,
+        "rows": args.rows,
+        "groups": {},
+    }
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         for group, (teacher_recipe, rows) in GROUPS.items():
-            if args.group not in ("all", group):
+            rows = [row for row in rows if not args.rows or row[0] == "no KD" or row[0] in args.rows]
+            if args.group not in ("all", group) or len(rows) == 1:
                 continue
             teacher, teacher_acc = train_teacher(teacher_recipe, folder)
             print(f"[{group}] teacher ({teacher_recipe}.yaml) test acc {teacher_acc:.4f}", flush=True)
