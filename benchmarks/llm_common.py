@@ -466,5 +466,28 @@ def write_result(row: dict[str, Any], out: Path | None) -> None:
         out.write_text(text + "\n")
 
 
-def is_rank_zero() -> bool:
-    return int(os.environ.get("RANK", "0")) == 0
+def report(args, name: str, teacher, student, seconds: float, device: torch.device, **extra: Any) -> None:
+    """Collect every rank's peak memory (call on all ranks); rank 0 prints and writes the result row.
+
+    ``args`` are the parsed :func:`add_model_args` flags: each rank ran ``args.steps`` timed steps of
+    ``args.batch_size x args.seq_len`` tokens.
+    """
+    peaks = gather(peak_memory_gib(device))
+    if int(os.environ.get("RANK", "0")) != 0:
+        return
+    world = len(peaks)
+    row = result_row(
+        name,
+        teacher,
+        student,
+        tokens=args.steps * args.batch_size * args.seq_len * world,
+        seconds=seconds,
+        world_size=world,
+        seq_len=args.seq_len,
+        peak_per_rank=peaks,
+        batch_per_device=args.batch_size,
+        steps=args.steps,
+        warmup=args.warmup,
+        **extra,
+    )
+    write_result(row, args.out)

@@ -144,26 +144,9 @@ def run(args: argparse.Namespace) -> None:
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
     seconds = timer.stop()
-    peaks = C.gather(C.peak_memory_gib(device))
-    final_loss = float(loss.detach().float())
-    if rank == 0:
-        mode = f"fsdp2 x{world}" if args.fsdp else "single"
-        row = C.result_row(
-            f"hand loop, {mode}, {args.loss} loss",
-            teacher_shape,
-            student_shape,
-            tokens=args.steps * args.batch_size * args.seq_len * world,
-            seconds=seconds,
-            world_size=world,
-            seq_len=args.seq_len,
-            peak_per_rank=peaks,
-            batch_per_device=args.batch_size,
-            steps=args.steps,
-            warmup=args.warmup,
-            precision=args.precision,
-            final_loss=round(final_loss, 5),
-        )
-        C.write_result(row, args.out)
+    mode = f"fsdp2 x{world}" if args.fsdp else "single"
+    C.report(args, f"hand loop, {mode}, {args.loss} loss", teacher_shape, student_shape, seconds, device,
+             precision=args.precision, final_loss=round(float(loss.detach().float()), 5))  # fmt: skip
     if dist.is_initialized():
         dist.destroy_process_group()
 

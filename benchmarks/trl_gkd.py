@@ -81,7 +81,6 @@ def run(args: argparse.Namespace) -> None:
     from trl.experimental.gkd import GKDConfig, GKDTrainer
 
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
     cuda = torch.cuda.is_available() and not args.cpu
     device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0"))) if cuda else torch.device("cpu")
     torch.manual_seed(args.seed)
@@ -138,25 +137,10 @@ def run(args: argparse.Namespace) -> None:
             callbacks=[clock],
         )
         result = trainer.train()
-    peaks = C.gather(C.peak_memory_gib(device))
-    if rank == 0:
-        row = C.result_row(
-            f"TRL {_trl_version()} GKDTrainer lmbda=0 beta=0, {f'ddp x{world}' if world > 1 else 'single'}",
-            teacher_shape,
-            student_shape,
-            tokens=args.steps * args.batch_size * args.seq_len * world,
-            seconds=clock.seconds,
-            world_size=world,
-            seq_len=args.seq_len,
-            peak_per_rank=peaks,
-            batch_per_device=args.batch_size,
-            steps=args.steps,
-            warmup=args.warmup,
-            gradient_checkpointing=args.gradient_checkpointing,
-            optim=str(trainer.args.optim),
-            train_loss=round(float(result.training_loss), 5),
-        )
-        C.write_result(row, args.out)
+    mode = f"ddp x{world}" if world > 1 else "single"
+    C.report(args, f"TRL {_trl_version()} GKDTrainer lmbda=0 beta=0, {mode}", teacher_shape, student_shape,
+             clock.seconds, device, gradient_checkpointing=args.gradient_checkpointing,
+             optim=str(trainer.args.optim), train_loss=round(float(result.training_loss), 5))  # fmt: skip
 
 
 def _trl_version() -> str:
