@@ -16,7 +16,7 @@ All use the Llama-3 vocabulary size 128256; heads are 64 (pair b teacher: 128) w
 student ties its LM head to the embedding, as Llama-3.2-1B does. Pair (b)'s teacher holds 141.1 GB
 (131.4 GiB) of bf16 weights: under the 140.4 GiB an H200 reports, but not with the student's fp32
 weights, gradients and AdamW state (1.24e9 x 16 B = 18.4 GiB) and the activations beside it, so it
-needs sharding over >= 2 GPUs.
+needs sharding over >= 2 GPUs. ``--teacher-layers 86`` (75.7B, 141.0 GiB) makes the weights alone exceed it.
 
 FLOPs per token (the model FLOPs of MFU; PaLM, Chowdhery et al. 2022, appendix B)::
 
