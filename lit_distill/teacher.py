@@ -44,10 +44,11 @@ def producer_hint(path: Path, config_dir: str | Path = "configs") -> str:
     return ""
 
 
-def read_state_dict(path: str | Path) -> dict[str, Tensor]:
+def read_state_dict(path: str | Path, mmap: bool = False) -> dict[str, Tensor]:
     """Read a state dict from a Lightning ``.ckpt``/torch file (``weights_only=True``) or ``.safetensors``.
 
     Nothing is unpickled beyond tensors and plain containers, so an untrusted file cannot run code.
+    ``mmap``: map a torch file instead of reading it, so that only the tensors touched are read.
     """
     path = Path(path)
     if not path.is_file():
@@ -57,7 +58,7 @@ def read_state_dict(path: str | Path) -> dict[str, Tensor]:
 
         return load_file(str(path))
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as err:  # noqa: BLE001 - re-raised with the path and the reason
         raise ValueError(
             f"could not read {str(path)!r} as a weights-only torch checkpoint ({err}). lit-distill never "

@@ -6,6 +6,7 @@ when a model is built, so the rest of lit-distill works without it.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from pathlib import Path
@@ -42,6 +43,30 @@ def _missing_model(path: str, err: Exception | None) -> FileNotFoundError:
     )
 
 
+def _build_from_config(
+    tf: Any, factory: Any, path: str | None, config: dict[str, Any] | None, dtype: str | None, trust: bool, empty: bool
+) -> nn.Module:
+    """A model from a config (``path``'s or the given one), on the meta device when ``empty``."""
+    from lit_distill.sharding.materialize import empty_parameters
+
+    if config is not None:
+        settings = dict(config)
+        model_type = settings.pop("model_type", None)
+        if model_type is None:
+            raise ValueError("HFCausalLM(config=...) needs a `model_type` entry (e.g. llama, gpt2, qwen2).")
+        cfg = tf.AutoConfig.for_model(model_type, **settings)
+    else:
+        try:
+            cfg = tf.AutoConfig.from_pretrained(path, trust_remote_code=trust)
+        except OSError as err:
+            raise _missing_model(str(path), err) from err
+    kwargs: dict[str, Any] = {"trust_remote_code": trust}
+    if dtype is not None:
+        kwargs["dtype"] = parse_dtype(dtype)
+    with empty_parameters() if empty else contextlib.nullcontext():
+        return factory.from_config(cfg, **kwargs)
+
+
 class HFCausalLM(nn.Module):
     """A ``transformers`` causal LM (``AutoModelForCausalLM``) or base model (``AutoModel``) from a folder or hub id.
 
@@ -58,6 +83,11 @@ class HFCausalLM(nn.Module):
         dtype: load the weights in this dtype (``"bf16"``, ``"fp32"``, ...); None keeps the saved one.
         tokenizer_id: override the tokenizer identity.
         trust_remote_code: allow model code shipped with the checkpoint (off: it runs arbitrary code).
+        config: build a randomly initialised model from a ``transformers`` config instead of loading one:
+            ``{model_type: llama, hidden_size: 2048, ...}`` (no download; for measurements and tests).
+        empty_init: build the model without memory (parameters on the meta device) and load the weights of
+            ``path`` later, on the device, only the shard each rank owns under ``--trainer.strategy fsdp2``
+            (whole on each device otherwise). For models that do not fit one device or one host's memory.
 
     Example (YAML)::
 
@@ -68,30 +98,38 @@ class HFCausalLM(nn.Module):
 
     def __init__(
         self,
-        path: str,
+        path: str | None = None,
         auto_class: Literal["causal_lm", "base"] = "causal_lm",
         dtype: str | None = None,
         tokenizer_id: str | None = None,
         trust_remote_code: bool = False,
+        config: dict[str, Any] | None = None,
+        empty_init: bool = False,
     ) -> None:
         super().__init__()
         tf = _transformers()
         if auto_class not in ("causal_lm", "base"):
             raise ValueError(f"auto_class must be 'causal_lm' or 'base', got {auto_class!r}.")
-        if looks_local(path) and not Path(path).expanduser().exists():
+        if (path is None) == (config is None):
+            raise ValueError("give exactly one of `path` (a saved or hub model) and `config` (random weights).")
+        if path is not None and looks_local(path) and not Path(path).expanduser().exists():
             raise _missing_model(path, None)  # say so at once instead of after the hub client's retries
         factory = tf.AutoModelForCausalLM if auto_class == "causal_lm" else tf.AutoModel
-        kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code}
-        if dtype is not None:
-            kwargs["dtype"] = parse_dtype(dtype)
-        try:
-            self.model = factory.from_pretrained(path, **kwargs)
-        except OSError as err:
-            raise _missing_model(path, err) from err
+        self.path, self.auto_class, self.empty_init = path, auto_class, empty_init
+        if config is not None or empty_init:
+            self.model = _build_from_config(tf, factory, path, config, dtype, trust_remote_code, empty_init)
+        else:
+            kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code}
+            if dtype is not None:
+                kwargs["dtype"] = parse_dtype(dtype)
+            try:
+                self.model = factory.from_pretrained(path, **kwargs)
+            except OSError as err:
+                raise _missing_model(path, err) from err
         self.model.train(self.training)  # from_pretrained returns eval mode; behave like any freshly built module
-        self.path, self.auto_class = path, auto_class
+        self.has_weights = path is not None  # a config-built model is randomly initialised
         try:
-            self.tokenizer = tf.AutoTokenizer.from_pretrained(path)
+            self.tokenizer = tf.AutoTokenizer.from_pretrained(path) if path is not None else None
         except (OSError, ValueError, TypeError):
             self.tokenizer = None  # weights without tokenizer files: identity falls back to the config
         if self.tokenizer is not None and len(self.tokenizer) <= 1:
@@ -109,9 +147,18 @@ class HFCausalLM(nn.Module):
     def config(self) -> Any:
         return self.model.config
 
-    def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> Tensor | ModelOutput:
+    def forward(
+        self, input_ids: Tensor, attention_mask: Tensor | None = None, return_hidden: bool = False
+    ) -> Tensor | ModelOutput:
+        """Logits ``[B, T, V]``; with ``return_hidden`` the final hidden states instead (see :meth:`forward_hidden`).
+
+        Fused losses call ``model(..., return_hidden=True)`` rather than ``forward_hidden`` so that the call goes
+        through the module's hooks: under FSDP those gather the sharded embedding and LM head.
+        """
         if self.auto_class == "base":
             return ModelOutput(hidden=self.forward_hidden(input_ids, attention_mask))
+        if return_hidden:
+            return self.forward_hidden(input_ids, attention_mask)
         return self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
 
     def forward_hidden(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:
@@ -145,11 +192,23 @@ class HFCausalLM(nn.Module):
     def get_output_embeddings(self) -> nn.Module | None:
         return self.model.get_output_embeddings()
 
-    def save_pretrained(self, path: str | Path) -> Path:
-        """Write the model (``config.json`` records ``tokenizer_id``) and its tokenizer, if any, to ``path``."""
+    def materialize_weights(self, device: torch.device) -> None:
+        """Fill an ``empty_init`` model on ``device``: this rank's shards of ``path``'s weights (random for ``config``)."""
+        from lit_distill.sharding.materialize import WeightSource, materialize
+
+        source = WeightSource(self.path) if self.path is not None else None
+        # Tied embeddings stay one Parameter object through sharding and to_empty, so nothing is re-tied here.
+        materialize(self.model, device, source, std=getattr(self.model.config, "initializer_range", 0.02))
+
+    def save_pretrained(self, path: str | Path, state_dict: dict[str, Tensor] | None = None) -> Path:
+        """Write the model (``config.json`` records ``tokenizer_id``) and its tokenizer, if any, to ``path``.
+
+        ``state_dict``: weights to write instead of the module's own, keyed like ``self.model`` (what a sharded
+        model gathers for export).
+        """
         if self.tokenizer_id is not None:
             self.model.config.tokenizer_id = self.tokenizer_id
-        self.model.save_pretrained(str(path))
+        self.model.save_pretrained(str(path), **({"state_dict": state_dict} if state_dict is not None else {}))
         if self.tokenizer is not None:
             self.tokenizer.save_pretrained(str(path))
         return Path(path)

@@ -1,0 +1,162 @@
+"""Models too big for one device: built without memory, then filled shard by shard on the device that owns it.
+
+``empty_parameters()`` builds a model whose parameters live on the meta device (no memory, no init work)
+while its buffers (rotary frequencies, position ids) are computed as usual. After FSDP has sharded it,
+:func:`materialize` gives every rank memory for its own shards only and fills them from a weight source
+read lazily (safetensors slices, or an mmapped torch checkpoint), so a teacher is never whole on one rank.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+_register_parameter = nn.Module.register_parameter
+
+
+@contextlib.contextmanager
+def empty_parameters() -> Iterator[None]:
+    """Create every parameter registered inside on the meta device; buffers keep their real values.
+
+    Initialisers run on meta tensors and cost nothing, so building a 70B-parameter model takes seconds.
+
+    Example:
+        >>> with empty_parameters():
+        ...     layer = nn.Linear(4096, 4096)
+        >>> layer.weight.device.type
+        'meta'
+    """
+
+    def register(module: nn.Module, name: str, param: nn.Parameter | None) -> None:
+        if param is not None and param.device.type != "meta":
+            param = nn.Parameter(param.to("meta"), requires_grad=param.requires_grad)
+        _register_parameter(module, name, param)
+
+    nn.Module.register_parameter = register  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        nn.Module.register_parameter = _register_parameter  # type: ignore[method-assign]
+
+
+def has_meta_parameters(model: nn.Module | None) -> bool:
+    """Whether any parameter of ``model`` still lives on the meta device."""
+    return model is not None and any(p.is_meta for p in model.parameters())
+
+
+class WeightSource:
+    """Named full-size tensors read lazily, so a rank reads only the rows of its own shard.
+
+    Args:
+        path: a ``.safetensors`` file, a folder of them (a Hugging Face ``save_pretrained`` folder, sharded or
+            not), or a torch/Lightning checkpoint (opened with ``mmap=True, weights_only=True``).
+        prefix: key prefix to strip (e.g. ``"student."`` for a lit-distill checkpoint).
+    """
+
+    def __init__(self, path: str | Path, prefix: str = "") -> None:
+        self.path, self.prefix = Path(path), prefix
+        self._files: dict[str, Path] = {}
+        self._tensors: Mapping[str, Tensor] | None = None
+        files = sorted(self.path.glob("*.safetensors")) if self.path.is_dir() else [self.path]
+        if self.path.is_dir() and not files:
+            raise FileNotFoundError(f"{str(self.path)!r} holds no *.safetensors weights.")
+        if files[0].suffix == ".safetensors":
+            from safetensors import safe_open
+
+            for file in files:
+                if not file.is_file():
+                    raise FileNotFoundError(f"weights file {str(file)!r} does not exist.")
+                with safe_open(str(file), framework="pt") as f:
+                    self._files.update({k: file for k in f.keys()})
+        else:
+            from lit_distill.teacher import read_state_dict
+
+            self._tensors = read_state_dict(self.path, mmap=True)
+
+    def keys(self) -> set[str]:
+        names = self._files if self._tensors is None else self._tensors
+        return {k[len(self.prefix) :] for k in names if k.startswith(self.prefix)}
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        key = self.prefix + name
+        if self._tensors is not None:
+            return tuple(self._tensors[key].shape)
+        from safetensors import safe_open
+
+        with safe_open(str(self._files[key]), framework="pt") as f:
+            return tuple(f.get_slice(key).get_shape())
+
+    def read(self, name: str, index: tuple[slice, ...]) -> Tensor:
+        """Rows/columns ``index`` of the tensor ``name`` (without the prefix)."""
+        key = self.prefix + name
+        if self._tensors is not None:
+            return self._tensors[key][index]
+        from safetensors import safe_open
+
+        with safe_open(str(self._files[key]), framework="pt") as f:
+            return f.get_slice(key)[index]
+
+
+def _local_view(param: Tensor) -> tuple[Tensor, tuple[slice, ...]]:
+    """The tensor this rank holds and which part of the full tensor it is (all of it when not sharded)."""
+    from torch.distributed.tensor import DTensor
+
+    if not isinstance(param, DTensor):
+        return param.data, tuple(slice(0, n) for n in param.shape)
+    from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
+
+    shape, offset = compute_local_shape_and_global_offset(param.shape, param.device_mesh, param.placements)
+    return param.to_local(), tuple(slice(o, o + n) for o, n in zip(offset, shape))
+
+
+def _tied_parameters(model: nn.Module) -> list[list[str]]:
+    """Groups of names under which one Parameter object is registered (tied embeddings)."""
+    groups: dict[int, list[str]] = {}
+    for name, param in model.named_parameters(remove_duplicate=False):
+        groups.setdefault(id(param), []).append(name)
+    return [names for names in groups.values() if len(names) > 1]
+
+
+@torch.no_grad()
+def materialize(model: nn.Module, device: torch.device, source: WeightSource | None = None, std: float = 0.02) -> None:
+    """Give ``model``'s meta parameters memory on ``device`` (only this rank's shards) and fill them.
+
+    With ``source`` every parameter is read from it (strict: missing or extra keys and shape mismatches are
+    errors naming them); without, weights are drawn at random (``N(0, std)`` for matrices, 1 for norm scales,
+    0 for biases), which is what size and speed measurements need.
+    """
+    buffers = {name: b.detach().to(device) for name, b in model.named_buffers() if not b.is_meta}
+    ties = _tied_parameters(model)
+    model.to_empty(device=device)
+    for name, value in buffers.items():
+        model.get_buffer(name).copy_(value)  # to_empty also emptied the buffers it had
+    for first, *others in ties:  # to_empty gives each place its own tensor: tie them again
+        shared = model.get_parameter(first)
+        for name in others:
+            owner, _, attr = name.rpartition(".")
+            setattr(model.get_submodule(owner), attr, shared)
+    params = dict(model.named_parameters())
+    if source is None:
+        for name, param in params.items():
+            local, _ = _local_view(param)
+            if local.ndim >= 2:
+                local.normal_(0.0, std)
+            else:
+                local.fill_(0.0 if name.endswith("bias") else 1.0)
+        return
+    available = source.keys()
+    missing = sorted(set(params) - available)
+    if missing:
+        raise ValueError(
+            f"weights {str(source.path)!r} lack {len(missing)} parameter(s) of {type(model).__name__}: {missing[:8]}"
+        )
+    for name, param in params.items():
+        stored = source.shape(name)
+        if stored != tuple(param.shape):
+            raise ValueError(f"{name}: weights {str(source.path)!r} hold shape {stored}, the model {tuple(param.shape)}.")
+        local, index = _local_view(param)
+        local.copy_(source.read(name, index))

@@ -1,0 +1,78 @@
+"""``--trainer.strategy fsdp2``: Lightning's ModelParallelStrategy used as plain FSDP2 over all devices."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Literal
+
+from lightning.pytorch.strategies import ModelParallelStrategy, StrategyRegistry
+from torch.distributed.constants import default_pg_timeout
+
+from lit_distill.sharding.plan import ShardingPlan
+
+
+class FSDP2Strategy(ModelParallelStrategy):
+    """Fully sharded data parallelism (FSDP2) for distillation: every device holds a shard of each model.
+
+    A thin layer over Lightning's :class:`~lightning.pytorch.strategies.ModelParallelStrategy`: all devices of
+    all nodes form the data-parallel dimension (no tensor parallelism), and the :class:`ShardingPlan` below
+    tells :class:`~lit_distill.DistillationModule` how to shard student and teacher in ``configure_model``.
+    Registered as ``"fsdp2"``, so a recipe scales by trainer flags alone::
+
+        lit-distill fit --config configs/llm/llama_token_kd.yaml --trainer.strategy fsdp2 --trainer.devices 8
+
+    Checkpoints are sharded folders by default (every rank writes its part, in parallel); the student's
+    weights in them load on one device or the CPU through ``student_checkpoint:`` / ``teacher_checkpoint:``.
+
+    Args:
+        teacher: ``"shard"`` (default) or ``"replicate"``; see :class:`ShardingPlan`.
+        block_classes: transformer block class names to shard one by one; None finds them.
+        activation_checkpointing: recompute student block activations in backward.
+        reshard_after_forward: free gathered student blocks between forward and backward.
+        teacher_cpu_offload: keep teacher shards in host memory between uses.
+        save_distributed_checkpoint: sharded checkpoint folders (True) or one full file written by rank 0.
+        process_group_backend: ``"nccl"``/``"gloo"``; None picks by device.
+        timeout: collective timeout.
+
+    Example:
+        >>> strategy = FSDP2Strategy(teacher="replicate", activation_checkpointing=True)
+        >>> strategy.plan.teacher
+        'replicate'
+    """
+
+    strategy_name = "fsdp2"
+
+    def __init__(
+        self,
+        teacher: Literal["shard", "replicate"] = "shard",
+        block_classes: list[str] | None = None,
+        activation_checkpointing: bool = False,
+        reshard_after_forward: bool = True,
+        teacher_cpu_offload: bool = False,
+        save_distributed_checkpoint: bool = True,
+        process_group_backend: str | None = None,
+        timeout: timedelta | None = default_pg_timeout,
+    ) -> None:
+        super().__init__(
+            data_parallel_size="auto",
+            tensor_parallel_size=1,
+            save_distributed_checkpoint=save_distributed_checkpoint,
+            process_group_backend=process_group_backend,
+            timeout=timeout,
+        )
+        self.plan = ShardingPlan(
+            teacher=teacher,
+            block_classes=tuple(block_classes) if block_classes else None,
+            activation_checkpointing=activation_checkpointing,
+            reshard_after_forward=reshard_after_forward,
+            teacher_cpu_offload=teacher_cpu_offload,
+        )
+
+    def setup_environment(self) -> None:
+        # Every process of every node is one data-parallel rank that holds a shard.
+        self._data_parallel_size = self.num_nodes * self.num_processes
+        super().setup_environment()
+
+
+if "fsdp2" not in StrategyRegistry:
+    StrategyRegistry.register("fsdp2", FSDP2Strategy, description="FSDP2 sharding of student and teacher (lit-distill)")
