@@ -4,6 +4,7 @@ path that spares fused LM-head losses the ``[tokens, vocab]`` logits, and loggin
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Iterable
 from typing import Any
 
@@ -55,6 +56,15 @@ def hidden_path(losses: Iterable[nn.Module], student: nn.Module, teacher: nn.Mod
     return all(getattr(loss, "accepts_hidden", False) for loss in losses) and all(
         hasattr(model, "forward_hidden") and hasattr(model, "get_output_embeddings") for model in (student, teacher)
     )
+
+
+def hidden_states(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Tensor:
+    """The model's final hidden states, called through ``model(..., return_hidden=True)`` when its forward takes
+    that flag, so the module's hooks run: under FSDP they gather its sharded embedding and LM head. Models that
+    only define ``forward_hidden`` are called directly (fine unsharded)."""
+    if "return_hidden" in inspect.signature(model.forward).parameters:
+        return model(*args, return_hidden=True, **kwargs)
+    return model.forward_hidden(*args, **kwargs)
 
 
 def logging_step(trainer: Any) -> bool:

@@ -10,6 +10,7 @@ from typing import Any
 from torch import nn
 
 from lit_distill.checks import check_not_shared
+from lit_distill.sharding.materialize import WeightSource, has_meta_parameters
 from lit_distill.teacher import freeze, load_weights, parse_dtype
 
 TEACHER_PREFIX = "teacher."
@@ -21,9 +22,12 @@ def load_teacher(
     checkpoint: str | None = None,
     prefix: str | None = None,
     dtype: str | None = None,
-) -> None:
+) -> WeightSource | None:
     """Load ``teacher``'s weights from ``checkpoint`` (if given), check it shares nothing with the student, cast it
     to ``dtype`` (if given) and freeze it. ``checkpoint`` without a teacher is an error.
+
+    A teacher built without memory (meta parameters, see :mod:`lit_distill.sharding`) is not loaded here: the
+    returned source is read later, shard by shard, once the teacher is placed (``configure_model``).
 
     Example:
         >>> teacher = nn.Linear(2, 1)
@@ -34,14 +38,29 @@ def load_teacher(
     if checkpoint is not None and teacher is None:
         raise ValueError("teacher_checkpoint is set but no teacher model is given; add `teacher:`.")
     if teacher is None:
-        return
-    if checkpoint is not None:
+        return None
+    deferred = None
+    if checkpoint is not None and has_meta_parameters(teacher):
+        deferred = WeightSource.matching(checkpoint, teacher, prefix)
+    elif checkpoint is not None:
         load_weights(teacher, checkpoint, prefix=prefix)
     check_not_shared(student, teacher)
     target = parse_dtype(dtype)
     if target is not None:
         teacher.to(target)
     freeze(teacher)
+    return deferred
+
+
+def load_student(student: nn.Module, checkpoint: str | None) -> WeightSource | None:
+    """Load ``checkpoint`` into the student now, or, when it was built without memory, return the source to read
+    once it is placed (``configure_model``)."""
+    if checkpoint is None:
+        return None
+    if has_meta_parameters(student):
+        return WeightSource.matching(checkpoint, student)
+    load_weights(student, checkpoint)
+    return None
 
 
 def ddp_ignore_list(teacher: nn.Module) -> list[str]:

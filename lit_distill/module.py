@@ -14,9 +14,9 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 
-from lit_distill.acceleration import compile_in_place, hidden_path, logging_step, prepare_input, to_channels_last
+import lit_distill.acceleration as accel
 from lit_distill.batch import batch_size_of, cached_teacher_output, split_batch
-from lit_distill.checkpointing import TEACHER_PREFIX, TeacherCheckpointing, ddp_ignore_list, load_teacher
+from lit_distill.checkpointing import TEACHER_PREFIX, TeacherCheckpointing, ddp_ignore_list, load_student, load_teacher
 from lit_distill.checks import check_losses, check_models, check_teacher_placement, probe_first_batch
 from lit_distill.export import save_student
 from lit_distill.features import FeatureTaps, taps_for_losses
@@ -25,7 +25,8 @@ from lit_distill.losses.base import DistillationLoss
 from lit_distill.losses.logit import CrossEntropy, LogitKD
 from lit_distill.metrics import EvalMetrics
 from lit_distill.outputs import ModelOutput, as_model_output
-from lit_distill.teacher import load_weights, parse_dtype
+from lit_distill.sharding.configure import place_models, shard_adapters
+from lit_distill.teacher import parse_dtype
 
 __all__ = ["DistillationModule", "TEACHER_PREFIX"]
 
@@ -97,9 +98,9 @@ class DistillationModule(TeacherCheckpointing, LightningModule):
         if losses is None:
             losses = [LogitKD(temperature=4.0)] if teacher is not None else [CrossEntropy()]
         self.losses = nn.ModuleList(check_losses(losses, teacher))
-        load_teacher(teacher, student, teacher_checkpoint, teacher_checkpoint_prefix, teacher_dtype)
-        if student_checkpoint is not None:
-            load_weights(student, student_checkpoint)
+        prefix = teacher_checkpoint_prefix
+        self._teacher_source = load_teacher(teacher, student, teacher_checkpoint, prefix, teacher_dtype)
+        self._student_source = load_student(student, student_checkpoint)
         self.teacher = teacher
         if teacher is not None:
             self._ddp_params_and_buffers_to_ignore = ddp_ignore_list(teacher)
@@ -116,8 +117,8 @@ class DistillationModule(TeacherCheckpointing, LightningModule):
         self.compile_models = compile
         self.channels_last = channels_last
         if channels_last:
-            to_channels_last(student, teacher)
-        self._compiled = False
+            accel.to_channels_last(student, teacher)
+        self._configured = False
         self._taps: dict[str, FeatureTaps] = {}
         self._probed = False
 
@@ -143,11 +144,11 @@ class DistillationModule(TeacherCheckpointing, LightningModule):
     def _run(self, model: nn.Module, side: str, batch: Any, cast: torch.dtype | None = None) -> ModelOutput:
         args, kwargs = self.model_inputs(batch)
         if cast is not None or self.channels_last:
-            args = tuple(prepare_input(a, cast, self.channels_last) for a in args)
+            args = tuple(accel.prepare_input(a, cast, self.channels_last) for a in args)
         taps = self._taps.get(side)
         with taps.capture() if taps is not None else contextlib.nullcontext({}) as features:
             if self._use_hidden():
-                out = ModelOutput(hidden=model.forward_hidden(*args, **kwargs), head=model.get_output_embeddings())
+                out = ModelOutput(hidden=accel.hidden_states(model, args, kwargs), head=model.get_output_embeddings())
             else:
                 out = as_model_output(model(*args, **kwargs))
         out.features.update(features)
@@ -155,7 +156,7 @@ class DistillationModule(TeacherCheckpointing, LightningModule):
 
     def _use_hidden(self) -> bool:
         """Hand strategies hidden states + head instead of logits: in training only (evaluation keeps logits)."""
-        return self.training and hidden_path(self.losses, self.student, self.teacher)
+        return self.training and accel.hidden_path(self.losses, self.student, self.teacher)
 
     def forward_student(self, batch: Any) -> ModelOutput:
         """Run the student on ``batch``; override to change how the student is called."""
@@ -220,7 +221,7 @@ class DistillationModule(TeacherCheckpointing, LightningModule):
                 return None
         else:
             self._guard.observe(self.global_step, {**terms, "loss": total})
-        if logging_step(self._trainer):
+        if accel.logging_step(self._trainer):
             for name, value in terms.items():
                 self.log(f"train/{name}", value.detach(), batch_size=bs)
             self.log("train/loss", total.detach(), prog_bar=True, batch_size=bs)
@@ -253,8 +254,6 @@ class DistillationModule(TeacherCheckpointing, LightningModule):
     def setup(self, stage: str) -> None:
         taps_for_losses(self.losses, {"student": self.student, "teacher": self.teacher}, self._taps)
         check_models(self.losses, self.student, self.teacher)
-        if stage == "fit" and not self._probed:
-            self._probed = probe_first_batch(self)
 
     def on_fit_start(self) -> None:
         check_teacher_placement(self.student, self.teacher, self.teacher_dtype)
@@ -264,9 +263,22 @@ class DistillationModule(TeacherCheckpointing, LightningModule):
             warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode at the start of training")
 
     def configure_model(self) -> None:
-        if self.compile_models and not self._compiled:
-            compile_in_place((self.student, self.teacher), self.compile_models)
-            self._compiled = True
+        """Place the models for the strategy (``fsdp2``: sharded; empty models: filled), then probe one batch.
+
+        The probe runs teacher, student and every loss on the first batch before any optimizer exists, so wrong
+        shapes fail before training and lazily sized adapters are seen by the optimizer and gradient sync.
+        """
+        if self._configured:
+            return  # Lightning calls this for every trainer entry point
+        trainer = self._trainer
+        mesh = place_models(self.student, self.teacher, trainer, self._student_source, self._teacher_source)
+        if trainer is not None and trainer.state.fn == "fit" and not self._probed:
+            self._probed = probe_first_batch(self)
+        if mesh is not None:
+            shard_adapters(self.losses, mesh, str(trainer.precision))
+        if self.compile_models:
+            accel.compile_in_place((self.student, self.teacher), self.compile_models)
+        self._configured = True
 
     def teardown(self, stage: str) -> None:
         for taps in self._taps.values():

@@ -25,6 +25,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("fused loss", ("lit_distill.losses.fused.*",)),
     ("formulas", ("lit_distill.losses.functional.*",)),  # re-exports fused_linear_kd: one way, above fused
     ("strategies", ("lit_distill.losses.*",)),
+    ("sharding", ("lit_distill.sharding.*",)),  # FSDP2 placement and empty-model filling, used by the module
     (
         "module parts",
         (

@@ -71,6 +71,6 @@ def test_compile_from_config_trains(tmp_path):
     module = make_module(compile={"backend": "aot_eager"})
     train, _ = loaders(n=32)
     trainer(tmp_path, max_epochs=1).fit(module, train)
-    assert module._compiled and module.student._compiled_call_impl is not None
+    assert module._configured and module.student._compiled_call_impl is not None
     # In-place compile keeps checkpoint keys unchanged.
     assert all(not k.startswith("student._orig_mod") for k in module.state_dict())

@@ -125,6 +125,8 @@ class GPT(nn.Module):
         torch.Size([2, 16, 258])
     """
 
+    _no_split_modules = ["Block"]  # the units FSDP shards one by one (the attribute Hugging Face models use)
+
     def __init__(
         self,
         vocab_size: int = 258,
@@ -209,10 +211,16 @@ class GPT(nn.Module):
         return self.norm(x)
 
     def forward(
-        self, input_ids: Tensor, attention_mask: Tensor | None = None, cache: list[LayerCache] | None = None
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor | None = None,
+        cache: list[LayerCache] | None = None,
+        return_hidden: bool = False,
     ) -> Tensor:
-        """Logits ``[B, T, padded_vocab_size]``; arguments as in :meth:`forward_hidden`."""
-        return self.head(self.forward_hidden(input_ids, attention_mask, cache))
+        """Logits ``[B, T, padded_vocab_size]`` (``return_hidden``: the hidden states); arguments as in
+        :meth:`forward_hidden`. Fused losses ask for hidden states through here so FSDP's hooks gather the head."""
+        hidden = self.forward_hidden(input_ids, attention_mask, cache)
+        return hidden if return_hidden else self.head(hidden)
 
     def get_output_embeddings(self) -> nn.Linear:
         return self.head

@@ -193,7 +193,7 @@ class HFCausalLM(nn.Module):
         return self.model.get_output_embeddings()
 
     def materialize_weights(self, device: torch.device) -> None:
-        """Fill an ``empty_init`` model on ``device``: this rank's shards of ``path``'s weights (random for ``config``)."""
+        """Fill an ``empty_init`` model on ``device``: this rank's shards of ``path``'s weights (``config``: random)."""
         from lit_distill.sharding.materialize import WeightSource, materialize
 
         source = WeightSource(self.path) if self.path is not None else None

@@ -15,6 +15,8 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from lit_distill.teacher import is_distributed_checkpoint, read_state_dict
+
 _register_parameter = nn.Module.register_parameter
 
 
@@ -61,6 +63,9 @@ class WeightSource:
         self.path, self.prefix = Path(path), prefix
         self._files: dict[str, Path] = {}
         self._tensors: Mapping[str, Tensor] | None = None
+        if is_distributed_checkpoint(self.path):
+            self._tensors = read_state_dict(self.path)
+            return
         files = sorted(self.path.glob("*.safetensors")) if self.path.is_dir() else [self.path]
         if self.path.is_dir() and not files:
             raise FileNotFoundError(f"{str(self.path)!r} holds no *.safetensors weights.")
@@ -73,9 +78,23 @@ class WeightSource:
                 with safe_open(str(file), framework="pt") as f:
                     self._files.update({k: file for k in f.keys()})
         else:
-            from lit_distill.teacher import read_state_dict
-
             self._tensors = read_state_dict(self.path, mmap=True)
+
+    @classmethod
+    def matching(cls, path: str | Path, model: nn.Module, prefix: str | None = None) -> WeightSource:
+        """A source for ``model``: with ``prefix`` None, the first of ``""``, ``student.``, ``model.``, ``teacher.``
+        under which the file holds every parameter of ``model`` (lit-distill checkpoints keep the student under
+        ``student.``)."""
+        source = cls(path, prefix or "")
+        if prefix is None:
+            wanted = {n for n, _ in model.named_parameters()}
+            for candidate in ("", "student.", "model.", "teacher."):
+                source.prefix = candidate
+                if wanted <= source.keys():
+                    break
+            else:
+                source.prefix = ""
+        return source
 
     def keys(self) -> set[str]:
         names = self._files if self._tensors is None else self._tensors
@@ -157,6 +176,7 @@ def materialize(model: nn.Module, device: torch.device, source: WeightSource | N
     for name, param in params.items():
         stored = source.shape(name)
         if stored != tuple(param.shape):
-            raise ValueError(f"{name}: weights {str(source.path)!r} hold shape {stored}, the model {tuple(param.shape)}.")
+            shape = tuple(param.shape)
+            raise ValueError(f"{name}: weights {str(source.path)!r} hold shape {stored}, the model {shape}.")
         local, index = _local_view(param)
         local.copy_(source.read(name, index))

@@ -17,7 +17,11 @@ def test_gpt_blocks_are_found():
 def test_hugging_face_decoder_layers_are_found():
     transformers = pytest.importorskip("transformers")
     cfg = transformers.LlamaConfig(
-        hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
         vocab_size=100,
     )
     model = transformers.LlamaForCausalLM(cfg)

@@ -1,0 +1,101 @@
+"""What ``DistillationModule.configure_model`` does with big models: shard them (FSDP2) and fill empty ones."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from lit_distill.sharding.apply import shard_model, shard_trainable, student_mixed_precision
+from lit_distill.sharding.materialize import WeightSource, has_meta_parameters, materialize
+from lit_distill.sharding.plan import ShardingPlan
+
+
+def sharding_plan(strategy: Any) -> ShardingPlan | None:
+    """The plan when ``strategy`` is Lightning's ModelParallelStrategy (``fsdp2`` or plain), else None.
+
+    A plain ModelParallelStrategy with a tensor-parallel size above 1 is refused: lit-distill shards over the
+    data-parallel dimension only (FSDP2) and would silently feed every tensor-parallel rank the same data.
+    """
+    from lightning.pytorch.strategies import ModelParallelStrategy
+
+    if not isinstance(strategy, ModelParallelStrategy):
+        return None
+    tp = strategy.device_mesh["tensor_parallel"].size()
+    if tp != 1:
+        raise ValueError(
+            f"ModelParallelStrategy has tensor_parallel_size={tp}; lit-distill shards with FSDP2 over data-parallel "
+            "ranks only. Use --trainer.strategy fsdp2 (or ModelParallelStrategy(data_parallel_size=<all devices>, "
+            "tensor_parallel_size=1))."
+        )
+    return getattr(strategy, "plan", None) or ShardingPlan()
+
+
+def shard_pair(student: nn.Module, teacher: nn.Module | None, mesh: Any, plan: ShardingPlan, precision: str) -> None:
+    """Shard the student (mixed precision of the trainer) and, unless replicated, the frozen teacher."""
+    shard_model(
+        student,
+        mesh,
+        plan,
+        mp_policy=student_mixed_precision(precision),
+        reshard_after_forward=plan.reshard_after_forward,
+        checkpointing=plan.activation_checkpointing,
+    )
+    if teacher is not None and plan.teacher == "shard":
+        # The teacher stores its own dtype already: no casting policy, and its gathered blocks are freed at once.
+        shard_model(teacher, mesh, plan, reshard_after_forward=True, cpu_offload=plan.teacher_cpu_offload)
+
+
+def shard_adapters(losses: nn.Module, mesh: Any, precision: str) -> None:
+    """Shard trainable loss parts (adapters created by the first batch), so their gradients are reduced too."""
+    for loss in losses.children():
+        shard_trainable(loss, mesh, student_mixed_precision(precision))
+
+
+def fill_empty(model: nn.Module | None, device: torch.device, source: WeightSource | None, role: str) -> None:
+    """Give a model built with empty (meta) parameters its weights on ``device``.
+
+    The model's own ``materialize_weights(device)`` is used when it has one (``HFCausalLM(empty_init=True)``
+    reads its folder), else ``source`` (a deferred ``teacher_checkpoint``). A model with meta parameters and no
+    way to fill them is an error: random weights here would be a silent wrong result.
+    """
+    if not has_meta_parameters(model):
+        return
+    fill = getattr(model, "materialize_weights", None)
+    if fill is not None:
+        fill(device)
+    elif source is not None:
+        materialize(model, device, source)
+    else:
+        raise ValueError(
+            f"the {role} ({type(model).__name__}) has parameters on the meta device and nothing to load them from; "
+            f"give it weights (e.g. {'teacher_checkpoint' if role == 'teacher' else 'student_checkpoint'}) or build it "
+            "normally."
+        )
+    if has_meta_parameters(model):
+        left = [n for n, p in model.named_parameters() if p.is_meta][:5]
+        raise ValueError(f"the {role} still has meta parameters after loading: {left}")
+
+
+def place_models(
+    student: nn.Module,
+    teacher: nn.Module | None,
+    trainer: Any,
+    student_source: WeightSource | None = None,
+    teacher_source: WeightSource | None = None,
+) -> Any:
+    """Shard both models when the trainer's strategy is FSDP2, and fill empty ones on the device.
+
+    Returns the data-parallel device mesh when sharded (loss adapters are sharded over it later), else None.
+    """
+    strategy = getattr(trainer, "strategy", None)  # None: load_from_checkpoint builds the module without a trainer
+    plan = sharding_plan(strategy)
+    mesh = None
+    if plan is not None:
+        mesh = strategy.device_mesh["data_parallel"]
+        shard_pair(student, teacher, mesh, plan, str(trainer.precision))
+    device = strategy.root_device if strategy is not None else torch.device("cpu")
+    fill_empty(student, device, student_source, "student")
+    fill_empty(teacher, device, teacher_source, "teacher")
+    return mesh
