@@ -7,6 +7,7 @@ from typing import Protocol
 
 from torch import Tensor, nn
 
+from lit_distill.sharding.state import full_state_dict
 from lit_distill.teacher import load_weights
 
 
@@ -18,11 +19,22 @@ class Distilled(Protocol):
 
 
 def student_state(module: Distilled, include_adapters: bool = False) -> dict[str, Tensor]:
-    """The student's state dict; with ``include_adapters`` also the loss adapters under ``losses.``."""
-    state = {k: v.detach().cpu().contiguous() for k, v in module.student.state_dict().items()}
+    """The student's whole state dict on the CPU; with ``include_adapters`` also the loss adapters under ``losses.``.
+
+    A sharded student (FSDP2) is gathered: then this is a collective that every rank must call, and only rank 0
+    receives the tensors (the other ranks get an empty dict).
+    """
+    state = {k: v.contiguous() for k, v in full_state_dict(module.student).items()}
     if include_adapters:
-        state.update({f"losses.{k}": v.detach().cpu().contiguous() for k, v in module.losses.state_dict().items()})
+        state.update({f"losses.{k}": v.contiguous() for k, v in full_state_dict(module.losses).items()})
     return state
+
+
+def is_writer() -> bool:
+    """Whether this process writes shared files: rank 0 of a distributed run, or the only process."""
+    import torch.distributed as dist
+
+    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
 
 
 def save_state(state: dict[str, Tensor], path: str | Path, overwrite: bool = False) -> Path:
@@ -43,8 +55,14 @@ def save_state(state: dict[str, Tensor], path: str | Path, overwrite: bool = Fal
 
 
 def save_student(module: Distilled, path: str | Path, include_adapters: bool = False, overwrite: bool = False) -> Path:
-    """Write the student's weights to ``path``; reload with :func:`load_student`."""
-    return save_state(student_state(module, include_adapters), path, overwrite=overwrite)
+    """Write the student's weights to ``path``; reload with :func:`load_student`.
+
+    In a distributed run every rank calls this (a sharded student is gathered) and rank 0 writes the file.
+    """
+    state = student_state(module, include_adapters)
+    if is_writer():
+        save_state(state, path, overwrite=overwrite)
+    return Path(path)
 
 
 def load_student(model: nn.Module, path: str | Path) -> nn.Module:

@@ -20,20 +20,24 @@ class EpochShuffleSampler(Sampler[int]):
         self.seed = seed
         self.shuffle = shuffle
         self.epoch = 0
-        self._skip = 0
+        self._skip, self._skip_epoch = 0, None
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
-    def skip(self, samples: int) -> None:
-        self._skip = samples
+    def skip(self, samples: int, epoch: int | None = None) -> None:
+        """Drop the first ``samples`` indices of the next pass, if that pass is of ``epoch`` (None: any epoch)."""
+        self._skip, self._skip_epoch = samples, epoch
 
     def __iter__(self):
         if self.shuffle:
             order = torch.randperm(self.size, generator=torch.Generator().manual_seed(self.seed + self.epoch))
         else:
             order = torch.arange(self.size)
-        start, self._skip = self._skip, 0
+        # Decided here, not when the loader is built: Lightning builds it before it restores the epoch counter,
+        # and a checkpoint written at the end of an epoch resumes into the next epoch, from its start.
+        start = self._skip if self._skip_epoch in (None, self.epoch) else 0
+        self._skip = 0
         return iter(order[start:].tolist())
 
     def __len__(self) -> int:
@@ -64,6 +68,7 @@ class ResumableTrainData:
 
     seed: int = 0
     _resume_batches: int = 0
+    _resume_epoch: int | None = None
 
     def state_dict(self) -> dict[str, Any]:
         trainer = getattr(self, "trainer", None)
@@ -74,6 +79,7 @@ class ResumableTrainData:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self._resume_batches = int(state.get("batches_done", 0))
+        self._resume_epoch = state.get("epoch")
 
     def resumable_train_loader(
         self, dataset: Dataset, batch_size: int, num_workers: int = 0, **kwargs: Any
@@ -82,6 +88,5 @@ class ResumableTrainData:
         kwargs.setdefault("persistent_workers", num_workers > 0)
         sampler = EpochShuffleSampler(len(dataset), seed=self.seed)
         if self._resume_batches:
-            sampler.skip(self._resume_batches * batch_size)
-            self._resume_batches = 0
+            sampler.skip(self._resume_batches * batch_size, self._resume_epoch)
         return ResumableLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers, **kwargs)

@@ -1,0 +1,88 @@
+"""FSDP2 (``--trainer.strategy fsdp2``) on 2 CPU processes (gloo): what tests/sharding/fsdp2_fit.py measured."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from lit_distill.export import load_student
+from lit_distill.sharding import FSDP2Strategy
+from tests.helpers import trainer
+from tests.sharding.fsdp2_fit import gpt, module
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("fsdp2")
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "PL_DISABLE_FORK": "1", "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "tests" / "sharding" / "fsdp2_fit.py"), str(out)],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-4000:]
+    return out
+
+
+def test_both_models_are_sharded_and_the_teacher_stays_frozen(run):
+    result = json.loads((run / "result.json").read_text())
+    assert result["student_sharded"] and result["teacher_sharded"]
+    assert result["teacher_frozen"] and result["teacher_eval"] and result["teacher_unchanged"]
+
+
+def test_sharded_checkpoint_leaves_the_teacher_out(run):
+    result = json.loads((run / "result.json").read_text())
+    assert result["checkpoint_teacher_keys"] == []
+    assert result["checkpoint_student_keys"] == len(gpt(16, 0).state_dict())
+
+
+def test_resume_from_the_sharded_checkpoint_is_exact(run):
+    result = json.loads((run / "result.json").read_text())
+    assert result["resume_keys"] and result["resume_max_diff"] == 0.0
+
+
+def test_export_writes_the_whole_student_that_loads_on_cpu(run):
+    resumed = torch.load(run / "resumed.pt", weights_only=True)
+    student = load_student(gpt(16, 99), run / "student.safetensors")
+    for key, value in student.state_dict().items():
+        assert torch.equal(value, resumed[key]), key
+
+
+def test_sharded_checkpoint_loads_as_student_checkpoint_on_one_cpu(run):
+    """A sharded folder is read whole, without a process group, by ``student_checkpoint`` (weights only)."""
+    folder = run / "ck" / "last.ckpt"
+    again = module(student_seed=5, student_checkpoint=str(folder))
+    first = module(student_seed=5)
+    assert any(not torch.equal(a, b) for a, b in zip(again.student.parameters(), first.student.parameters()))
+    from lit_distill.teacher import read_state_dict
+
+    stored = read_state_dict(folder)
+    assert torch.equal(again.student.head.weight, stored["student.head.weight"])
+
+
+def test_one_sharded_step_equals_one_single_process_step(run, tmp_path):
+    """Two ranks x 4 sequences under FSDP2 move the student like one process on the same 8 sequences."""
+    sharded = torch.load(run / "parity.pt", weights_only=True)
+    single = module(optimizer=lambda p: torch.optim.SGD(p, lr=0.5))
+    ids = torch.randint(0, 258, (8, 32), generator=torch.Generator().manual_seed(3))
+    loader = DataLoader([{"input_ids": r, "labels": r} for r in ids], batch_size=8)
+    trainer(tmp_path, max_steps=1).fit(single, loader)
+    for key, value in single.student.state_dict().items():
+        if key in sharded:
+            assert torch.allclose(value, sharded[key], atol=1e-6), key
+
+
+def test_fsdp2_is_a_registered_strategy_name_with_its_plan():
+    from lightning.pytorch.strategies import StrategyRegistry
+
+    assert StrategyRegistry["fsdp2"]["strategy"] is FSDP2Strategy
+    with pytest.raises(ValueError, match="teacher must be 'shard' or 'replicate'"):
+        FSDP2Strategy(teacher="copy")
+    with pytest.raises(ValueError, match="teacher_cpu_offload needs teacher='shard'"):
+        FSDP2Strategy(teacher="replicate", teacher_cpu_offload=True)
