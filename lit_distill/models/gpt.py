@@ -283,13 +283,14 @@ class GPT(nn.Module):
             logits = (self(token[:, None], mask, cache) if use_cache else self(ids, mask))[:, -1]
         return ids
 
-    def save_pretrained(self, path: str | Path, overwrite: bool = False) -> Path:
-        """Write ``config.json`` and ``model.safetensors`` into the folder ``path``; reload: :meth:`from_pretrained`."""
+    def save_pretrained(self, path: str | Path, overwrite: bool = False, state_dict: dict | None = None) -> Path:
+        """Write ``config.json`` and ``model.safetensors`` (``state_dict`` instead of the module's own weights, if
+        given: a gathered sharded model) into the folder ``path``; reload: :meth:`from_pretrained`."""
         from lit_distill.export import save_state
 
         folder = Path(path)
         folder.mkdir(parents=True, exist_ok=True)
-        state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
+        state = {k: v.detach().cpu().contiguous() for k, v in (state_dict or self.state_dict()).items()}
         save_state(state, folder / "model.safetensors", overwrite=overwrite)
         (folder / "config.json").write_text(json.dumps({"model_type": "lit_distill.GPT", **self.config}, indent=2))
         return folder

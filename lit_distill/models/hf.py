@@ -18,8 +18,10 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 
 from lit_distill.data.tokenizers import TINY_HINT, looks_local, tokenizer_fingerprint
+from lit_distill.export import is_writer
 from lit_distill.models.gpt import GPT
 from lit_distill.outputs import ModelOutput
+from lit_distill.sharding.state import full_state_dict
 from lit_distill.teacher import parse_dtype
 
 
@@ -218,7 +220,8 @@ def export_pretrained(model: nn.Module | LightningModule, path: str | Path, over
     """Save a trained student for inference: ``save_pretrained`` for HF models, safetensors + config for GPT.
 
     Accepts the student itself or a :class:`~lit_distill.DistillationModule` (its ``student`` is saved).
-    Reload with :func:`load_pretrained`.
+    Reload with :func:`load_pretrained`. In a distributed run every rank calls it (a sharded student is gathered)
+    and rank 0 writes.
 
     Example:
         >>> export_pretrained(GPT(n_layer=1, n_embd=16, n_head=2), "out/student")  # doctest: +SKIP
@@ -227,14 +230,17 @@ def export_pretrained(model: nn.Module | LightningModule, path: str | Path, over
     folder = Path(path)
     if folder.exists() and any(folder.iterdir()) and not overwrite:
         raise FileExistsError(f"{str(folder)!r} is not empty; pass overwrite=True or choose another folder.")
-    if isinstance(model, GPT):
-        return model.save_pretrained(folder, overwrite=True)
-    if isinstance(model, HFCausalLM):
-        return model.save_pretrained(folder)
-    if hasattr(model, "save_pretrained"):  # a bare transformers PreTrainedModel
-        model.save_pretrained(str(folder))
+    if not isinstance(model, (GPT, HFCausalLM)) and not hasattr(model, "save_pretrained"):
+        raise TypeError(f"cannot export {type(model).__name__}: expected GPT, HFCausalLM or a transformers model.")
+    state = full_state_dict(model)  # a sharded student is gathered: every rank calls this, rank 0 writes
+    if not is_writer():
         return folder
-    raise TypeError(f"cannot export {type(model).__name__}: expected GPT, HFCausalLM or a transformers model.")
+    if isinstance(model, GPT):
+        return model.save_pretrained(folder, overwrite=True, state_dict=state)
+    if isinstance(model, HFCausalLM):
+        return model.save_pretrained(folder, state_dict={k.removeprefix("model."): v for k, v in state.items()})
+    model.save_pretrained(str(folder), state_dict=state)  # a bare transformers PreTrainedModel
+    return folder
 
 
 def load_pretrained(path: str | Path, dtype: str | None = None) -> nn.Module:
