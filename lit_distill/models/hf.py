@@ -21,7 +21,7 @@ from lit_distill.data.tokenizers import TINY_HINT, looks_local, tokenizer_finger
 from lit_distill.export import is_writer
 from lit_distill.models.gpt import GPT
 from lit_distill.outputs import ModelOutput
-from lit_distill.sharding.state import full_state_dict
+from lit_distill.sharding.state import full_state_dict, is_sharded
 from lit_distill.teacher import parse_dtype
 
 
@@ -239,7 +239,8 @@ def export_pretrained(model: nn.Module | LightningModule, path: str | Path, over
         return model.save_pretrained(folder, overwrite=True, state_dict=state)
     if isinstance(model, HFCausalLM):
         return model.save_pretrained(folder, state_dict={k.removeprefix("model."): v for k, v in state.items()})
-    model.save_pretrained(str(folder), state_dict=state)  # a bare transformers PreTrainedModel
+    # a bare transformers PreTrainedModel, or another model with its own save_pretrained (sentence encoder)
+    model.save_pretrained(str(folder), **({"state_dict": state} if is_sharded(model) else {}))
     return folder
 
 
