@@ -251,7 +251,7 @@ class FastSampler:
                     break
                 if sampled:
                     st.noise.exponential_(generator=generator)
-                if self.cuda_graphs and device.type == "cuda":
+                if self.cuda_graphs:  # a new step: the graph may overwrite what the last replay wrote
                     torch.compiler.cudagraph_mark_step_begin()
                 self.step(inner, st, sampling)
                 steps += 1
