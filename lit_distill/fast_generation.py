@@ -209,6 +209,9 @@ class FastSampler:
         st.token.copy_(token[:, None])
         st.position.add_(1)
 
+    # Buffers outlive the call: made under Lightning's inference_mode (validation, predict) they would be inference
+    # tensors that a later training-time call may not update in place. Every call runs outside inference mode.
+    @torch.inference_mode(False)
     @torch.no_grad()
     def generate(
         self,

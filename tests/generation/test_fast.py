@@ -263,3 +263,37 @@ def test_onpolicy_and_predict_modules_pass_fast_through(monkeypatch):
         rows[fast_mode] = module.predict_step({"prompt": ["def f", "A list of"]}, 0)
         assert module.generation_settings()["fast"] is fast_mode  # a resumed JSONL must not mix the two samplers
     assert len(calls) == 2 and rows[True] == rows[False]
+
+
+def test_buffers_made_under_inference_mode_serve_later_calls(monkeypatch):
+    # Lightning samples under inference_mode in validation and predict, and without it in training.
+    monkeypatch.setitem(fast_generation.DEFAULT_COMPILE, "compile", False)
+    gpt = tiny_gpt()
+    ids, mask = left_pad(PROMPTS, PAD)
+    args = {"max_new_tokens": 6, "temperature": 0.0, "pad_token_id": PAD, "fast": True}
+    with torch.inference_mode():
+        first = generate(gpt, ids, mask, **args)
+    second = generate(gpt, ids.clone(), mask.clone(), **args)
+    assert torch.equal(first, second) and torch.equal(second, generate(gpt, ids, mask, **{**args, "fast": False}))
+
+
+def test_on_policy_fit_samples_through_the_compiled_step_in_training_and_validation(monkeypatch):
+    from lightning.pytorch import Trainer
+
+    from lit_distill.data import PromptDataModule
+    from lit_distill.onpolicy import OnPolicyDistillationModule
+
+    counter = CompileCounter()
+    monkeypatch.setitem(fast_generation.DEFAULT_COMPILE, "backend", counter)
+    monkeypatch.setitem(fast_generation.DEFAULT_COMPILE, "mode", None)
+    module = OnPolicyDistillationModule(
+        student=tiny_gpt(), teacher=tiny_gpt(n_layer=1), lmbda=1.0, max_new_tokens=8, val_sample_nll=True, fast=True,
+    )  # fmt: skip
+    data = PromptDataModule(prompt_chars=20, response_chars=16, seq_len=48, batch_size=4, max_prompts=24)
+    trainer = Trainer(
+        accelerator="cpu", max_epochs=1, limit_train_batches=2, limit_val_batches=1, logger=False,
+        enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False,
+    )  # fmt: skip
+    trainer.fit(module, datamodule=data)  # sanity validation (inference mode), training, validation
+    assert counter.frame_count >= 1 and float(trainer.callback_metrics["train/sampled"]) == 1.0
+    assert torch.isfinite(trainer.callback_metrics["val/teacher_nll_of_samples"])
