@@ -293,6 +293,13 @@ def fast_sampler(model: nn.Module, fast: FastMode, device: torch.device) -> Fast
     return _SAMPLERS[model]
 
 
+def seeded_generator(seed: int | None, temperature: float, device: torch.device) -> torch.Generator | None:
+    """A ``torch.Generator`` on ``device`` seeded with ``seed``; None when greedy or unseeded (global RNG)."""
+    if seed is None or temperature == 0:
+        return None
+    return torch.Generator(device=device).manual_seed(seed)
+
+
 def fast_generate(
     model: nn.Module,
     input_ids: Tensor,
@@ -311,9 +318,7 @@ def fast_generate(
     if sampler is None:
         return None
     sampler.decoder.check(input_ids.shape[1], max_new_tokens)  # a user error, not a reason to fall back
-    generator = None
-    if seed is not None and temperature > 0:
-        generator = torch.Generator(device=input_ids.device).manual_seed(seed)
+    generator = seeded_generator(seed, temperature, input_ids.device)
     sampling = sampler.sampling(model, temperature, top_k, top_p, eos_token_id, pad_token_id)
     mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
     try:

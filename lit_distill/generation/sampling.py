@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lit_distill.fast_generation import FastMode, check_fast, fast_generate
+from lit_distill.fast_generation import FastMode, check_fast, fast_generate, seeded_generator
 from lit_distill.models.gpt import GPT
 from lit_distill.static_cache import hf_model, hf_vocab_limit
 
@@ -101,9 +101,6 @@ def generate(
             return out
         if isinstance(getattr(model, "_orig_mod", model), GPT):
             gpt = getattr(model, "_orig_mod", model)
-            generator = None
-            if seed is not None and temperature > 0:
-                generator = torch.Generator(device=input_ids.device).manual_seed(seed)
             return gpt.generate(
                 input_ids,
                 attention_mask,
@@ -113,7 +110,7 @@ def generate(
                 top_p=top_p,
                 eos_token_id=eos_token_id,
                 pad_token_id=pad,
-                generator=generator,
+                generator=seeded_generator(seed, temperature, input_ids.device),
             )
         hf = hf_model(model)
         if hf is None:

@@ -16,14 +16,6 @@ from lit_distill.models import GPT
 transformers = pytest.importorskip("transformers")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 def tiny_gpt(**kwargs):
     torch.manual_seed(0)
     return GPT(**{"block_size": 96, "n_layer": 2, "n_head": 2, "n_embd": 32, "tokenizer_id": "bytes", **kwargs})
