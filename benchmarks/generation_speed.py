@@ -41,10 +41,10 @@ from common import quiet_trainer  # noqa: E402 - benchmarks/ is the script's fol
 from lightning.pytorch import Callback
 from torch.utils.data import DataLoader
 
-from lit_distill import fast_generation
+from lit_distill.generation import fast as fast_generation
 from lit_distill.generation import generate, left_pad, new_tokens
+from lit_distill.generation.onpolicy import OnPolicyDistillationModule
 from lit_distill.models.hf import HFCausalLM
-from lit_distill.onpolicy import OnPolicyDistillationModule
 
 LLAMA = {"vocab_size": 128256, "tie_word_embeddings": False, "max_position_embeddings": 2048}
 FULL = {

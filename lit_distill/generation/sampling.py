@@ -17,9 +17,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lit_distill.fast_generation import FastMode, check_fast, fast_generate, seeded_generator
+from lit_distill.generation.fast import FastMode, check_fast, fast_generate, seeded_generator
+from lit_distill.generation.static_cache import hf_model, hf_vocab_limit
 from lit_distill.models.gpt import GPT
-from lit_distill.static_cache import hf_model, hf_vocab_limit
 
 IGNORE_INDEX = -100
 
@@ -81,7 +81,7 @@ def generate(
         fast: ``"auto"`` samples on a static KV cache with a compiled decode step (CUDA graphs) on CUDA and takes
             the plain path elsewhere or for models it cannot run; ``True`` always takes it (errors name why it
             cannot); ``False`` is the plain path. Greedy output is the same on both paths; seeded samples are
-            reproducible on each but differ between them (see :mod:`lit_distill.fast_generation`).
+            reproducible on each but differ between them (see :mod:`lit_distill.generation.fast`).
 
     Example:
         >>> gpt = GPT(block_size=32, n_layer=1, n_head=2, n_embd=16)

@@ -8,12 +8,13 @@ import pytest
 import torch
 from torch._dynamo.testing import CompileCounter
 
-from lit_distill import fast_generation
-from lit_distill.fast_generation import FastSampler, Sampling, fast_sampler, pick
+from lit_distill.generation import fast as fast_generation
 from lit_distill.generation import generate, left_pad
+from lit_distill.generation.fast import FastSampler, Sampling, fast_sampler, pick
 from lit_distill.models import GPT
 
 transformers = pytest.importorskip("transformers")
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny decode steps: one thread is much faster
 
 
 def tiny_gpt(**kwargs):
@@ -225,8 +226,8 @@ def test_inductor_compiled_step_matches_the_plain_path(kind):
 
 def test_onpolicy_and_predict_modules_pass_fast_through(monkeypatch):
     from lit_distill.data import PromptDataModule
-    from lit_distill.generation_module import GenerationModule
-    from lit_distill.onpolicy import OnPolicyDistillationModule
+    from lit_distill.generation.onpolicy import OnPolicyDistillationModule
+    from lit_distill.generation.predict import GenerationModule
 
     with pytest.raises(ValueError, match="fast must be"):
         OnPolicyDistillationModule(
@@ -273,7 +274,7 @@ def test_on_policy_fit_samples_through_the_compiled_step_in_training_and_validat
     from lightning.pytorch import Trainer
 
     from lit_distill.data import PromptDataModule
-    from lit_distill.onpolicy import OnPolicyDistillationModule
+    from lit_distill.generation.onpolicy import OnPolicyDistillationModule
 
     counter = CompileCounter()
     monkeypatch.setitem(fast_generation.DEFAULT_COMPILE, "backend", counter)

@@ -26,8 +26,8 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
+from lit_distill.generation.static_cache import GPTDecoder, HFDecoder, hf_model, hf_vocab_limit, unsupported_reason
 from lit_distill.models.gpt import GPT, filter_logits
-from lit_distill.static_cache import GPTDecoder, HFDecoder, hf_model, hf_vocab_limit, unsupported_reason
 
 # true / false / "auto": YAML reads `on` and `off` as booleans, so the choices are booleans plus "auto".
 FastMode = bool | Literal["auto"]

@@ -9,8 +9,8 @@ graphs (replayed on the same memory) need.
 
 :class:`GPTDecoder` drives lit-distill's :class:`~lit_distill.models.GPT` through its own blocks with preallocated
 buffers; :class:`HFDecoder` drives a ``transformers`` causal LM with ``transformers.StaticCache``. Both offer
-``new_cache(batch, length)``, ``prefill(cache, ids, mask, positions)`` and ``decode(cache, token, position, slot,
-mask)``, each returning the next-token logits ``[B, V]``.
+``new_cache(batch, length)``, ``prefill(model, cache, ids, mask, positions)`` and ``decode(model, cache, token,
+position, slot, mask)``, each returning the next-token logits ``[B, V]``; the model is an argument, never kept.
 """
 
 from __future__ import annotations
