@@ -26,7 +26,14 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
-from lit_distill.generation.static_cache import GPTDecoder, HFDecoder, hf_model, hf_vocab_limit, unsupported_reason
+from lit_distill.generation.static_cache import (
+    GPTDecoder,
+    HFDecoder,
+    hf_model,
+    hf_vocab_limit,
+    mark_static,
+    unsupported_reason,
+)
 from lit_distill.models.gpt import GPT, filter_logits
 
 # true / false / "auto": YAML reads `on` and `off` as booleans, so the choices are booleans plus "auto".
@@ -192,8 +199,7 @@ class FastSampler:
                 done=torch.zeros(batch, dtype=torch.bool, device=device),
                 noise=torch.ones(batch, sampling.vocab, device=device),
             )
-            for t in (slots.ids, slots.mask, slots.token, slots.position, slots.slot, slots.done, slots.noise):
-                torch._dynamo.mark_static_address(t)
+            mark_static(slots.ids, slots.mask, slots.token, slots.position, slots.slot, slots.done, slots.noise)
             self.buckets[key] = slots
         return self.buckets[key]
 

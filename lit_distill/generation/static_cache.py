@@ -53,10 +53,10 @@ def _base(hf: Any) -> Any:
     return hf.get_base_model() if hasattr(hf, "get_base_model") else hf
 
 
-def _mark_static(*tensors: Tensor) -> None:
-    # Tells torch.compile's CUDA graphs that these buffers keep their address: no copy into the graph per replay.
+def mark_static(*tensors: Tensor) -> None:
+    """Tell ``torch.compile`` these buffers keep their address: CUDA graphs read them in place, no copy per replay."""
     for t in tensors:
-        torch._dynamo.mark_static_address(t)
+        torch._dynamo.mark_static_address(t, guard=False)  # a moved buffer re-records, not recompiles
 
 
 class _SlotKV:
@@ -84,7 +84,7 @@ class GPTStaticCache:
     def buffers(self, layer: int, like: Tensor) -> tuple[Tensor, Tensor]:
         if self.keys[layer] is None:  # only in the (eager) prefill: decode steps always find the buffers
             self.keys[layer], self.values[layer] = like.new_zeros(self.shape), like.new_zeros(self.shape)
-            _mark_static(self.keys[layer], self.values[layer])
+            mark_static(self.keys[layer], self.values[layer])
         return self.keys[layer], self.values[layer]
 
 
@@ -142,7 +142,10 @@ class HFDecoder:
         self.config = model.config
         self.width = int(model.get_output_embeddings().weight.shape[0])
         self.vocab_size = self.width
-        self.cache_arg = "cache" if "cache" in inspect.signature(_base(model).forward).parameters else "past_key_values"
+        params = inspect.signature(_base(model).forward).parameters
+        self.cache_arg = "cache" if "cache" in params else "past_key_values"
+        # the prefill needs the last position's logits only: [B, P, V] would be 4 GB at B=64, P=256, V=128k in bf16
+        self.last_only = {"logits_to_keep": 1} if "logits_to_keep" in params else {}
 
     def new_cache(self, batch: int, length: int) -> Any:
         from transformers import StaticCache
@@ -155,7 +158,7 @@ class HFDecoder:
     def prefill(self, model: Any, cache: Any, ids: Tensor, mask: Tensor, positions: Tensor) -> Tensor:
         cache.reset()  # zeroes the buffers and the write position in place: the addresses stay
         out = model(
-            input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1,
+            input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, **self.last_only,
             **{self.cache_arg: cache},
         )  # fmt: skip
         return out.logits[:, -1]
