@@ -8,7 +8,9 @@ sampling, eos bookkeeping and the write of the new token, all on fixed-shape buf
 
 Why not ``generate(cache_implementation="static")``: it compiles only the model's forward; the per-step loop
 (``prepare_inputs_for_generation``, the 4D mask built outside the graph, logits processors, ``torch.multinomial``
-which CUDA graphs skip, stopping criteria) stays eager Python around it, so most launches remain.
+which CUDA graphs skip, stopping criteria) stays eager Python around it. Counted with a dispatch hook on a 2-layer
+Llama (transformers 5.17 and 5.24, T=1 sampling): 54 eager aten ops per decoding step outside the compiled
+forward there, against about 2 outside the compiled step here (the noise draw; every 8 steps, the finished check).
 
 Randomness: sampling uses the exponential race (``argmax(p / E)``, ``E ~ Exp(1)`` i.i.d., draws the token with
 probability ``p``), with ``E`` drawn outside the graph from a seeded ``torch.Generator`` into a fixed buffer. Same
@@ -92,8 +94,11 @@ class _Slots:
     noise: Tensor  # [B, vocab] exponential draws of the next step
 
 
-def _round_up(n: int, bucket: int) -> int:
-    return -(-n // bucket) * bucket
+def bucketed(n: int, bucket: int) -> int:
+    """``n`` rounded up to a multiple of ``bucket``, or of a quarter of its power of two when that is larger: at
+    most 4 sizes per doubling (compilations grow with the log of the longest length), at most 25 % masked slots."""
+    step = max(bucket, (1 << (n.bit_length() - 1)) // 4)
+    return -(-n // step) * step
 
 
 def _inner(model: nn.Module) -> Any:
@@ -108,8 +113,8 @@ _RECOMPILE_LIMIT = "recompile_limit" if hasattr(torch._dynamo.config, "recompile
 class FastSampler:
     """Samples from one model (lit-distill ``GPT``, ``HFCausalLM`` or ``transformers`` causal LM) on a static cache.
 
-    Buffers are kept per ``(batch, length)`` bucket (``length`` = prompt + ``max_new_tokens`` rounded up to
-    ``bucket``), so a training run compiles once per bucket, not per batch. Call through
+    Buffers are kept per ``(batch, length)`` bucket (``length`` = prompt + ``max_new_tokens`` rounded up by
+    :func:`bucketed`), so a run compiles once per bucket, not per batch. Call through
     :func:`lit_distill.generation.generate` with ``fast="auto"`` or ``True``; this class is its engine.
 
     Holds no reference to the model: each :meth:`generate` call passes it, so its current weights are used.
@@ -120,7 +125,7 @@ class FastSampler:
         backend: ``torch.compile`` backend (``"inductor"``; ``"aot_eager"`` traces without code generation).
         mode: inductor mode; ``"reduce-overhead"`` replays the step as a CUDA graph on GPU.
         fullgraph: fail on a graph break instead of splitting the step (tests use it).
-        bucket: slots are rounded up to a multiple of this; larger = fewer compilations, more masked attention.
+        bucket: smallest rounding of the slots; larger = fewer compilations, more masked attention.
         check_every: decode steps between checks that every row has finished (each check syncs the GPU).
         max_buckets: buffers kept for at most this many buckets (oldest dropped).
 
@@ -237,7 +242,7 @@ class FastSampler:
         self.decoder.check(prompt_len, max_new_tokens)
         inner = _inner(model)
         dtype = next(inner.parameters()).dtype
-        st = self._slots(batch, _round_up(prompt_len + max_new_tokens, self.bucket), sampling, device, dtype)
+        st = self._slots(batch, bucketed(prompt_len + max_new_tokens, self.bucket), sampling, device, dtype)
         st.ids[:, :prompt_len] = input_ids
         st.mask[:, :prompt_len] = attention_mask
         st.mask[:, prompt_len:] = 1

@@ -10,7 +10,7 @@ from torch._dynamo.testing import CompileCounter
 
 from lit_distill.generation import fast as fast_generation
 from lit_distill.generation import generate, left_pad
-from lit_distill.generation.fast import FastSampler, Sampling, fast_sampler, pick
+from lit_distill.generation.fast import FastSampler, Sampling, bucketed, fast_sampler, pick
 from lit_distill.models import GPT
 
 transformers = pytest.importorskip("transformers")
@@ -159,6 +159,13 @@ def test_one_compilation_per_length_bucket(kind):
         assert counter.frame_count == 1  # prompts of 3..5 tokens + up to 40 new ones: all in the 64-slot bucket
         sampler.generate(model, *left_pad([list(range(1, 61))], PAD), 10, s)
     assert counter.frame_count == 2  # 70 slots: the 128 bucket
+
+
+def test_length_buckets_grow_geometrically():
+    sizes = {bucketed(n, 64) for n in range(1, 4097)}
+    assert sorted(sizes)[:6] == [64, 128, 192, 256, 320, 384] and max(sizes) == 4096
+    assert len(sizes) <= 4 * 6 + 4  # 64-steps up to 256, then at most 4 sizes per doubling
+    assert all(n <= bucketed(n, 64) <= 1.25 * n or bucketed(n, 64) - n < 64 for n in range(1, 4097))
 
 
 def test_fast_modes_pick_the_path(monkeypatch):
