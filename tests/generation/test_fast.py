@@ -297,3 +297,18 @@ def test_on_policy_fit_samples_through_the_compiled_step_in_training_and_validat
     trainer.fit(module, datamodule=data)  # sanity validation (inference mode), training, validation
     assert counter.frame_count >= 1 and float(trainer.callback_metrics["train/sampled"]) == 1.0
     assert torch.isfinite(trainer.callback_metrics["val/teacher_nll_of_samples"])
+
+
+@pytest.mark.parametrize("recipe, value", [("on_policy", "on"), ("generate", "false"), ("on_policy", "auto")])
+def test_recipes_take_fast_from_the_command_line_and_yaml_booleans(recipe, value, capsys):
+    from pathlib import Path
+
+    from lit_distill.cli import main
+
+    config = Path(__file__).resolve().parents[2] / "configs" / "text" / f"{recipe}.yaml"
+    with pytest.raises(SystemExit) as done:
+        main(["fit" if recipe == "on_policy" else "predict", "--config", str(config), f"--model.init_args.fast={value}",
+              "--print_config"])  # fmt: skip
+    assert done.value.code == 0
+    expected = {"on": "true", "false": "false", "auto": "auto"}[value]  # YAML reads on/off as booleans
+    assert f"    fast: {expected}\n" in capsys.readouterr().out
