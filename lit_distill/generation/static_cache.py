@@ -174,13 +174,14 @@ class HFDecoder:
 def unsupported_reason(model: nn.Module) -> str | None:
     """Why ``model`` cannot use the static-cache sampler, or None when it can."""
     inner = getattr(model, "_orig_mod", model)
-    if isinstance(inner, GPT):
-        return None
-    hf = hf_model(model)
-    if hf is None:
+    hf = None if isinstance(inner, GPT) else hf_model(model)
+    if hf is None and not isinstance(inner, GPT):
         return f"{type(model).__name__} is neither a lit-distill GPT nor a transformers causal LM"
-    if any(type(p).__name__ == "DTensor" for p in hf.parameters()) or hasattr(hf, "_fsdp_wrapped_module"):
-        return "the model is sharded (FSDP); sample with fast: off"
+    sharded = (type(m).__name__.startswith(("FSDP", "FullyShardedDataParallel")) for m in inner.modules())
+    if any(sharded) or any(type(p).__name__ in ("DTensor", "FlatParameter") for p in inner.parameters()):
+        return "the model is sharded (FSDP), so its weights are not whole on this device"
+    if hf is None:
+        return None
     if getattr(hf.config, "is_encoder_decoder", False):
         return "encoder-decoder models are not supported"
     if not getattr(hf, "_can_compile_fullgraph", False):

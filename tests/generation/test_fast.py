@@ -3,6 +3,7 @@
 import math
 import os
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -183,6 +184,10 @@ def test_fast_modes_pick_the_path(monkeypatch):
         assert fast_sampler(llama, "auto", cuda) is None
     with pytest.raises(ValueError, match="neither a lit-distill GPT"):
         fast_sampler(torch.nn.Linear(2, 2), True, cpu)
+    sharded = tiny_gpt()
+    sharded.blocks[0].__class__ = type("FSDPBlock", (type(sharded.blocks[0]),), {})  # what fully_shard does
+    with pytest.raises(ValueError, match="sharded"):
+        fast_sampler(sharded, True, cpu)
     monkeypatch.setitem(fast_generation.DEFAULT_COMPILE, "compile", False)
     assert isinstance(fast_sampler(gpt, True, cpu), FastSampler)
 
@@ -301,8 +306,6 @@ def test_on_policy_fit_samples_through_the_compiled_step_in_training_and_validat
 
 @pytest.mark.parametrize("recipe, value", [("on_policy", "on"), ("generate", "false"), ("on_policy", "auto")])
 def test_recipes_take_fast_from_the_command_line_and_yaml_booleans(recipe, value, capsys):
-    from pathlib import Path
-
     from lit_distill.cli import main
 
     config = Path(__file__).resolve().parents[2] / "configs" / "text" / f"{recipe}.yaml"
