@@ -1,6 +1,6 @@
 """Sampling speed at LLM size: lit-distill's fast sampler vs transformers' default ``generate``, and one on-policy step.
 
-Random-init Llama pair built from ``transformers.LlamaConfig`` (no download), bf16, one GPU:
+The random-init Llama pair (a) of ``llm_common`` (no download), bf16, one GPU, as lit-distill's ``HFCausalLM``:
 
 * teacher 1.50B: hidden 2048, 16 layers, 32 heads / 8 KV heads, FFN 8192, vocab 128256, untied LM head;
 * student 0.38B: hidden 1024, 8 layers, 16 heads / 4 KV heads, FFN 4096, vocab 128256, untied LM head.
@@ -29,15 +29,15 @@ import argparse
 import json
 import platform
 import statistics
-import tempfile
 import time
 import traceback
 from pathlib import Path
 from typing import Any
 
+import llm_common as C  # noqa: E402 - benchmarks/ is the script's folder
 import torch
 import transformers
-from common import quiet_trainer  # noqa: E402 - benchmarks/ is the script's folder
+from common import quiet_trainer  # noqa: E402
 from lightning.pytorch import Callback
 from torch.utils.data import DataLoader
 
@@ -46,21 +46,8 @@ from lit_distill.generation import generate, left_pad, new_tokens
 from lit_distill.generation.onpolicy import OnPolicyDistillationModule
 from lit_distill.models.hf import HFCausalLM
 
-LLAMA = {"vocab_size": 128256, "tie_word_embeddings": False, "max_position_embeddings": 2048}
-FULL = {
-    "teacher": {"hidden_size": 2048, "num_hidden_layers": 16, "num_attention_heads": 32, "num_key_value_heads": 8,
-                "intermediate_size": 8192},
-    "student": {"hidden_size": 1024, "num_hidden_layers": 8, "num_attention_heads": 16, "num_key_value_heads": 4,
-                "intermediate_size": 4096},
-    "batches": [8, 64], "step_batch": 64, "new_tokens": 256, "prompt_tokens": (16, 64), "repeats": 3,
-}  # fmt: skip
-SMOKE = {
-    "teacher": {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
-                "intermediate_size": 128, "vocab_size": 512},
-    "student": {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 4, "num_key_value_heads": 2,
-                "intermediate_size": 64, "vocab_size": 512},
-    "batches": [2, 4], "step_batch": 4, "new_tokens": 8, "prompt_tokens": (4, 8), "repeats": 1,
-}  # fmt: skip
+FULL = {"pair": "a", "batches": [8, 64], "step_batch": 64, "new_tokens": 256, "prompt_tokens": (16, 64), "repeats": 3}
+SMOKE = {"pair": "smoke", "batches": [2, 4], "step_batch": 4, "new_tokens": 8, "prompt_tokens": (4, 8), "repeats": 1}
 TARGETS = {8: 5.0, 64: 3.0}  # issue: >= 5x transformers' default generate at batch 8, >= 3x at batch 64
 PAD = 0
 
@@ -80,19 +67,6 @@ def parse_args() -> argparse.Namespace:
     return p.parse_args()
 
 
-def build(dims: dict[str, Any], device: torch.device, folder: Path) -> HFCausalLM:
-    """A random-init bf16 Llama, saved and reloaded as lit-distill's ``HFCausalLM`` (what a recipe's YAML builds)."""
-    config = transformers.LlamaConfig(**{**LLAMA, **dims})
-    config.bos_token_id, config.eos_token_id, config.pad_token_id = None, None, PAD  # eos: set per call
-    torch.manual_seed(0)
-    with torch.device(device):  # initialise on the GPU: a CPU init of 1.5B parameters alone takes ~20 s
-        model = transformers.LlamaForCausalLM(config).to(torch.bfloat16)
-    model.save_pretrained(str(folder))
-    del model
-    model = HFCausalLM(str(folder), dtype="bf16").to(device)
-    return model
-
-
 def prompts(batch: int, lengths: tuple[int, int], vocab: int, device: torch.device) -> tuple[torch.Tensor, ...]:
     g = torch.Generator().manual_seed(batch)
     rows = [
@@ -100,11 +74,6 @@ def prompts(batch: int, lengths: tuple[int, int], vocab: int, device: torch.devi
         for _ in range(batch)
     ]
     return left_pad([r.tolist() for r in rows], PAD, device=device)
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def time_sampling(model: HFCausalLM, ids: torch.Tensor, mask: torch.Tensor, new: int, path: str, repeats: int) -> dict:
@@ -124,15 +93,15 @@ def time_sampling(model: HFCausalLM, ids: torch.Tensor, mask: torch.Tensor, new:
             seed=next(seed), fast=fast,
         )  # fmt: skip
 
-    sync(ids.device)
+    C.sync(ids.device)
     start = time.perf_counter()
     run()
-    sync(ids.device)
+    C.sync(ids.device)
     warmup, runs = time.perf_counter() - start, []
     for _ in range(repeats):
         start = time.perf_counter()
         out = run()
-        sync(ids.device)
+        C.sync(ids.device)
         tokens = sum(len(r) for r in new_tokens(out, ids.shape[1], eos, keep_eos=True))
         runs.append(tokens / (time.perf_counter() - start))
     new_part = out[:, ids.shape[1] :]
@@ -274,8 +243,9 @@ def main() -> None:
         "compile": dict(fast_generation.DEFAULT_COMPILE), "sampling": [], "errors": [],
     }  # fmt: skip
     t0 = time.perf_counter()
-    tmp = tempfile.TemporaryDirectory()
-    student = build(cfg["student"], device, Path(tmp.name) / "student")
+    teacher_shape, student_shape = C.PAIRS[cfg["pair"]]
+    torch.manual_seed(0)
+    student = C.lit_lm(student_shape.config(), device, torch.bfloat16)
     report["student_params"] = sum(p.numel() for p in student.parameters())
     print(
         f"[{time.perf_counter() - t0:5.0f} s] student {report['student_params'] / 1e9:.3f}B on {report['device']}, "
@@ -308,14 +278,13 @@ def main() -> None:
         out.write_text(json.dumps(report, indent=2))
     if not args.skip_step:
         try:
-            teacher = build(cfg["teacher"], device, Path(tmp.name) / "teacher")
+            teacher = C.lit_lm(teacher_shape.config(), device, torch.bfloat16)
             report["teacher_params"] = sum(p.numel() for p in teacher.parameters())
             report["onpolicy_step"] = onpolicy_step(student, teacher, cfg, device, args.smoke)
             print(f"[{time.perf_counter() - t0:5.0f} s] on-policy step done", flush=True)
         except Exception as err:
             report["errors"].append(f"on-policy step: {type(err).__name__}: {err}")
             print(f"FAILED on-policy step: {type(err).__name__}: {err}\n{traceback.format_exc()}", flush=True)
-    tmp.cleanup()
     report["diagnostics"] = diagnostics()
     report["total_s"] = time.perf_counter() - t0
     out.write_text(json.dumps(report, indent=2))

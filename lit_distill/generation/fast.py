@@ -15,7 +15,8 @@ forward there, against about 2 outside the compiled step here (the noise draw; e
 Randomness: sampling uses the exponential race (``argmax(p / E)``, ``E ~ Exp(1)`` i.i.d., draws the token with
 probability ``p``), with ``E`` drawn outside the graph from a seeded ``torch.Generator`` into a fixed buffer. Same
 seed, prompts and device give the same samples; they differ from the plain path's ``torch.multinomial`` stream.
-Greedy decoding is the plain path's argmax, token for token (up to kernel rounding on GPU).
+Greedy decoding is the plain path's argmax, token for token in float32; in bf16 the two paths' kernels round
+differently, and a near-tie (logits one bf16 step apart, common in random-init models) can pick another token.
 """
 
 from __future__ import annotations

@@ -80,8 +80,9 @@ def generate(
         seed: seeds the sampling (same seed, same prompts, same device: same output); None = global RNG.
         fast: ``"auto"`` samples on a static KV cache with a compiled decode step (CUDA graphs) on CUDA and takes
             the plain path elsewhere or for models it cannot run; ``True`` always takes it (errors name why it
-            cannot); ``False`` is the plain path. Greedy output is the same on both paths; seeded samples are
-            reproducible on each but differ between them (see :mod:`lit_distill.generation.fast`).
+            cannot); ``False`` is the plain path. Greedy output is the same on both paths (in float32; bf16
+            rounding can flip near-ties); seeded samples are reproducible on each but differ between them (see
+            :mod:`lit_distill.generation.fast`).
 
     Example:
         >>> gpt = GPT(block_size=32, n_layer=1, n_head=2, n_embd=16)
