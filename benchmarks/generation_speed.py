@@ -41,8 +41,7 @@ from common import quiet_trainer  # noqa: E402
 from lightning.pytorch import Callback
 from torch.utils.data import DataLoader
 
-from lit_distill.generation import fast as fast_generation
-from lit_distill.generation import generate, left_pad, new_tokens
+from lit_distill.generation import fast_mode, generate, left_pad, new_tokens
 from lit_distill.generation.onpolicy import OnPolicyDistillationModule
 from lit_distill.models.hf import HFCausalLM
 
@@ -233,14 +232,14 @@ def main() -> None:
     if device.type == "cpu" and not args.smoke:
         raise SystemExit("no CUDA device: the full sizes need a GPU; run with --smoke for the CPU check.")
     if args.smoke:  # no code generation on CPU (20-60 s per graph); the traced step is the same
-        fast_generation.DEFAULT_COMPILE.update(backend="aot_eager", mode=None)
+        fast_mode.DEFAULT_COMPILE.update(backend="aot_eager", mode=None)
         torch.set_num_threads(1)  # tiny models on a shared CPU: one thread is the faster
     torch._logging.set_logs(perf_hints=True)  # prints why CUDA graphs were skipped, if they are
     out = Path(args.out)
     report: dict[str, Any] = {
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
         "torch": torch.__version__, "transformers": transformers.__version__, "smoke": args.smoke,
-        "compile": dict(fast_generation.DEFAULT_COMPILE), "sampling": [], "errors": [],
+        "compile": dict(fast_mode.DEFAULT_COMPILE), "sampling": [], "errors": [],
     }  # fmt: skip
     t0 = time.perf_counter()
     teacher_shape, student_shape = C.PAIRS[cfg["pair"]]

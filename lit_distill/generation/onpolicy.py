@@ -8,7 +8,7 @@ from typing import Any, Literal
 
 from torch import Tensor, nn
 
-from lit_distill.generation.fast import FastMode, check_fast
+from lit_distill.generation.fast_mode import FastMode, check_fast
 from lit_distill.generation.sampling import (
     IGNORE_INDEX,
     check_sampling,

@@ -11,7 +11,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 
 from lit_distill.data.tokenizers import BYTES_ID, ByteTokenizer, HFTokenizer, Tokenizer, load_tokenizer
-from lit_distill.generation.fast import FastMode, check_fast
+from lit_distill.generation.fast_mode import FastMode, check_fast
 from lit_distill.generation.sampling import check_sampling, generate, left_pad, new_tokens
 from lit_distill.losses.logit import CrossEntropy
 from lit_distill.module import DistillationModule

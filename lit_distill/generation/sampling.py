@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lit_distill.generation.fast import FastMode, check_fast, fast_generate, seeded_generator
+from lit_distill.generation.fast_mode import FastMode, check_fast, fast_generate, seeded_generator
 from lit_distill.generation.static_cache import hf_model, hf_vocab_limit
 from lit_distill.models.gpt import GPT
 

@@ -9,9 +9,9 @@ import pytest
 import torch
 from torch._dynamo.testing import CompileCounter
 
-from lit_distill.generation import fast as fast_generation
-from lit_distill.generation import generate, left_pad
-from lit_distill.generation.fast import FastSampler, Sampling, bucketed, fast_sampler, pick
+from lit_distill.generation import fast_mode, generate, left_pad
+from lit_distill.generation.fast import FastSampler, Sampling, bucketed, pick
+from lit_distill.generation.fast_mode import fast_sampler
 from lit_distill.models import GPT
 
 transformers = pytest.importorskip("transformers")
@@ -188,7 +188,7 @@ def test_fast_modes_pick_the_path(monkeypatch):
     sharded.blocks[0].__class__ = type("FSDPBlock", (type(sharded.blocks[0]),), {})  # what fully_shard does
     with pytest.raises(ValueError, match="sharded"):
         fast_sampler(sharded, True, cpu)
-    monkeypatch.setitem(fast_generation.DEFAULT_COMPILE, "compile", False)
+    monkeypatch.setitem(fast_mode.DEFAULT_COMPILE, "compile", False)
     assert isinstance(fast_sampler(gpt, True, cpu), FastSampler)
 
 
@@ -200,18 +200,18 @@ def test_auto_falls_back_to_the_plain_path_when_the_fast_one_fails(monkeypatch):
     def broken(*args, **kwargs):
         raise RuntimeError("no CUDA graph today")
 
-    monkeypatch.setitem(fast_generation.DEFAULT_COMPILE, "compile", False)
+    monkeypatch.setitem(fast_mode.DEFAULT_COMPILE, "compile", False)
     monkeypatch.setattr(FastSampler, "generate", broken)
     with pytest.raises(RuntimeError, match="no CUDA graph"):
         generate(gpt, ids, mask, max_new_tokens=6, temperature=0.0, fast=True)
     # "auto" takes the fast path only on CUDA with a working compiler: pretend both to reach the failure
-    real = fast_generation.fast_sampler
-    monkeypatch.setattr(fast_generation, "fast_sampler", lambda m, f, d: real(m, f, torch.device("cuda")))
-    monkeypatch.setattr(fast_generation, "_compile_available", lambda: True)
+    real = fast_mode.fast_sampler
+    monkeypatch.setattr(fast_mode, "fast_sampler", lambda m, f, d: real(m, f, torch.device("cuda")))
+    monkeypatch.setattr(fast_mode, "_compile_available", lambda: True)
     with pytest.warns(UserWarning, match="fast sampling failed.*no CUDA graph.*plain path"):
         out = generate(gpt, ids, mask, max_new_tokens=6, temperature=0.0, fast="auto")
     assert torch.equal(out, plain)
-    assert fast_generation._SAMPLERS[gpt] is None  # said once; later calls go straight to the plain path
+    assert fast_mode._SAMPLERS[gpt] is None  # said once; later calls go straight to the plain path
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert torch.equal(generate(gpt, ids, mask, max_new_tokens=6, temperature=0.0, fast="auto"), plain)
@@ -247,32 +247,32 @@ def test_onpolicy_and_predict_modules_pass_fast_through(monkeypatch):
         )
     with pytest.raises(ValueError, match="fast must be"):
         GenerationModule(model=tiny_gpt(), fast="yes")
-    monkeypatch.setitem(fast_generation.DEFAULT_COMPILE, "compile", False)
+    monkeypatch.setitem(fast_mode.DEFAULT_COMPILE, "compile", False)
     calls = []
     real = FastSampler.generate
     monkeypatch.setattr(FastSampler, "generate", lambda self, *a, **k: calls.append(1) or real(self, *a, **k))
     data = PromptDataModule(prompt_chars=20, response_chars=16, seq_len=48, batch_size=4, max_prompts=8)
     batch = next(iter(data.train_dataloader()))
     sampled = {}
-    for fast_mode in (True, False):
+    for setting in (True, False):
         module = OnPolicyDistillationModule(
             student=tiny_gpt(), teacher=tiny_gpt(), temperature=0.0, max_new_tokens=8, eos_token_id=256,
-            pad_token_id=PAD, fast=fast_mode,
+            pad_token_id=PAD, fast=setting,
         )  # fmt: skip
-        sampled[fast_mode] = module.sample_batch(batch)
+        sampled[setting] = module.sample_batch(batch)
     assert len(calls) == 1 and sampled[True].keys() == sampled[False].keys()
     assert all(torch.equal(sampled[True][k], sampled[False][k]) for k in sampled[True])
     rows = {}
-    for fast_mode in (True, False):
-        module = GenerationModule(model=tiny_gpt(), max_new_tokens=6, temperature=0.0, fast=fast_mode)
-        rows[fast_mode] = module.predict_step({"prompt": ["def f", "A list of"]}, 0)
-        assert module.generation_settings()["fast"] is fast_mode  # a resumed JSONL must not mix the two samplers
+    for setting in (True, False):
+        module = GenerationModule(model=tiny_gpt(), max_new_tokens=6, temperature=0.0, fast=setting)
+        rows[setting] = module.predict_step({"prompt": ["def f", "A list of"]}, 0)
+        assert module.generation_settings()["fast"] is setting  # a resumed JSONL must not mix the two samplers
     assert len(calls) == 2 and rows[True] == rows[False]
 
 
 def test_buffers_made_under_inference_mode_serve_later_calls(monkeypatch):
     # Lightning samples under inference_mode in validation and predict, and without it in training.
-    monkeypatch.setitem(fast_generation.DEFAULT_COMPILE, "compile", False)
+    monkeypatch.setitem(fast_mode.DEFAULT_COMPILE, "compile", False)
     gpt = tiny_gpt()
     ids, mask = left_pad(PROMPTS, PAD)
     args = {"max_new_tokens": 6, "temperature": 0.0, "pad_token_id": PAD, "fast": True}
@@ -289,8 +289,8 @@ def test_on_policy_fit_samples_through_the_compiled_step_in_training_and_validat
     from lit_distill.generation.onpolicy import OnPolicyDistillationModule
 
     counter = CompileCounter()
-    monkeypatch.setitem(fast_generation.DEFAULT_COMPILE, "backend", counter)
-    monkeypatch.setitem(fast_generation.DEFAULT_COMPILE, "mode", None)
+    monkeypatch.setitem(fast_mode.DEFAULT_COMPILE, "backend", counter)
+    monkeypatch.setitem(fast_mode.DEFAULT_COMPILE, "mode", None)
     module = OnPolicyDistillationModule(
         student=tiny_gpt(), teacher=tiny_gpt(n_layer=1), lmbda=1.0, max_new_tokens=8, val_sample_nll=True, fast=True,
     )  # fmt: skip
