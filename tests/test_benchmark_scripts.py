@@ -18,3 +18,20 @@ def test_multi_gpu_script_runs_a_cpu_ddp_sweep():
     result = json.loads(run.stdout.strip().splitlines()[-1])
     assert [row["devices"] for row in result["rows"]] == [1, 2]
     assert all(row["samples_per_s"] > 0 for row in result["rows"]) and result["rows"][0]["scaling"] == 1.0
+
+
+def test_generation_speed_smoke_times_both_samplers_and_splits_an_on_policy_step(tmp_path):
+    out = tmp_path / "speed.json"
+    run = subprocess.run(
+        [sys.executable, "benchmarks/generation_speed.py", "--smoke", "--out", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-2000:]
+    result = json.loads(out.read_text())
+    assert result["errors"] == [] and [row["batch"] for row in result["sampling"]] == [2, 4]
+    assert all(row[path]["median"] > 0 for row in result["sampling"] for path in ("transformers", "fast"))
+    step = result["onpolicy_step"]
+    assert step["sampling_ms"] > 0 and step["teacher_ms"] > 0 and step["student_update_ms"] > 0
+    # one compiled decode step per batch size; the on-policy step reuses the batch-4 one
+    assert result["diagnostics"]["unique_graphs"] == 2
+    assert "on-policy step (lambda=1), batch 4" in run.stdout

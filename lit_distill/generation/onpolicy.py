@@ -8,6 +8,7 @@ from typing import Any, Literal
 
 from torch import Tensor, nn
 
+from lit_distill.generation.fast_mode import FastMode, check_fast
 from lit_distill.generation.sampling import (
     IGNORE_INDEX,
     check_sampling,
@@ -55,6 +56,8 @@ class OnPolicyDistillationModule(DistillationModule):
         eos_token_id: ends a sample; None = the datamodule tokenizer's ``eos_id``.
         pad_token_id: padding of the sampled batch; None = the datamodule tokenizer's ``pad_id``.
         val_sample_nll: in validation, also sample from the student and log the teacher's NLL of those samples.
+        fast: sampling engine: ``"auto"`` = static KV cache + compiled decode step (CUDA graphs) on CUDA, the plain
+            path elsewhere; ``true`` = always the static path; ``false`` = the plain path (see ``generate``).
         **kwargs: the remaining :class:`DistillationModule` arguments (``teacher_checkpoint``, ``optimizer``, ...).
 
     Example:
@@ -81,6 +84,7 @@ class OnPolicyDistillationModule(DistillationModule):
         eos_token_id: int | None = None,
         pad_token_id: int | None = None,
         val_sample_nll: bool = False,
+        fast: FastMode = "auto",
         **kwargs: Any,
     ) -> None:
         if teacher is None:
@@ -90,13 +94,14 @@ class OnPolicyDistillationModule(DistillationModule):
         if mode not in ("on_policy", "seq_kd"):
             raise ValueError(f"mode must be 'on_policy' (student samples) or 'seq_kd' (teacher samples), got {mode!r}.")
         check_sampling(max_new_tokens, temperature, top_k, top_p)
+        check_fast(fast)
         super().__init__(
             student=student, teacher=teacher, losses=losses or [TokenKD(divergence="jsd", beta=0.5)], **kwargs
         )
         self.lmbda, self.mode, self.seed = float(lmbda), mode, seed
         self.max_new_tokens, self.temperature, self.top_k, self.top_p = max_new_tokens, temperature, top_k, top_p
         self.eos_token_id, self.pad_token_id = eos_token_id, pad_token_id
-        self.val_sample_nll = val_sample_nll
+        self.val_sample_nll, self.fast = val_sample_nll, fast
 
     def setup(self, stage: str) -> None:
         tokenizer = getattr(getattr(self.trainer, "datamodule", None), "tokenizer", None) if self._trainer else None
@@ -142,6 +147,7 @@ class OnPolicyDistillationModule(DistillationModule):
             eos_token_id=self.eos_token_id,
             pad_token_id=self.pad_token_id,
             seed=seed,
+            fast=self.fast,
         )
         seconds = time.perf_counter() - start
         sampled = completion_batch(prompt_ids, prompt_mask, sequences.detach(), self.eos_token_id, self.pad_token_id)

@@ -11,6 +11,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 
 from lit_distill.data.tokenizers import BYTES_ID, ByteTokenizer, HFTokenizer, Tokenizer, load_tokenizer
+from lit_distill.generation.fast_mode import FastMode, check_fast
 from lit_distill.generation.sampling import check_sampling, generate, left_pad, new_tokens
 from lit_distill.losses.logit import CrossEntropy
 from lit_distill.module import DistillationModule
@@ -37,6 +38,9 @@ class GenerationModule(DistillationModule):
         top_k: sample among the ``k`` most likely tokens only (None = off).
         top_p: nucleus sampling mass (None = off).
         seed: base seed of the sampling.
+        fast: ``"auto"`` = static KV cache + compiled decode step on CUDA, the plain path elsewhere; ``true`` /
+            ``false`` force one (see ``generate``). Recorded in :meth:`generation_settings`: the two paths draw
+            different samples from one seed.
 
     Example (YAML, ``lit-distill predict``)::
 
@@ -58,14 +62,16 @@ class GenerationModule(DistillationModule):
         top_k: int | None = None,
         top_p: float | None = None,
         seed: int = 0,
+        fast: FastMode = "auto",
     ) -> None:
         check_sampling(max_new_tokens, temperature, top_k, top_p)
+        check_fast(fast)
         if checkpoint is not None:
             load_weights(model, checkpoint, prefix=checkpoint_prefix)
         super().__init__(student=model, losses=[CrossEntropy()])
         self.checkpoint, self.tokenizer_spec = checkpoint, tokenizer
         self.max_new_tokens, self.temperature, self.top_k, self.top_p = max_new_tokens, temperature, top_k, top_p
-        self.seed = seed
+        self.seed, self.fast = seed, fast
         self.tokenizer = self._resolve_tokenizer(model, tokenizer)
         self.generated_tokens, self.generation_seconds, self.prompts_done = 0, 0.0, 0
 
@@ -106,6 +112,7 @@ class GenerationModule(DistillationModule):
             "top_k": self.top_k,
             "top_p": self.top_p,
             "seed": self.seed,
+            "fast": self.fast,
         }
 
     def predict_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> list[dict[str, str]]:
@@ -132,6 +139,7 @@ class GenerationModule(DistillationModule):
             eos_token_id=self.tokenizer.eos_id,
             pad_token_id=self.tokenizer.pad_id,
             seed=seed,
+            fast=self.fast,
         )
         self.generation_seconds += time.perf_counter() - start
         responses = new_tokens(out, ids.shape[1], self.tokenizer.eos_id)

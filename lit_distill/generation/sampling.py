@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from lit_distill.generation.fast_mode import FastMode, check_fast, fast_generate, seeded_generator
+from lit_distill.generation.static_cache import hf_model, hf_vocab_limit
 from lit_distill.models.gpt import GPT
 
 IGNORE_INDEX = -100
@@ -45,12 +47,6 @@ def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
         model.train(was_training)
 
 
-def _hf_model(model: nn.Module) -> Any:
-    """The ``transformers`` model behind ``model`` (the HF wrapper's ``.model``, or ``model`` itself), else None."""
-    inner = getattr(model, "model", model)
-    return inner if hasattr(inner, "generation_config") and hasattr(inner, "generate") else None
-
-
 @torch.no_grad()
 def generate(
     model: nn.Module,
@@ -64,6 +60,7 @@ def generate(
     eos_token_id: int | None = None,
     pad_token_id: int | None = None,
     seed: int | None = None,
+    fast: FastMode = False,
 ) -> Tensor:
     """Continue left-padded prompts; returns ``[B, T + n]`` (``n <= max_new_tokens``), no gradient, eval mode.
 
@@ -81,6 +78,11 @@ def generate(
         eos_token_id: token that ends a row.
         pad_token_id: filler after eos (default: the eos id).
         seed: seeds the sampling (same seed, same prompts, same device: same output); None = global RNG.
+        fast: ``"auto"`` samples on a static KV cache with a compiled decode step (CUDA graphs) on CUDA and takes
+            the plain path elsewhere or for models it cannot run; ``True`` always takes it (errors name why it
+            cannot); ``False`` is the plain path. Greedy output is the same on both paths (in float32; bf16
+            rounding can flip near-ties); seeded samples are reproducible on each but differ between them (see
+            :mod:`lit_distill.generation.fast`).
 
     Example:
         >>> gpt = GPT(block_size=32, n_layer=1, n_head=2, n_embd=16)
@@ -88,15 +90,18 @@ def generate(
         torch.Size([1, 6])
     """
     check_sampling(max_new_tokens, temperature, top_k, top_p)
+    check_fast(fast)
     if input_ids.ndim != 2:
         raise ValueError(f"input_ids must be [batch, tokens], got shape {tuple(input_ids.shape)}.")
     pad = eos_token_id if pad_token_id is None else pad_token_id
     with eval_mode(model):
+        out = fast_generate(
+            model, input_ids, attention_mask, fast, max_new_tokens, temperature, top_k, top_p, eos_token_id, pad, seed
+        )
+        if out is not None:
+            return out
         if isinstance(getattr(model, "_orig_mod", model), GPT):
             gpt = getattr(model, "_orig_mod", model)
-            generator = None
-            if seed is not None and temperature > 0:
-                generator = torch.Generator(device=input_ids.device).manual_seed(seed)
             return gpt.generate(
                 input_ids,
                 attention_mask,
@@ -106,9 +111,9 @@ def generate(
                 top_p=top_p,
                 eos_token_id=eos_token_id,
                 pad_token_id=pad,
-                generator=generator,
+                generator=seeded_generator(seed, temperature, input_ids.device),
             )
-        hf = _hf_model(model)
+        hf = hf_model(model)
         if hf is None:
             raise TypeError(
                 f"cannot generate with {type(model).__name__}: expected lit_distill.models.GPT, "
@@ -140,13 +145,9 @@ def _hf_generate(
         kwargs["eos_token_id"] = eos
     if pad is not None:
         kwargs["pad_token_id"] = pad
-    width = hf.get_output_embeddings().weight.shape[0] if hf.get_output_embeddings() is not None else None
-    real = getattr(wrapper, "vocab_size", None) if wrapper is not hf else None
-    specials = [i for i in (eos, pad) if i is not None]
-    # Padded head rows are not tokens. A "vocabulary" that lacks the special ids is not the real one (an empty
-    # placeholder tokenizer), so nothing is suppressed then.
-    if width is not None and isinstance(real, int) and max(specials, default=-1) < real < width:
-        kwargs["suppress_tokens"] = list(range(real, width))
+    real = hf_vocab_limit(wrapper, hf, eos, pad)
+    if real is not None:  # padded head rows are not tokens
+        kwargs["suppress_tokens"] = list(range(real, hf.get_output_embeddings().weight.shape[0]))
     mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
     devices = [input_ids.device] if input_ids.device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices, enabled=seed is not None):
