@@ -86,6 +86,15 @@ def _has_untrained_flag() -> bool:
 
 def trainer(args, steps: int, callbacks: list, **kwargs) -> Trainer:
     strategy = {"single": "auto"}.get(args.strategy, args.strategy)
+    if args.strategy == "fsdp2-replicate":  # the teacher whole on every GPU, the student sharded
+        from lit_distill.sharding import FSDP2Strategy
+
+        strategy = FSDP2Strategy(teacher="replicate")
+    if args.strategy == "fsdp":  # Lightning's FSDP1, wrapped per decoder layer like fsdp2 (its default: one unit)
+        from lightning.pytorch.strategies import FSDPStrategy
+        from transformers.models.llama.modeling_llama import LlamaDecoderLayer
+
+        strategy = FSDPStrategy(auto_wrap_policy={LlamaDecoderLayer}, use_orig_params=True)
     return Trainer(
         accelerator=args.accelerator,
         devices=1 if args.strategy == "single" else args.devices,
@@ -137,7 +146,7 @@ def cycle(args, teacher: C.LlamaShape, student: C.LlamaShape, run: Trainer, modu
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     C.add_model_args(parser)
-    parser.add_argument("--strategy", choices=["single", "ddp", "fsdp2", "fsdp"], default="single")
+    parser.add_argument("--strategy", choices=["single", "ddp", "fsdp2", "fsdp2-replicate", "fsdp"], default="single")
     parser.add_argument("--devices", type=int, default=2)
     parser.add_argument("--accelerator", choices=["gpu", "cpu"], default="gpu")
     parser.add_argument("--loss", choices=["fused", "full"], default="fused")

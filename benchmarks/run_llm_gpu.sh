@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# LLM-at-scale measurements of BENCHMARKS.md on 2 H200s (device kind nvidia-h200-x2), one stage per call:
+#   bash benchmarks/run_llm_gpu.sh OUT_DIR a      # pair (a): 1 GPU (fused, full logits, compiled), DDP x2, FSDP2 x2, FSDP1 x2
+#   bash benchmarks/run_llm_gpu.sh OUT_DIR b      # pair (b) on FSDP2 x2 with checkpoint/resume/export; hand-loop baselines
+#   bash benchmarks/run_llm_gpu.sh OUT_DIR trl    # TRL GKDTrainer (lmbda=0) on pair (a), 1 GPU and DDP x2
+# Raw JSON rows and logs go to OUT_DIR; the last lines printed are the rows' summaries.
+set -u
+out=${1:?OUT_DIR}; stage=${2:?stage}
+mkdir -p "$out"
+export PYTHONUNBUFFERED=1 NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
+here=$(cd "$(dirname "$0")/.." && pwd)
+run() {  # name, timeout, command...
+  local name=$1 limit=$2; shift 2
+  echo "[$(date +%T)] $name: $*"
+  timeout "$limit" "$@" >"$out/$name.log" 2>&1 || echo "[$(date +%T)] $name FAILED (exit $?): $(tail -n 3 "$out/$name.log" | tr '\n' ' ')"
+  grep -h '^{"run"' "$out/$name.log" >"$out/$name.json" 2>/dev/null || true
+}
+S="python3 $here/benchmarks/llm_scale.py"
+case $stage in
+a)
+  CUDA_VISIBLE_DEVICES=0 run a_single_fused 240 $S --pair a --strategy single --loss fused &
+  CUDA_VISIBLE_DEVICES=1 run a_single_full 240 $S --pair a --strategy single --loss full &
+  wait
+  CUDA_VISIBLE_DEVICES=0 run a_single_fused_compiled 300 $S --pair a --strategy single --loss fused --compile &
+  wait
+  run a_ddp2 180 $S --pair a --strategy ddp --devices 2
+  run a_fsdp2x2 180 $S --pair a --strategy fsdp2 --devices 2
+  run a_fsdp2x2_replicate 180 $S --pair a --strategy fsdp2-replicate --devices 2
+  run a_fsdp1x2 180 $S --pair a --strategy fsdp --devices 2
+  ;;
+b)
+  run b_fsdp2x2_cycle 420 $S --pair b --teacher-layers 86 --strategy fsdp2 --devices 2 --warmup 2 --steps 6 --cycle /tmp/llm_b
+  ;;
+trl)
+  CUDA_VISIBLE_DEVICES=0 run trl_a_1gpu 300 python3 $here/benchmarks/trl_gkd.py --pair a &
+  CUDA_VISIBLE_DEVICES=1 run loop_a_1gpu 240 python3 $here/benchmarks/llm_loop.py --pair a &
+  wait
+  run trl_a_ddp2 300 torchrun --nproc_per_node 2 $here/benchmarks/trl_gkd.py --pair a
+  run loop_a_fsdp2 240 torchrun --nproc_per_node 2 $here/benchmarks/llm_loop.py --pair a --fsdp
+  ;;
+esac
+for f in "$out"/*.json; do
+  python3 - "$f" <<'PY'
+import json, sys
+for line in open(sys.argv[1]):
+    r = json.loads(line)
+    print(f"{r['run'][:60]:60s} tok/s {r['tokens_per_s']:>10.0f}  mfu {r['mfu']:.3f} (all-params {r['mfu_all_params_no_attention']:.3f})  peak {r['peak_gib_per_rank']}")
+PY
+done
