@@ -86,10 +86,10 @@ def _has_untrained_flag() -> bool:
 
 def trainer(args, steps: int, callbacks: list, **kwargs) -> Trainer:
     strategy = {"single": "auto"}.get(args.strategy, args.strategy)
-    if args.strategy == "fsdp2-replicate":  # the teacher whole on every GPU, the student sharded
+    if args.strategy == "fsdp2":
         from lit_distill.sharding import FSDP2Strategy
 
-        strategy = FSDP2Strategy(teacher="replicate")
+        strategy = FSDP2Strategy(teacher=args.teacher_sharding, reshard_after_forward=not args.keep_gathered)
     if args.strategy == "fsdp":  # Lightning's FSDP1, wrapped per decoder layer like fsdp2 (its default: one unit)
         from lightning.pytorch.strategies import FSDPStrategy
         from transformers.models.llama.modeling_llama import LlamaDecoderLayer
@@ -143,10 +143,21 @@ def cycle(args, teacher: C.LlamaShape, student: C.LlamaShape, run: Trainer, modu
     return result
 
 
+def name(args, world_size: int) -> str:
+    text = f"lit-distill Trainer, {args.strategy} x{world_size}, {args.loss} loss"
+    if args.strategy == "fsdp2":
+        text += f", teacher {args.teacher_sharding}" + (", student kept gathered" if args.keep_gathered else "")
+    return text + (", compiled" if args.compile else "")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     C.add_model_args(parser)
-    parser.add_argument("--strategy", choices=["single", "ddp", "fsdp2", "fsdp2-replicate", "fsdp"], default="single")
+    parser.add_argument("--strategy", choices=["single", "ddp", "fsdp2", "fsdp"], default="single")
+    parser.add_argument("--teacher-sharding", choices=["shard", "replicate"], default="shard", help="fsdp2 only")
+    parser.add_argument(
+        "--keep-gathered", action="store_true", help="fsdp2: student blocks stay gathered until backward"
+    )
     parser.add_argument("--devices", type=int, default=2)
     parser.add_argument("--accelerator", choices=["gpu", "cpu"], default="gpu")
     parser.add_argument("--loss", choices=["fused", "full"], default="fused")
@@ -173,7 +184,7 @@ def main() -> None:
         extra["cycle"] = cycle(args, teacher, student, run, module)
     if run.global_rank == 0:
         row = C.result_row(
-            f"lit-distill Trainer, {args.strategy} x{run.world_size}, {args.loss} loss",
+            name(args, run.world_size),
             teacher, student, tokens=args.steps * args.batch_size * args.seq_len * run.world_size,
             seconds=clock.seconds, world_size=run.world_size, seq_len=args.seq_len, peak_per_rank=peaks,
             batch_per_device=args.batch_size, steps=args.steps, warmup=args.warmup, **extra,

@@ -18,15 +18,17 @@ run() {  # name, timeout, command...
 S="python3 $here/benchmarks/llm_scale.py"
 case $stage in
 a)
+  nvidia-smi topo -m >"$out/topology.txt" 2>&1
   CUDA_VISIBLE_DEVICES=0 run a_single_fused 240 $S --pair a --strategy single --loss fused &
   CUDA_VISIBLE_DEVICES=1 run a_single_full 240 $S --pair a --strategy single --loss full &
   wait
   CUDA_VISIBLE_DEVICES=0 run a_single_fused_compiled 300 $S --pair a --strategy single --loss fused --compile &
+  [ -n "${WITH_GENERATION:-}" ] && CUDA_VISIBLE_DEVICES=1 run generation_speed 300 python3 $here/benchmarks/generation_speed.py --out "$out/generation_speed_raw.json" &
   wait
   run a_ddp2 180 $S --pair a --strategy ddp --devices 2
   run a_fsdp2x2 180 $S --pair a --strategy fsdp2 --devices 2
-  run a_fsdp2x2_replicate 180 $S --pair a --strategy fsdp2-replicate --devices 2
-  run a_fsdp1x2 180 $S --pair a --strategy fsdp --devices 2
+  run a_fsdp2x2_kept 180 $S --pair a --strategy fsdp2 --devices 2 --keep-gathered
+  run a_fsdp2x2_replicate_kept 180 $S --pair a --strategy fsdp2 --devices 2 --teacher-sharding replicate --keep-gathered
   ;;
 b)
   run b_fsdp2x2_cycle 420 $S --pair b --teacher-layers 86 --strategy fsdp2 --devices 2 --warmup 2 --steps 6 --cycle /tmp/llm_b

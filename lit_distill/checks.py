@@ -105,7 +105,8 @@ def probe_first_batch(module: Any) -> bool:
     adapters whose size is inferred from the first batch get their parameters, so the optimizer
     and DDP see them. Returns whether it ran (not without a training batch, nor before FSDP/DeepSpeed sharding).
     """
-    batch = first_train_batch(module.trainer)
+    with torch.device("cpu"):  # configure_model runs under the strategy's default-device context; data is CPU-made
+        batch = first_train_batch(module.trainer)
     if batch is None:
         return False
     device = module.trainer.strategy.root_device

@@ -18,8 +18,14 @@ def sharding_plan(strategy: Any) -> ShardingPlan | None:
     A plain ModelParallelStrategy with a tensor-parallel size above 1 is refused: lit-distill shards over the
     data-parallel dimension only (FSDP2) and would silently feed every tensor-parallel rank the same data.
     """
-    from lightning.pytorch.strategies import ModelParallelStrategy
+    from lightning.pytorch.strategies import FSDPStrategy, ModelParallelStrategy
 
+    if isinstance(strategy, FSDPStrategy):
+        raise ValueError(
+            "lit-distill shards with FSDP2: use --trainer.strategy fsdp2 (lit_distill.sharding.FSDP2Strategy), not "
+            "Lightning's FSDP1 strategy 'fsdp'. FSDP1 flattens the teacher and the student into shared units, which "
+            "fails for a teacher in its own dtype (bf16 beside an fp32 student) and for checkpoints without it."
+        )
     if not isinstance(strategy, ModelParallelStrategy):
         return None
     tp = strategy.device_mesh["tensor_parallel"].size()
