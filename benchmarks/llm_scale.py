@@ -171,7 +171,7 @@ def main() -> None:
     clock = Clock(args.warmup)
     run = trainer(args, args.warmup + args.steps, [clock])
     run.fit(module, data(args, teacher.vocab))
-    device = module.device
+    device = torch.device("cuda", torch.cuda.current_device()) if args.accelerator == "gpu" else module.device
     extra = {
         "strategy": args.strategy,
         "loss": args.loss,

@@ -31,7 +31,10 @@ a)
   run a_fsdp2x2_replicate_kept 180 $S --pair a --strategy fsdp2 --devices 2 --teacher-sharding replicate --keep-gathered
   ;;
 b)
-  run b_fsdp2x2_cycle 420 $S --pair b --teacher-layers 86 --strategy fsdp2 --devices 2 --warmup 2 --steps 6 --cycle /tmp/llm_b
+  run b_fsdp2x2_cycle 330 $S --pair b --teacher-layers 86 --strategy fsdp2 --devices 2 --warmup 2 --steps 6 --cycle /tmp/llm_b
+  run a_ddp2_compiled 240 $S --pair a --strategy ddp --devices 2 --compile
+  run a_fsdp2x2_replicate_compiled 240 $S --pair a --strategy fsdp2 --devices 2 --teacher-sharding replicate --compile
+  CUDA_VISIBLE_DEVICES=0 run a_single_fused_compiled_2 300 $S --pair a --strategy single --loss fused --compile
   ;;
 trl)
   CUDA_VISIBLE_DEVICES=0 run trl_a_1gpu 300 python3 $here/benchmarks/trl_gkd.py --pair a &
@@ -41,11 +44,15 @@ trl)
   run loop_a_fsdp2 240 torchrun --nproc_per_node 2 $here/benchmarks/llm_loop.py --pair a --fsdp
   ;;
 esac
-for f in "$out"/*.json; do
-  python3 - "$f" <<'PY'
+# At most 8 files come back from the device: keep the rows in one file and the logs in another.
+cat "$out"/*.json >>"$out/rows.jsonl" 2>/dev/null
+for f in "$out"/*.log; do echo "=== $f"; grep -v -i -E "warn|^\s*$" "$f" | tail -n 40; done >>"$out/logs.txt"
+python3 - "$out/rows.jsonl" <<'PY'
 import json, sys
 for line in open(sys.argv[1]):
+    if not line.strip():
+        continue
     r = json.loads(line)
-    print(f"{r['run'][:60]:60s} tok/s {r['tokens_per_s']:>10.0f}  mfu {r['mfu']:.3f} (all-params {r['mfu_all_params_no_attention']:.3f})  peak {r['peak_gib_per_rank']}")
+    print(f"{r['run'][:72]:72s} tok/s {r['tokens_per_s']:>9.0f}  mfu {r['mfu']:.3f} (all-params {r['mfu_all_params_no_attention']:.3f})  peak {r['peak_gib_per_rank']}")
 PY
-done
+rm -f "$out"/*.log "$out"/*.json
