@@ -3,6 +3,7 @@
 #   bash benchmarks/run_llm_gpu.sh OUT_DIR a      # pair (a): 1 GPU (fused, full logits, compiled), DDP x2, FSDP2 x2, FSDP1 x2
 #   bash benchmarks/run_llm_gpu.sh OUT_DIR b      # pair (b) on FSDP2 x2 with checkpoint/resume/export; hand-loop baselines
 #   bash benchmarks/run_llm_gpu.sh OUT_DIR trl    # TRL GKDTrainer (lmbda=0) on pair (a), 1 GPU and DDP x2
+#   bash benchmarks/run_llm_gpu.sh OUT_DIR one    # one H200: TRL vs ours on pair (a), the hand loop, FSDP2 x1 cycle with a 40-layer 70B-width teacher
 # Raw JSON rows and logs go to OUT_DIR; the last lines printed are the rows' summaries.
 set -u
 out=${1:?OUT_DIR}; stage=${2:?stage}
@@ -35,6 +36,13 @@ b)
   run a_ddp2_compiled 240 $S --pair a --strategy ddp --devices 2 --compile
   run a_fsdp2x2_replicate_compiled 240 $S --pair a --strategy fsdp2 --devices 2 --teacher-sharding replicate --compile
   CUDA_VISIBLE_DEVICES=0 run a_single_fused_compiled_2 300 $S --pair a --strategy single --loss fused --compile
+  ;;
+one)  # one H200 (nvidia-h200): TRL vs ours on pair (a) in one run, the hand loop, and the FSDP2 cycle on one GPU
+  run trl_a_1gpu 150 python3 $here/benchmarks/trl_gkd.py --pair a
+  run a_single_fused 100 $S --pair a --strategy single --loss fused
+  run a_single_fused_compiled 160 $S --pair a --strategy single --loss fused --compile
+  run loop_a_1gpu 90 python3 $here/benchmarks/llm_loop.py --pair a
+  run b40_fsdp2x1_cycle 220 $S --pair b --teacher-layers 40 --strategy fsdp2 --devices 1 --warmup 1 --steps 3 --cycle /tmp/llm_b
   ;;
 trl)
   CUDA_VISIBLE_DEVICES=0 run trl_a_1gpu 300 python3 $here/benchmarks/trl_gkd.py --pair a &
