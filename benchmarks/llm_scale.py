@@ -22,6 +22,7 @@ student is exported as a Hugging Face folder and reloaded on the CPU.
 from __future__ import annotations
 
 import argparse
+import gc
 import sys
 import time
 import warnings
@@ -116,26 +117,30 @@ def data(args, vocab: int) -> C.SyntheticTokenData:
     return C.SyntheticTokenData(args.batch_size, args.seq_len, vocab, seed=args.seed)
 
 
-def cycle(args, teacher: C.LlamaShape, student: C.LlamaShape, run: Trainer, module: DistillationModule) -> dict:
-    """Checkpoint (sharded), resume in a new run from a differently initialised student, export, reload on the CPU.
+def save(run: Trainer, folder: Path) -> tuple[Path, float]:
+    """Write the run's (sharded) checkpoint; returns its path and the seconds it took."""
+    started = time.perf_counter()
+    run.save_checkpoint(folder / "student.ckpt")
+    return folder / "student.ckpt", time.perf_counter() - started
+
+
+def resume_and_export(args, teacher: C.LlamaShape, student: C.LlamaShape, ckpt: Path, steps_done: int) -> dict:
+    """Resume in a new run from a differently initialised student, export as a Hugging Face folder, reload on CPU.
 
     A resume that did not load the checkpoint would start from the initial loss again, not from the last one.
     """
-    folder = Path(args.cycle)
-    ckpt = folder / "student.ckpt"
-    started = time.perf_counter()
-    run.save_checkpoint(ckpt)
-    result = {"save_s": round(time.perf_counter() - started, 1)}
+    folder = ckpt.parent
     args.seed += 1
     resumed, clock = build(args, teacher, student), Clock(warmup=0)
     started = time.perf_counter()
-    trainer(args, run.global_step + 2, [clock]).fit(resumed, data(args, teacher.vocab), ckpt_path=ckpt)
-    result["resume_fit_s"] = round(time.perf_counter() - started, 1)
+    again = trainer(args, steps_done + 2, [clock])
+    again.fit(resumed, data(args, teacher.vocab), ckpt_path=ckpt)
+    result = {"resume_fit_s": round(time.perf_counter() - started, 1)}
     result["resumed_losses"] = [round(float(x), 5) for x in clock.losses]
     started = time.perf_counter()
     export_pretrained(resumed, folder / "student_hf", overwrite=True)
     result["export_s"] = round(time.perf_counter() - started, 1)
-    if run.global_rank == 0:
+    if again.global_rank == 0:
         from transformers import AutoModelForCausalLM
 
         reloaded = AutoModelForCausalLM.from_pretrained(str(folder / "student_hf"))
@@ -180,13 +185,18 @@ def main() -> None:
         "final_loss": round(float(clock.losses[-1]), 5),
     }
     peaks = C.gather(C.peak_memory_gib(device))
+    rank, world, seconds, steps_done = run.global_rank, run.world_size, clock.seconds, run.global_step
     if args.cycle:
-        extra["cycle"] = cycle(args, teacher, student, run, module)
-    if run.global_rank == 0:
+        ckpt, save_s = save(run, Path(args.cycle))
+        del module, run  # the resumed run builds its own models: free these first (a big teacher fits once)
+        gc.collect()
+        torch.cuda.empty_cache()
+        extra["cycle"] = {"save_s": round(save_s, 1), **resume_and_export(args, teacher, student, ckpt, steps_done)}
+    if rank == 0:
         row = C.result_row(
-            name(args, run.world_size),
-            teacher, student, tokens=args.steps * args.batch_size * args.seq_len * run.world_size,
-            seconds=clock.seconds, world_size=run.world_size, seq_len=args.seq_len, peak_per_rank=peaks,
+            name(args, world),
+            teacher, student, tokens=args.steps * args.batch_size * args.seq_len * world,
+            seconds=seconds, world_size=world, seq_len=args.seq_len, peak_per_rank=peaks,
             batch_per_device=args.batch_size, steps=args.steps, warmup=args.warmup, **extra,
         )  # fmt: skip
         C.write_result(row, args.out)
