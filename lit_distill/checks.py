@@ -10,6 +10,7 @@ from torch import nn
 
 from lit_distill.guard import NonFiniteLossError
 from lit_distill.losses.base import DistillationLoss
+from lit_distill.teacher import weights_source
 
 
 def check_losses(losses: list[DistillationLoss], teacher: nn.Module | None) -> list[DistillationLoss]:
@@ -68,6 +69,22 @@ def check_teacher_placement(student: nn.Module, teacher: nn.Module | None, teach
             f"teacher_dtype is {teacher_dtype} but the teacher's weights are {teacher_param.dtype}, probably "
             "converted by a '-true' trainer precision; use a '-mixed' precision or set teacher_dtype to match."
         )
+
+
+def check_teacher_weights(teacher: nn.Module | None, allowed: bool = False) -> None:
+    """A teacher must come with trained weights (:func:`~lit_distill.teacher.weights_source`) unless ``allowed``.
+
+    Example:
+        >>> check_teacher_weights(nn.Linear(2, 2), allowed=True)
+    """
+    if teacher is None or allowed or weights_source(teacher):
+        return
+    raise ValueError(
+        f"the teacher ({type(teacher).__name__}) has no trained weights: it was built from its config and nothing "
+        "was loaded into it, so the student would learn from a random model. Set teacher_checkpoint (a .ckpt or "
+        ".safetensors of the trained teacher), use a model that loads its weights (HFCausalLM, SentenceEncoder with "
+        "path/package, GPT.from_pretrained), or set allow_untrained_teacher: true if a random teacher is what you want."
+    )
 
 
 def check_models(losses: Iterable[Any], student: nn.Module, teacher: nn.Module | None) -> None:

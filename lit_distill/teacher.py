@@ -148,6 +148,35 @@ def load_weights(model: nn.Module, path: str | Path, prefix: str | None = None, 
         lines.append("  Check that the model config matches the one the checkpoint was trained with.")
         raise ValueError("\n".join(lines))
     model.load_state_dict(state, strict=strict)
+    mark_weights(model, path)
+
+
+def mark_weights(model: nn.Module, source: str | Path) -> None:
+    """Record that ``model`` holds weights from ``source`` (a file or folder), for :func:`weights_source`."""
+    model.weights_source = str(source)
+
+
+def weights_source(model: nn.Module | None) -> str | None:
+    """Where ``model``'s weights came from, or None when it was built from its config and nothing was loaded.
+
+    Known sources: :func:`load_weights` (``teacher_checkpoint``), models that load themselves
+    (``HFCausalLM``, ``SentenceEncoder(path=...)``, ``GPT.from_pretrained``), any ``transformers`` model made by
+    ``from_pretrained``, and a teacher-cache stand-in (its outputs come from the cache).
+
+    Example:
+        >>> weights_source(nn.Linear(2, 2)) is None
+        True
+    """
+    if model is None:
+        return None
+    if getattr(model, "reads_from_batch", False):
+        return "the teacher cache"
+    source = getattr(model, "weights_source", None)
+    if source:
+        return str(source)
+    config = getattr(model, "config", None)
+    name = getattr(config, "_name_or_path", None) if not isinstance(config, Mapping) else None
+    return name if isinstance(name, str) and name else None
 
 
 def freeze(model: nn.Module) -> nn.Module:

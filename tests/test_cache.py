@@ -88,6 +88,7 @@ def module_with(teacher, **kwargs):
         student=kwargs.pop("student", MLP(64, [16], 10)),
         teacher=teacher,
         losses=kwargs.pop("losses", [LogitKD(temperature=2.0)]),
+        allow_untrained_teacher=kwargs.pop("allow_untrained_teacher", True),  # random teachers on purpose
         **kwargs,
     )
 

@@ -130,6 +130,7 @@ class HFCausalLM(nn.Module):
                 raise _missing_model(path, err) from err
         self.model.train(self.training)  # from_pretrained returns eval mode; behave like any freshly built module
         self.has_weights = path is not None  # a config-built model is randomly initialised
+        self.weights_source = path  # read by lit_distill.teacher.weights_source (None: random weights)
         try:
             self.tokenizer = tf.AutoTokenizer.from_pretrained(path) if path is not None else None
         except (OSError, ValueError, TypeError):

@@ -199,7 +199,9 @@ def test_module_trains_through_the_fused_path(tmp_path):
     from tests.helpers import trainer
 
     student, teacher = gpts()
-    module = DistillationModule(student=student, teacher=teacher, losses=[TokenKD(lm_weight=0.5)])
+    module = DistillationModule(
+        student=student, teacher=teacher, losses=[TokenKD(lm_weight=0.5)], allow_untrained_teacher=True
+    )
     assert module._use_hidden()
     ids = torch.randint(0, 258, (8, 12))
     data = DataLoader([{"input_ids": row, "labels": row} for row in ids], batch_size=4)
