@@ -145,3 +145,40 @@ def probe_first_batch(module: Any) -> bool:
             "and the teacher's outputs for NaN/inf, and the loss settings (temperature, weights)."
         )
     return True
+
+
+def embedding_rows(model: nn.Module | None) -> int | None:
+    """How many token ids ``model`` can embed (its input embedding's rows), or None when it has none."""
+    get = getattr(model, "get_input_embeddings", None) or getattr(
+        getattr(model, "model", None), "get_input_embeddings", None
+    )
+    embedding = get() if callable(get) else None
+    return int(embedding.num_embeddings) if isinstance(embedding, nn.Embedding) else None
+
+
+def check_vocabulary(models: dict[str, nn.Module | None], vocab_size: int | None, tokenizer: str | None) -> None:
+    """Every model must embed every token id the data's tokenizer can produce (else: IndexError mid-step).
+
+    Example:
+        >>> check_vocabulary({"student": nn.Embedding(300, 4)}, 258, "bytes")
+    """
+    if not isinstance(vocab_size, int):
+        return
+    for side, model in models.items():
+        if getattr(model, "reads_from_batch", False):
+            continue  # a teacher-cache stand-in embeds nothing
+        rows = embedding_rows(model)
+        if rows is not None and rows < vocab_size:
+            raise ValueError(
+                f"the {side} ({type(model).__name__}) embeds {rows} token ids, but the data's tokenizer "
+                f"({tokenizer or 'unnamed'}) has {vocab_size}: set the {side}'s vocab_size to at least {vocab_size}, "
+                "or use the tokenizer it was built for."
+            )
+
+
+def check_data_vocabulary(trainer: Any, student: nn.Module, teacher: nn.Module | None) -> None:
+    """:func:`check_vocabulary` against the tokenizer of the trainer's data module, when it has one."""
+    datamodule = getattr(trainer, "datamodule", None) if trainer is not None else None
+    if datamodule is not None:
+        vocab, tokenizer = getattr(datamodule, "vocab_size", None), getattr(datamodule, "tokenizer_id", None)
+        check_vocabulary({"student": student, "teacher": teacher}, vocab, tokenizer)

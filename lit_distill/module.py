@@ -18,6 +18,7 @@ import lit_distill.acceleration as accel
 from lit_distill.batch import batch_size_of, cached_teacher_output, split_batch
 from lit_distill.checkpointing import TEACHER_PREFIX, TeacherCheckpointing, ddp_ignore_list, load_student, load_teacher
 from lit_distill.checks import (
+    check_data_vocabulary,
     check_losses,
     check_models,
     check_teacher_placement,
@@ -264,6 +265,8 @@ class DistillationModule(TeacherCheckpointing, LightningModule):
     # ------------------------------------------------------------ setup/optim
     def setup(self, stage: str) -> None:
         taps_for_losses(self.losses, {"student": self.student, "teacher": self.teacher}, self._taps)
+        if stage in ("fit", "validate", "test"):
+            check_data_vocabulary(self._trainer, self.student, self.teacher)
         if stage in ("fit", "validate", "test") and not self.save_teacher:
             self.check_teacher_weights()  # with save_teacher a checkpoint may still bring them: on_*_start checks
         check_models(self.losses, self.student, self.teacher)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pickle
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -32,15 +33,21 @@ def parse_dtype(name: str | torch.dtype | None) -> torch.dtype | None:
     return DTYPES[key]
 
 
-def producer_hint(path: Path, config_dir: str | Path = "configs") -> str:
-    """Name the bundled recipe whose ModelCheckpoint writes ``path``, if any (" Create it with: ...")."""
+def producer_hint(path: Path, config_dir: str | Path = "configs", again: bool = False) -> str:
+    """Name the bundled recipe whose checkpoint callback writes ``path``, if any (" Create it first with: ...").
+
+    ``again``: the file exists but is unusable, so the command also asks to replace it.
+    """
     configs = Path(config_dir)
     if not configs.is_dir():
         return ""
     for config in sorted(configs.rglob("*.yaml")):
         text = config.read_text(encoding="utf-8", errors="replace")
         if f"dirpath: {path.parent.as_posix()}" in text and f"filename: {path.stem}" in text:
-            return f" Create it first with: lit-distill fit --config {config.as_posix()}"
+            command = f"lit-distill fit --config {config.as_posix()}"
+            if again:
+                return f" Recreate it with: {command} --trainer.callbacks.init_args.overwrite=true"
+            return f" Create it first with: {command}"
     return ""
 
 
@@ -85,19 +92,38 @@ def read_state_dict(path: str | Path, mmap: bool = False) -> dict[str, Tensor]:
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
-        return load_file(str(path))
+        try:
+            return load_file(str(path))
+        except Exception as err:  # noqa: BLE001 - safetensors' own error type; re-raised with the path
+            raise ValueError(_damaged(path, err)) from err
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
-    except Exception as err:  # noqa: BLE001 - re-raised with the path and the reason
+    except pickle.UnpicklingError as err:  # the file is whole, but holds more than tensors and containers
         raise ValueError(
-            f"could not read {str(path)!r} as a weights-only torch checkpoint ({err}). lit-distill never "
-            "unpickles arbitrary objects; re-save the weights with safetensors or torch.save(state_dict)."
+            f"could not read {str(path)!r} as a weights-only torch checkpoint ({_first_line(err)}). lit-distill "
+            "never unpickles arbitrary objects; re-save the weights with safetensors or torch.save(state_dict)."
         ) from err
+    except Exception as err:  # noqa: BLE001 - zip, EOF and format errors of a cut or garbled file
+        raise ValueError(_damaged(path, err)) from err
     if isinstance(obj, Mapping) and "state_dict" in obj:
         obj = obj["state_dict"]
     if not isinstance(obj, Mapping) or not all(isinstance(v, Tensor) for v in obj.values()):
         raise ValueError(f"{str(path)!r} holds no state dict of tensors.")
     return dict(obj)
+
+
+def _first_line(err: BaseException) -> str:
+    """The first sentence of an error message (torch's run on for lines), or its type when it has none."""
+    text = (str(err).strip().splitlines() or [""])[0].split(". ")[0].rstrip(".")
+    return f"{type(err).__name__}: {text}" if text and text != type(err).__name__ else type(err).__name__
+
+
+def _damaged(path: Path, err: BaseException) -> str:
+    return (
+        f"checkpoint {str(path)!r} is damaged or truncated ({path.stat().st_size:,} bytes; {_first_line(err)}): "
+        "it cannot be read at all. Copy it again from where it came from, or write it anew."
+        + producer_hint(path, again=True)
+    )
 
 
 def _strip_prefix(state: dict[str, Tensor], prefix: str | None, expected: set[str]) -> dict[str, Tensor]:

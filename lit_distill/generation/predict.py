@@ -10,6 +10,7 @@ from typing import Any
 from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 
+from lit_distill.checks import check_vocabulary
 from lit_distill.data.tokenizers import BYTES_ID, ByteTokenizer, HFTokenizer, Tokenizer, load_tokenizer
 from lit_distill.generation.fast_mode import FastMode, check_fast
 from lit_distill.generation.sampling import check_sampling, generate, left_pad, new_tokens
@@ -106,6 +107,7 @@ class GenerationModule(DistillationModule):
 
     def setup(self, stage: str) -> None:
         super().setup(stage)
+        check_vocabulary({"model": self.student}, self.tokenizer.vocab_size, self.tokenizer.tokenizer_id)
         if stage == "predict" and not self.allow_untrained and weights_source(self.student) is None:
             raise ValueError(
                 f"the model that writes the responses ({type(self.student).__name__}) has no trained weights: set "

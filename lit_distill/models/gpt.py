@@ -232,6 +232,9 @@ class GPT(nn.Module):
     def get_output_embeddings(self) -> nn.Linear:
         return self.head
 
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.wte
+
     @torch.no_grad()
     def generate(
         self,

@@ -195,6 +195,9 @@ class HFCausalLM(nn.Module):
     def get_output_embeddings(self) -> nn.Module | None:
         return self.model.get_output_embeddings()
 
+    def get_input_embeddings(self) -> nn.Module:
+        return self.model.get_input_embeddings()
+
     def materialize_weights(self, device: torch.device) -> None:
         """Fill an ``empty_init`` model on ``device``: this rank's shards of ``path``'s weights (``config``: random)."""
         from lit_distill.sharding.materialize import WeightSource, materialize
