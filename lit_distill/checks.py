@@ -8,6 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from lit_distill.batch import cached_teacher_output
 from lit_distill.guard import NonFiniteLossError
 from lit_distill.losses.base import DistillationLoss
 from lit_distill.teacher import weights_source
@@ -136,6 +137,10 @@ def probe_first_batch(module: Any) -> bool:
     try:
         with torch.no_grad():
             total, terms, _, _ = module.shared_step(batch)
+    except (RuntimeError, IndexError, TypeError) as err:
+        if type(err) not in (RuntimeError, IndexError, TypeError):
+            raise  # e.g. out of memory: already says what it is
+        raise _probe_failure(module, batch, err) from err
     finally:
         module.train(was_training)
     bad = [name for name, value in terms.items() if not torch.isfinite(value).all()]
@@ -145,6 +150,29 @@ def probe_first_batch(module: Any) -> bool:
             "and the teacher's outputs for NaN/inf, and the loss settings (temperature, weights)."
         )
     return True
+
+
+@torch.no_grad()
+def _probe_failure(module: Any, batch: Any, err: Exception) -> Exception:
+    """Which part cannot take the first batch (an error from deep inside torch names none): teacher, student or the
+    losses, with the batch's input shapes."""
+    args, _ = module.model_inputs(batch)
+    shapes = ", ".join(str(tuple(a.shape)) for a in args if isinstance(a, torch.Tensor)) or "no tensor inputs"
+    sides = [("student", module.student, module.forward_student)]
+    if module.teacher is not None and cached_teacher_output(batch) is None:
+        sides.insert(0, ("teacher", module.teacher, module.forward_teacher))
+    culprit, reason = "the losses", err
+    for side, model, forward in sides:
+        try:
+            forward(batch)
+        except Exception as side_err:  # noqa: BLE001 - only used to name the failing part
+            culprit, reason = f"the {side} ({type(model).__name__})", side_err
+            break
+    detail = (str(reason).strip().splitlines() or [""])[0]
+    return type(err)(
+        f"{culprit} cannot run the first training batch (inputs {shapes}): {type(reason).__name__}: "
+        f"{detail.rstrip('.')}. Check that the model's input size, classes and vocabulary match the data."
+    )
 
 
 def embedding_rows(model: nn.Module | None) -> int | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pickle
+import re
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -98,13 +99,15 @@ def read_state_dict(path: str | Path, mmap: bool = False) -> dict[str, Tensor]:
             raise ValueError(_damaged(path, err)) from err
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
-    except pickle.UnpicklingError as err:  # the file is whole, but holds more than tensors and containers
-        raise ValueError(
-            f"could not read {str(path)!r} as a weights-only torch checkpoint ({_first_line(err)}). lit-distill "
-            "never unpickles arbitrary objects; re-save the weights with safetensors or torch.save(state_dict)."
-        ) from err
-    except Exception as err:  # noqa: BLE001 - zip, EOF and format errors of a cut or garbled file
-        raise ValueError(_damaged(path, err)) from err
+    except Exception as err:  # noqa: BLE001 - re-raised with the path and the reason
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(err))
+        if isinstance(err, pickle.UnpicklingError) and found:  # whole, but holds more than tensors and containers
+            raise ValueError(
+                f"could not read {str(path)!r} as a weights-only torch checkpoint: it holds a pickled "
+                f"{found.group(1)!r}. lit-distill never unpickles arbitrary objects; re-save the weights with "
+                "safetensors or torch.save(state_dict)."
+            ) from err
+        raise ValueError(_damaged(path, err)) from err  # zip, EOF or opcode errors of a cut or garbled file
     if isinstance(obj, Mapping) and "state_dict" in obj:
         obj = obj["state_dict"]
     if not isinstance(obj, Mapping) or not all(isinstance(v, Tensor) for v in obj.values()):
@@ -114,7 +117,9 @@ def read_state_dict(path: str | Path, mmap: bool = False) -> dict[str, Tensor]:
 
 def _first_line(err: BaseException) -> str:
     """The first sentence of an error message (torch's run on for lines), or its type when it has none."""
-    text = (str(err).strip().splitlines() or [""])[0].split(". ")[0].rstrip(".")
+    unpickler = re.search(r"WeightsUnpickler error:\s*(.+)", str(err))  # torch's own words come after advice
+    text = unpickler.group(1) if unpickler else (str(err).strip().splitlines() or [""])[0]
+    text = text.split(". ")[0].rstrip(".")
     return f"{type(err).__name__}: {text}" if text and text != type(err).__name__ else type(err).__name__
 
 

@@ -102,7 +102,6 @@ class ShardWriter:
         self.split_dir = split_dir
         self.shard_bytes = shard_bytes
         self.prefix = f"{SHARD_PREFIX}{tag}"
-        split_dir.mkdir(parents=True, exist_ok=True)
         for stale in split_dir.glob(f"{self.prefix}[0-9]*{TMP_SUFFIX}"):
             shutil.rmtree(stale)  # our own unfinished shard from an interrupted run
         numbers = [int(p.name.removeprefix(self.prefix)) for p in shard_dirs(split_dir) if _numbered(p, self.prefix)]
@@ -128,7 +127,7 @@ class ShardWriter:
             return
         name = f"{self.prefix}{self.next_number:06d}"
         tmp = self.split_dir / (name + TMP_SUFFIX)
-        tmp.mkdir()
+        tmp.mkdir(parents=True)  # the split's folder too: nothing is created before there is something to write
         np.save(tmp / "ids.npy", np.concatenate(self._ids))
         if self._lengths:
             np.save(tmp / "lengths.npy", np.concatenate(self._lengths))

@@ -199,10 +199,7 @@ class TeacherCacheWriter(Callback):
         }
         for info in manifest["splits"].values():
             info["complete"] = False
-        if not self._dry:
-            cache_dir.mkdir(parents=True, exist_ok=True)
-            write_manifest(cache_dir, manifest)
-        return manifest
+        return manifest  # written with the first batch's fields: a run failing before leaves no cache behind
 
     # ------------------------------------------------------------------ writing
     def on_predict_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -250,6 +247,7 @@ class TeacherCacheWriter(Callback):
             # What a cache stand-in tells the losses in place of the teacher model (TokenKD's vocabulary).
             self.manifest.setdefault("teacher_model", {})["num_logits"] = num_logits
             if not self._dry:  # before the first shard: readers need the fields (any rank may get here first)
+                cache_dir.mkdir(parents=True, exist_ok=True)
                 write_manifest(cache_dir, self.manifest)
         elif fields != self.manifest["fields"]:
             raise ValueError(
@@ -271,8 +269,8 @@ class TeacherCacheWriter(Callback):
         self._writers = {}
         if not interrupted:
             trainer.strategy.barrier("teacher_cache_flushed")  # every rank's last shard is on disk
-        if not trainer.is_global_zero:
-            return
+        if not trainer.is_global_zero or not (cache_dir / MANIFEST).is_file():
+            return  # not rank 0, or no batch got as far as the cache on any rank: nothing to record
         if not self.manifest["fields"]:  # rank 0 got no batch; another rank recorded the fields
             on_disk = read_manifest(cache_dir) or {}
             self.manifest["fields"] = on_disk.get("fields", {})
