@@ -219,7 +219,7 @@ def test_a_generation_model_without_weights_is_refused(tmp_path):
     from lightning.pytorch import Trainer
 
     from lit_distill.data import PromptDataModule
-    from lit_distill.generation_module import GenerationModule
+    from lit_distill.generation.predict import GenerationModule
     from lit_distill.models import GPT
 
     model = GPT(vocab_size=258, block_size=64, n_layer=1, n_head=2, n_embd=16, tokenizer_id="bytes")
