@@ -42,7 +42,9 @@ class TeacherCacheWriter(Callback):
     plus any named teacher features, keyed by sample index, in shards with a JSON manifest. A run that
     stops early resumes where the last finished shard ended; a cache written with another teacher,
     data or settings is refused, and a finished one is never rewritten unless ``overwrite``.
-    With ``fast_dev_run`` everything runs on one batch and nothing is written.
+    With ``fast_dev_run`` everything runs on one batch and nothing is written. Under DDP every rank writes
+    shards of the samples its sampler gives it (``shard-rank<N>-*``) and rank 0 the manifest; a damaged shard
+    found on a rerun is written again.
 
     Args:
         top_k: keep the k largest logits per row; None keeps all of them.
