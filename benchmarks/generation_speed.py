@@ -194,6 +194,7 @@ def onpolicy_step(student: HFCausalLM, teacher: HFCausalLM, cfg: dict, device: t
         pad_token_id=PAD,
         fast=True,
         optimizer=lambda params: torch.optim.AdamW(params, lr=1e-5),
+        allow_untrained_teacher=True,  # step time does not depend on what the teacher knows
     )
     split = StepSplit(module, Clock(device))
     # "32-true" on bf16 weights computes what "bf16-true" does, without switching torch's default dtype, which the

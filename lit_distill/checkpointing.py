@@ -11,7 +11,7 @@ from torch import nn
 
 from lit_distill.checks import check_not_shared
 from lit_distill.sharding.materialize import WeightSource, has_meta_parameters
-from lit_distill.teacher import freeze, load_weights, parse_dtype
+from lit_distill.teacher import freeze, load_weights, mark_weights, parse_dtype
 
 TEACHER_PREFIX = "teacher."
 
@@ -42,6 +42,7 @@ def load_teacher(
     deferred = None
     if checkpoint is not None and has_meta_parameters(teacher):
         deferred = WeightSource.matching(checkpoint, teacher, prefix)
+        mark_weights(teacher, checkpoint)  # read shard by shard once placed; the teacher does come with weights
     elif checkpoint is not None:
         load_weights(teacher, checkpoint, prefix=prefix)
     check_not_shared(student, teacher)
@@ -100,8 +101,12 @@ class TeacherCheckpointing:
         return state
 
     def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False):
-        if self.teacher is not None and not any(k.startswith(TEACHER_PREFIX) for k in state_dict):
+        has_teacher = any(k.startswith(TEACHER_PREFIX) for k in state_dict)
+        if self.teacher is not None and not has_teacher:
             # The checkpoint left the teacher out; it was already reloaded from its own source.
             state_dict = dict(state_dict)
             state_dict.update({TEACHER_PREFIX + k: v for k, v in self.teacher.state_dict().items()})
-        return super().load_state_dict(state_dict, strict=strict, assign=assign)
+        result = super().load_state_dict(state_dict, strict=strict, assign=assign)
+        if self.teacher is not None and has_teacher:
+            mark_weights(self.teacher, "a checkpoint saved with save_teacher")
+        return result

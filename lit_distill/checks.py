@@ -8,8 +8,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from lit_distill.batch import cached_teacher_output
 from lit_distill.guard import NonFiniteLossError
 from lit_distill.losses.base import DistillationLoss
+from lit_distill.teacher import weights_source
 
 
 def check_losses(losses: list[DistillationLoss], teacher: nn.Module | None) -> list[DistillationLoss]:
@@ -70,6 +72,22 @@ def check_teacher_placement(student: nn.Module, teacher: nn.Module | None, teach
         )
 
 
+def check_teacher_weights(teacher: nn.Module | None, allowed: bool = False) -> None:
+    """A teacher must come with trained weights (:func:`~lit_distill.teacher.weights_source`) unless ``allowed``.
+
+    Example:
+        >>> check_teacher_weights(nn.Linear(2, 2), allowed=True)
+    """
+    if teacher is None or allowed or weights_source(teacher):
+        return
+    raise ValueError(
+        f"the teacher ({type(teacher).__name__}) has no trained weights: it was built from its config and nothing "
+        "was loaded into it, so the student would learn from a random model. Set teacher_checkpoint (a .ckpt or "
+        ".safetensors of the trained teacher), use a model that loads its weights (HFCausalLM, SentenceEncoder with "
+        "path/package, GPT.from_pretrained), or set allow_untrained_teacher: true if a random teacher is what you want."
+    )
+
+
 def check_models(losses: Iterable[Any], student: nn.Module, teacher: nn.Module | None) -> None:
     """Each strategy's own cheap configuration checks (``check_models(student, teacher)``), before any compute."""
     for loss in losses:
@@ -119,6 +137,10 @@ def probe_first_batch(module: Any) -> bool:
     try:
         with torch.no_grad():
             total, terms, _, _ = module.shared_step(batch)
+    except (RuntimeError, IndexError, TypeError) as err:
+        if type(err) not in (RuntimeError, IndexError, TypeError):
+            raise  # e.g. out of memory: already says what it is
+        raise _probe_failure(module, batch, err) from err
     finally:
         module.train(was_training)
     bad = [name for name, value in terms.items() if not torch.isfinite(value).all()]
@@ -128,3 +150,63 @@ def probe_first_batch(module: Any) -> bool:
             "and the teacher's outputs for NaN/inf, and the loss settings (temperature, weights)."
         )
     return True
+
+
+@torch.no_grad()
+def _probe_failure(module: Any, batch: Any, err: Exception) -> Exception:
+    """Which part cannot take the first batch (an error from deep inside torch names none): teacher, student or the
+    losses, with the batch's input shapes."""
+    args, _ = module.model_inputs(batch)
+    shapes = ", ".join(str(tuple(a.shape)) for a in args if isinstance(a, torch.Tensor)) or "no tensor inputs"
+    sides = [("student", module.student, module.forward_student)]
+    if module.teacher is not None and cached_teacher_output(batch) is None:
+        sides.insert(0, ("teacher", module.teacher, module.forward_teacher))
+    culprit, reason = "the losses", err
+    for side, model, forward in sides:
+        try:
+            forward(batch)
+        except Exception as side_err:  # noqa: BLE001 - only used to name the failing part
+            culprit, reason = f"the {side} ({type(model).__name__})", side_err
+            break
+    detail = (str(reason).strip().splitlines() or [""])[0]
+    return type(err)(
+        f"{culprit} cannot run the first training batch (inputs {shapes}): {type(reason).__name__}: "
+        f"{detail.rstrip('.')}. Check that the model's input size, classes and vocabulary match the data."
+    )
+
+
+def embedding_rows(model: nn.Module | None) -> int | None:
+    """How many token ids ``model`` can embed (its input embedding's rows), or None when it has none."""
+    get = getattr(model, "get_input_embeddings", None) or getattr(
+        getattr(model, "model", None), "get_input_embeddings", None
+    )
+    embedding = get() if callable(get) else None
+    return int(embedding.num_embeddings) if isinstance(embedding, nn.Embedding) else None
+
+
+def check_vocabulary(models: dict[str, nn.Module | None], vocab_size: int | None, tokenizer: str | None) -> None:
+    """Every model must embed every token id the data's tokenizer can produce (else: IndexError mid-step).
+
+    Example:
+        >>> check_vocabulary({"student": nn.Embedding(300, 4)}, 258, "bytes")
+    """
+    if not isinstance(vocab_size, int):
+        return
+    for side, model in models.items():
+        if getattr(model, "reads_from_batch", False):
+            continue  # a teacher-cache stand-in embeds nothing
+        rows = embedding_rows(model)
+        if rows is not None and rows < vocab_size:
+            raise ValueError(
+                f"the {side} ({type(model).__name__}) embeds {rows} token ids, but the data's tokenizer "
+                f"({tokenizer or 'unnamed'}) has {vocab_size}: set the {side}'s vocab_size to at least {vocab_size}, "
+                "or use the tokenizer it was built for."
+            )
+
+
+def check_data_vocabulary(trainer: Any, student: nn.Module, teacher: nn.Module | None) -> None:
+    """:func:`check_vocabulary` against the tokenizer of the trainer's data module, when it has one."""
+    datamodule = getattr(trainer, "datamodule", None) if trainer is not None else None
+    if datamodule is not None:
+        vocab, tokenizer = getattr(datamodule, "vocab_size", None), getattr(datamodule, "tokenizer_id", None)
+        check_vocabulary({"student": student, "teacher": teacher}, vocab, tokenizer)

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
+from lightning.pytorch import Trainer
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from torch import Tensor, nn
 
 from lit_distill.sharding.state import full_state_dict
@@ -50,8 +54,65 @@ def save_state(state: dict[str, Tensor], path: str | Path, overwrite: bool = Fal
     tmp = path.with_name(path.name + ".tmp")
     # Tied weights share storage; safetensors refuses shared tensors, so store copies.
     save_file({k: v.clone() for k, v in state.items()}, str(tmp))
+    os.chmod(tmp, 0o666 & ~current_umask())  # safetensors creates 0600; give it the mode any new file of the user gets
     tmp.replace(path)
     return path
+
+
+def current_umask() -> int:
+    """The process umask (the permission bits new files do not get)."""
+    mask = os.umask(0o022)  # the only portable way to read it is to set it and put it back
+    os.umask(mask)
+    return mask
+
+
+def export_dir(trainer: Trainer) -> Path:
+    """This run's folder for exported students; call it on every rank (it uses collectives), write on rank 0.
+
+    With a TensorBoard or CSV logger first, it is the logger's ``version_N`` folder (``trainer.log_dir``).
+    With no logger or another kind (W&B keeps no per-run folder of its own), it is the next free
+    ``<default_root_dir>/lightning_logs/version_N``, picked by rank 0 and shared with the others, so a run never
+    writes into the working directory nor next to an earlier run's student. The folder is created by the
+    writer, at the end of fit; the choice is remembered per trainer, so several exports share it.
+
+    Example:
+        >>> export_dir(trainer) / "student.safetensors"  # doctest: +SKIP
+        PosixPath('lightning_logs/version_3/student.safetensors')
+    """
+    known = getattr(trainer, "_lit_distill_export_dir", None)
+    if known is not None:
+        return known
+    log_dir = trainer.log_dir  # a broadcast inside Lightning: every rank must ask
+    if trainer.loggers and isinstance(trainer.loggers[0], (TensorBoardLogger, CSVLogger)) and log_dir:
+        folder = Path(log_dir)
+    else:
+        root = Path(trainer.default_root_dir) / "lightning_logs"
+        folder = Path(trainer.strategy.broadcast(str(_next_version(root)) if trainer.is_global_zero else None))
+    trainer._lit_distill_export_dir = folder
+    return folder
+
+
+def _next_version(root: Path) -> Path:
+    """``root/version_N`` for the first N above every existing one (Lightning's loggers count the same way)."""
+    numbers = [int(p.name.removeprefix("version_")) for p in root.glob("version_*") if p.name[8:].isdigit()]
+    return root / f"version_{max(numbers, default=-1) + 1}"
+
+
+def export_then_wait(trainer: Trainer, export: Callable[[], Any], what: str) -> Any:
+    """Run ``export`` on every rank (a sharded student is gathered; rank 0 alone writes, see :func:`is_writer`),
+    then wait for all of them: once ``fit`` returns on any rank, the file exists.
+
+    An error is raised after the barrier, so the other ranks are not left waiting for the one that failed.
+    """
+    result, error = None, None
+    try:
+        result = export()
+    except Exception as err:  # noqa: BLE001 - re-raised below, once every rank has passed the barrier
+        error = err
+    trainer.strategy.barrier(what)
+    if error is not None:
+        raise error
+    return result
 
 
 def save_student(module: Distilled, path: str | Path, include_adapters: bool = False, overwrite: bool = False) -> Path:

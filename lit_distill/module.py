@@ -17,7 +17,14 @@ from torch import Tensor, nn
 import lit_distill.acceleration as accel
 from lit_distill.batch import batch_size_of, cached_teacher_output, split_batch
 from lit_distill.checkpointing import TEACHER_PREFIX, TeacherCheckpointing, ddp_ignore_list, load_student, load_teacher
-from lit_distill.checks import check_losses, check_models, check_teacher_placement, probe_first_batch
+from lit_distill.checks import (
+    check_data_vocabulary,
+    check_losses,
+    check_models,
+    check_teacher_placement,
+    check_teacher_weights,
+    probe_first_batch,
+)
 from lit_distill.export import save_student
 from lit_distill.features import FeatureTaps, taps_for_losses
 from lit_distill.guard import NonFiniteGuard
@@ -26,7 +33,7 @@ from lit_distill.losses.logit import CrossEntropy, LogitKD
 from lit_distill.metrics import EvalMetrics
 from lit_distill.outputs import ModelOutput, as_model_output
 from lit_distill.sharding.configure import place_models, shard_adapters
-from lit_distill.teacher import parse_dtype
+from lit_distill.teacher import mark_weights, parse_dtype
 
 __all__ = ["DistillationModule", "TEACHER_PREFIX"]
 
@@ -66,6 +73,9 @@ class DistillationModule(TeacherCheckpointing, LightningModule):
             is passed to ``nn.Module.compile`` (e.g. ``{mode: max-autotune}``).
         channels_last: store conv models and 4-D inputs in channels-last memory format (faster
             convolutions with tensor cores).
+        allow_untrained_teacher: accept a teacher that has no trained weights (built from its config with
+            no ``teacher_checkpoint`` and not a pretrained model): for tests and experiments on random
+            teachers. Without it such a teacher is refused at setup, since the student would learn noise.
 
     Example:
         >>> from lit_distill.models import MLP
@@ -91,6 +101,7 @@ class DistillationModule(TeacherCheckpointing, LightningModule):
         nan_policy: Literal["raise", "skip"] = "raise",
         compile: bool | dict[str, Any] = False,
         channels_last: bool = False,
+        allow_untrained_teacher: bool = False,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["student", "teacher", "losses", "optimizer", "lr_scheduler"])
@@ -116,6 +127,7 @@ class DistillationModule(TeacherCheckpointing, LightningModule):
         self._guard = NonFiniteGuard()
         self.compile_models = compile
         self.channels_last = channels_last
+        self.allow_untrained_teacher = allow_untrained_teacher
         if channels_last:
             accel.to_channels_last(student, teacher)
         self._configured = False
@@ -253,9 +265,29 @@ class DistillationModule(TeacherCheckpointing, LightningModule):
     # ------------------------------------------------------------ setup/optim
     def setup(self, stage: str) -> None:
         taps_for_losses(self.losses, {"student": self.student, "teacher": self.teacher}, self._taps)
+        if stage in ("fit", "validate", "test"):
+            check_data_vocabulary(self._trainer, self.student, self.teacher)
+        if stage in ("fit", "validate", "test") and not self.save_teacher:
+            self.check_teacher_weights()  # with save_teacher a checkpoint may still bring them: on_*_start checks
         check_models(self.losses, self.student, self.teacher)
 
+    def on_train_end(self) -> None:
+        if self.trainer.global_step > 0:  # a model trained here may serve as the teacher of another module
+            mark_weights(self.student, f"training by {type(self).__name__}")
+
+    def check_teacher_weights(self) -> None:
+        """Refuse a teacher with no trained weights unless ``allow_untrained_teacher``; a checkpoint that stores
+        the teacher (``save_teacher``) counts once Lightning has loaded it (``ckpt_path``)."""
+        check_teacher_weights(self.teacher, self.allow_untrained_teacher)
+
+    def on_validation_start(self) -> None:
+        self.check_teacher_weights()  # after Lightning restored ckpt_path (a save_teacher checkpoint holds it)
+
+    def on_test_start(self) -> None:
+        self.check_teacher_weights()
+
     def on_fit_start(self) -> None:
+        self.check_teacher_weights()
         check_teacher_placement(self.student, self.teacher, self.teacher_dtype)
         student_side = [self.student, self.losses]
         if self.teacher is not None and all(m.training for part in student_side for m in part.modules()):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pickle
+import re
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -32,15 +34,21 @@ def parse_dtype(name: str | torch.dtype | None) -> torch.dtype | None:
     return DTYPES[key]
 
 
-def producer_hint(path: Path, config_dir: str | Path = "configs") -> str:
-    """Name the bundled recipe whose ModelCheckpoint writes ``path``, if any (" Create it with: ...")."""
+def producer_hint(path: Path, config_dir: str | Path = "configs", again: bool = False) -> str:
+    """Name the bundled recipe whose checkpoint callback writes ``path``, if any (" Create it first with: ...").
+
+    ``again``: the file exists but is unusable, so the command also asks to replace it.
+    """
     configs = Path(config_dir)
     if not configs.is_dir():
         return ""
     for config in sorted(configs.rglob("*.yaml")):
         text = config.read_text(encoding="utf-8", errors="replace")
         if f"dirpath: {path.parent.as_posix()}" in text and f"filename: {path.stem}" in text:
-            return f" Create it first with: lit-distill fit --config {config.as_posix()}"
+            command = f"lit-distill fit --config {config.as_posix()}"
+            if again:
+                return f" Recreate it with: {command} --trainer.callbacks.init_args.overwrite=true"
+            return f" Create it first with: {command}"
     return ""
 
 
@@ -85,19 +93,42 @@ def read_state_dict(path: str | Path, mmap: bool = False) -> dict[str, Tensor]:
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
-        return load_file(str(path))
+        try:
+            return load_file(str(path))
+        except Exception as err:  # noqa: BLE001 - safetensors' own error type; re-raised with the path
+            raise ValueError(_damaged(path, err)) from err
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as err:  # noqa: BLE001 - re-raised with the path and the reason
-        raise ValueError(
-            f"could not read {str(path)!r} as a weights-only torch checkpoint ({err}). lit-distill never "
-            "unpickles arbitrary objects; re-save the weights with safetensors or torch.save(state_dict)."
-        ) from err
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(err))
+        if isinstance(err, pickle.UnpicklingError) and found:  # whole, but holds more than tensors and containers
+            raise ValueError(
+                f"could not read {str(path)!r} as a weights-only torch checkpoint: it holds a pickled "
+                f"{found.group(1)!r}. lit-distill never unpickles arbitrary objects; re-save the weights with "
+                "safetensors or torch.save(state_dict)."
+            ) from err
+        raise ValueError(_damaged(path, err)) from err  # zip, EOF or opcode errors of a cut or garbled file
     if isinstance(obj, Mapping) and "state_dict" in obj:
         obj = obj["state_dict"]
     if not isinstance(obj, Mapping) or not all(isinstance(v, Tensor) for v in obj.values()):
         raise ValueError(f"{str(path)!r} holds no state dict of tensors.")
     return dict(obj)
+
+
+def _first_line(err: BaseException) -> str:
+    """The first sentence of an error message (torch's run on for lines), or its type when it has none."""
+    unpickler = re.search(r"WeightsUnpickler error:\s*(.+)", str(err))  # torch's own words come after advice
+    text = unpickler.group(1) if unpickler else (str(err).strip().splitlines() or [""])[0]
+    text = text.split(". ")[0].rstrip(".")
+    return f"{type(err).__name__}: {text}" if text and text != type(err).__name__ else type(err).__name__
+
+
+def _damaged(path: Path, err: BaseException) -> str:
+    return (
+        f"checkpoint {str(path)!r} is damaged or truncated ({path.stat().st_size:,} bytes; {_first_line(err)}): "
+        "it cannot be read at all. Copy it again from where it came from, or write it anew."
+        + producer_hint(path, again=True)
+    )
 
 
 def _strip_prefix(state: dict[str, Tensor], prefix: str | None, expected: set[str]) -> dict[str, Tensor]:
@@ -148,6 +179,35 @@ def load_weights(model: nn.Module, path: str | Path, prefix: str | None = None, 
         lines.append("  Check that the model config matches the one the checkpoint was trained with.")
         raise ValueError("\n".join(lines))
     model.load_state_dict(state, strict=strict)
+    mark_weights(model, path)
+
+
+def mark_weights(model: nn.Module, source: str | Path) -> None:
+    """Record that ``model`` holds weights from ``source`` (a file or folder), for :func:`weights_source`."""
+    model.weights_source = str(source)
+
+
+def weights_source(model: nn.Module | None) -> str | None:
+    """Where ``model``'s weights came from, or None when it was built from its config and nothing was loaded.
+
+    Known sources: :func:`load_weights` (``teacher_checkpoint``), models that load themselves
+    (``HFCausalLM``, ``SentenceEncoder(path=...)``, ``GPT.from_pretrained``), any ``transformers`` model made by
+    ``from_pretrained``, and a teacher-cache stand-in (its outputs come from the cache).
+
+    Example:
+        >>> weights_source(nn.Linear(2, 2)) is None
+        True
+    """
+    if model is None:
+        return None
+    if getattr(model, "reads_from_batch", False):
+        return "the teacher cache"
+    source = getattr(model, "weights_source", None)
+    if source:
+        return str(source)
+    config = getattr(model, "config", None)
+    name = getattr(config, "_name_or_path", None) if not isinstance(config, Mapping) else None
+    return name if isinstance(name, str) and name else None
 
 
 def freeze(model: nn.Module) -> nn.Module:

@@ -25,6 +25,8 @@ def make_module(**kwargs):
     kwargs.setdefault("student", MLP(64, [16], 10))
     kwargs.setdefault("teacher", MLP(64, [64], 10))
     kwargs.setdefault("losses", [LogitKD(temperature=2.0), CrossEntropy(weight=0.5)])
+    # The tests' teachers are random on purpose (behaviour, not accuracy): they opt in explicitly.
+    kwargs.setdefault("allow_untrained_teacher", "teacher_checkpoint" not in kwargs)
     return DistillationModule(**kwargs)
 
 

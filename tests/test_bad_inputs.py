@@ -7,8 +7,9 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from lit_distill import CrossEntropy, DistillationModule, FeatureTaps, LogitKD
-from lit_distill.callbacks import ExportStudent
-from lit_distill.data import DigitsDataModule
+from lit_distill.callbacks import ExportStudent, TeacherCheckpoint
+from lit_distill.data import DigitsDataModule, TextDataModule
+from lit_distill.losses import TokenKD
 from lit_distill.models import GPT, MLP
 from lit_distill.teacher import load_weights, read_state_dict
 from tests.helpers import loaders, make_module, trainer
@@ -23,9 +24,22 @@ def student_ckpt(path: Path, hidden=(32,)) -> Path:
     return path
 
 
-def fit_once(tmp_path, module, data=None, **kw):
+def fit_once(tmp_path, module, data=None, datamodule=None, **kw):
+    if datamodule is not None:
+        return trainer(tmp_path, **kw).fit(module, datamodule=datamodule)
     train, val = data if data is not None else loaders()
     trainer(tmp_path, **kw).fit(module, train, val)
+
+
+def truncated(path: Path) -> Path:
+    path.write_bytes(path.read_bytes()[:1000])
+    return path
+
+
+def text_module(student_vocab):
+    gpt = dict(block_size=16, n_layer=1, n_head=2, n_embd=16, tokenizer_id="bytes")
+    return DistillationModule(student=GPT(vocab_size=student_vocab, **gpt), teacher=GPT(**gpt),
+                              losses=[TokenKD()], allow_untrained_teacher=True)  # fmt: skip
 
 
 def shared_student():
@@ -153,6 +167,45 @@ CASES = {
         ValueError,
         "'bytes' and the teacher 'gpt2-bpe'",
     ),
+    "teacher without trained weights": (
+        lambda tmp: fit_once(tmp, make_module(allow_untrained_teacher=False)),
+        ValueError,
+        "the teacher (MLP) has no trained weights",
+    ),
+    "truncated teacher checkpoint": (
+        lambda tmp: make_module(
+            teacher=MLP(64, [32], 10), teacher_checkpoint=str(truncated(student_ckpt(tmp / "t.ckpt")))
+        ),
+        ValueError,
+        "t.ckpt' is damaged or truncated",
+    ),
+    "text student smaller than the tokenizer": (
+        lambda tmp: fit_once(tmp, text_module(student_vocab=100), datamodule=TextDataModule(seq_len=16, max_blocks=64)),
+        ValueError,
+        "the student (GPT) embeds 100 token ids, but the data's tokenizer (bytes) has 258",
+    ),
+    "retraining over a teacher checkpoint": (
+        lambda tmp: (
+            (tmp / "teacher.ckpt").write_text("mine"),
+            fit_once(
+                tmp,
+                DistillationModule(student=MLP(64, [8], 10)),
+                enable_checkpointing=True,
+                callbacks=[TeacherCheckpoint(dirpath=str(tmp), filename="teacher")],
+            ),
+        ),  # fmt: skip
+        FileExistsError,
+        "teacher.ckpt' exists and other recipes read it",
+    ),
+    "NaN in the first batch": (
+        lambda tmp: fit_once(
+            tmp,
+            make_module(),
+            (DataLoader(TensorDataset(torch.full((8, 64), float("nan")), torch.zeros(8).long())), None),
+        ),
+        FloatingPointError,
+        "the first batch already gives non-finite loss term(s)",
+    ),  # fmt: skip
     "dict batch without input_ids": (
         lambda tmp: make_module().shared_step({"inputs": torch.zeros(2, 64)}),
         KeyError,
@@ -171,12 +224,12 @@ def test_bad_input_fails_clearly_and_leaves_nothing(case, tmp_path, monkeypatch)
     message = info.value.args[0] if isinstance(info.value, KeyError) else str(info.value)
     assert text in message, message
     created = files_under(tmp_path) - before
-    user_files = {tmp_path / n for n in ("t.ckpt", "evil.ckpt", "s.safetensors", "keep.safetensors")}
+    mine = {tmp_path / n for n in ("s.safetensors", "keep.safetensors", "teacher.ckpt")}  # hold the text "mine"
+    user_files = {tmp_path / n for n in ("t.ckpt", "evil.ckpt")} | mine
     assert not (created - user_files), f"{case} left files behind: {sorted(map(str, created))}"
-    for path in user_files & files_under(tmp_path):
-        if path.suffix == ".safetensors":
-            assert path.read_text() == "mine", "a user file was overwritten"
+    for path in mine & files_under(tmp_path):
+        assert path.read_text() == "mine", "a user file was overwritten"
 
 
 def test_the_matrix_is_large_enough():
-    assert len(CASES) >= 20
+    assert len(CASES) >= 30

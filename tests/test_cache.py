@@ -52,6 +52,9 @@ class ToyLM(nn.Module):
     def forward(self, input_ids, attention_mask=None):
         return self.head(torch.tanh(self.emb(input_ids)))
 
+    def get_output_embeddings(self):
+        return self.head
+
 
 class TokenData(LightningDataModule):
     """Variable-length token sequences, right-padded per batch: dict batches like TextDataModule's instructions."""
@@ -85,6 +88,7 @@ def module_with(teacher, **kwargs):
         student=kwargs.pop("student", MLP(64, [16], 10)),
         teacher=teacher,
         losses=kwargs.pop("losses", [LogitKD(temperature=2.0)]),
+        allow_untrained_teacher=kwargs.pop("allow_untrained_teacher", True),  # random teachers on purpose
         **kwargs,
     )
 
@@ -252,3 +256,61 @@ def test_fingerprints_notice_order_and_content():
     with pytest.raises(TypeError, match="fingerprint_samples: 0"):
         fingerprint_dataset([object()])
     assert fingerprint_dataset([object()], samples=0) != fingerprint_dataset([object(), object()], samples=0)
+
+
+def test_a_damaged_shard_is_named_and_a_rerun_rewrites_only_it(tmp_path):
+    teacher = MLP(64, [32], 10)
+    module = module_with(teacher)
+    write(tmp_path, module, ToyData(batch_size=16), splits=["train"], shard_mb=5e-4)
+    shards = sorted((tmp_path / "cache" / "train").iterdir())
+    assert len(shards) == 6
+    logits, ids = shards[2] / "logits.npy", shards[4] / "ids.npy"
+    # a copy cut short ("mmap length is greater than file size"), a header cut off ("EOF: reading array header")
+    for damaged, keep in ((logits, -100), (ids, 20)):
+        intact = damaged.read_bytes()
+        damaged.write_bytes(intact[:keep])
+        with pytest.raises(ValueError, match=rf"(?s)is damaged: {damaged}.*predict` command that wrote it again"):
+            CachedTeacherDataModule(ToyData(), str(tmp_path / "cache"), splits=["train"]).setup("fit")
+        if damaged == logits:
+            damaged.write_bytes(intact)
+    logits.write_bytes(logits.read_bytes()[:-100])
+    rows = count_rows(teacher)
+    write(tmp_path, module, ToyData(batch_size=16), splits=["train"], shard_mb=5e-4)  # the natural fix: run again
+    assert sum(rows) == 32  # the two damaged shards' samples, nothing else
+    with torch.no_grad():
+        got = CacheReader(tmp_path / "cache", "train").gather(np.arange(96), None).logits
+        torch.testing.assert_close(got, teacher(digits_like(96)[:][0]))
+
+
+def test_a_damaged_manifest_is_named_and_overwrite_rewrites_it(tmp_path):
+    module = module_with(MLP(64, [32], 10))
+    write(tmp_path, module, ToyData(), splits=["train"])
+    manifest = tmp_path / "cache" / "manifest.json"
+    manifest.write_text(manifest.read_text()[:50])
+    with pytest.raises(ValueError, match="manifest.json' is damaged.*overwrite: true"):
+        write(tmp_path, module, ToyData(), splits=["train"])
+    write(tmp_path, module, ToyData(), splits=["train"], overwrite=True)
+    assert read_manifest(tmp_path / "cache")["splits"]["train"]["complete"]
+
+
+def test_a_cache_stand_in_tells_token_losses_the_teachers_tokenizer_and_vocabulary(tmp_path):
+    """TokenKD learns the teacher's tokenizer and logits width from the manifest, as it would from the model."""
+    from lit_distill.cache import CachedTeacher
+    from lit_distill.losses import TokenKD
+
+    teacher = ToyLM(vocab=40)
+    teacher.tokenizer_id = "toy"
+    write(tmp_path, module_with(teacher, student=ToyLM(), losses=[TokenKD()]), TokenData(), splits=["train"], top_k=5)
+    assert read_manifest(tmp_path / "cache")["teacher_model"] == {"tokenizer_id": "toy", "num_logits": 40}
+
+    def fit(student_vocab, student_tokenizer):
+        student = ToyLM(vocab=student_vocab)
+        student.tokenizer_id = student_tokenizer
+        module = DistillationModule(student=student, teacher=CachedTeacher(), losses=[TokenKD()])
+        dm = CachedTeacherDataModule(TokenData(), str(tmp_path / "cache"), splits=["train"])
+        trainer(tmp_path, max_steps=1, limit_val_batches=0).fit(module, datamodule=dm)
+        return module.losses[0]
+
+    assert fit(44, "toy").shared_vocab == 40  # the student's 4 padded rows stay out of its softmax
+    with pytest.raises(ValueError, match="the student speaks tokenizer 'other' and the teacher 'toy'"):
+        fit(40, "other")

@@ -3,6 +3,7 @@ step over a global batch equals the single-process step."""
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +13,11 @@ import torch
 from lightning.pytorch import Trainer
 from torch.utils.data import DataLoader, TensorDataset
 
+from lit_distill.cache import CacheReader, read_manifest
+from lit_distill.cli import main
+from lit_distill.export import current_umask, load_student
+from lit_distill.models import MLP
+from lit_distill.models.hf import load_pretrained
 from tests.ddp_fit import parity_batch, parity_module
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -55,3 +61,74 @@ def test_ddp_step_on_a_global_batch_equals_the_single_process_step(ddp_run):
     for key, value in module.student.state_dict().items():
         assert torch.allclose(value, ddp_weights[key], atol=1e-6), key
     assert any(not torch.equal(v, start[k]) for k, v in module.student.state_dict().items())
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The shipped recipes under 2-process DDP, through the `lit-distill` command, callbacks and export included.
+
+DDP = ["--trainer.accelerator=cpu", "--trainer.devices=2", "--trainer.strategy=ddp"]
+SHORT = ["--trainer.max_epochs=1", "--trainer.limit_train_batches=2", "--trainer.limit_val_batches=1"]
+QUIET = ["--trainer.enable_progress_bar=false"]
+
+
+def lit_distill(work: Path, *args: str) -> subprocess.CompletedProcess:
+    """`lit-distill ARGS` in ``work`` (the console script, so Lightning's launcher re-executes it per rank)."""
+    script = Path(sys.executable).with_name("lit-distill")
+    command = [str(script)] if script.is_file() else [sys.executable, "-m", "lit_distill.cli"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    run = subprocess.run([*command, *args], cwd=work, env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-4000:]
+    return run
+
+
+def new_files(work: Path, pattern: str, before: set[Path]) -> list[Path]:
+    return sorted(set(work.glob(pattern)) - before)
+
+
+@pytest.fixture(scope="module")
+def recipes(tmp_path_factory):
+    """A copy of configs/ with the two teachers trained briefly, in this process: they are inputs, not under test."""
+    work = tmp_path_factory.mktemp("ddp_recipes")
+    shutil.copytree(ROOT / "configs", work / "configs")
+    old = os.getcwd()
+    os.chdir(work)
+    try:
+        for config in ("configs/digits/teacher.yaml", "configs/text/teacher.yaml"):
+            main(["fit", "--config", config, *SHORT, *QUIET, "--trainer.logger=false"])
+    finally:
+        os.chdir(old)
+    return work
+
+
+@pytest.mark.slow
+def test_ddp_quickstart_recipe_exports_a_loadable_student(recipes):
+    before = set(recipes.glob("lightning_logs/*/student.safetensors"))
+    lit_distill(recipes, "fit", "--config", "configs/quickstart.yaml", *DDP, *SHORT, *QUIET)
+    (exported,) = new_files(recipes, "lightning_logs/*/student.safetensors", before)
+    load_student(MLP(64, [32], 10), exported)  # strict: every key and shape
+    assert oct(exported.stat().st_mode & 0o777) == oct(0o666 & ~current_umask())
+
+
+@pytest.mark.slow
+def test_ddp_token_kd_recipe_exports_a_loadable_pretrained_student(recipes):
+    before = set(recipes.glob("lightning_logs/*/student"))
+    lit_distill(recipes, "fit", "--config", "configs/text/token_kd.yaml", *DDP, *SHORT, *QUIET)
+    (exported,) = new_files(recipes, "lightning_logs/*/student", before)
+    student = load_pretrained(exported)
+    assert student.config["n_layer"] == 1 and student(torch.tensor([[104, 105]])).shape == (1, 2, 258)
+
+
+@pytest.mark.slow
+def test_ddp_teacher_cache_then_cached_quickstart(recipes):
+    """Both ranks write shards of the cache (each its own samples), rank 0 the manifest; the cached recipe reads it."""
+    lit_distill(recipes, "predict", "--config", "configs/digits/teacher_cache.yaml", *DDP, *QUIET)
+    cache = recipes / "artifacts" / "digits" / "teacher_cache"
+    manifest = read_manifest(cache)
+    assert all(split["complete"] for split in manifest["splits"].values())
+    assert {p.name.split("-")[1] for p in (cache / "train").iterdir()} == {"rank0", "rank1"}
+    reader = CacheReader(cache, "train")
+    assert len(reader) == manifest["splits"]["train"]["num_samples"] == 150
+    before = set(recipes.glob("lightning_logs/*/student.safetensors"))
+    lit_distill(recipes, "fit", "--config", "configs/digits/quickstart_cached.yaml", *DDP, *SHORT, *QUIET)
+    (exported,) = new_files(recipes, "lightning_logs/*/student.safetensors", before)
+    load_student(MLP(64, [32], 10), exported)

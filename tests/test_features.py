@@ -54,7 +54,7 @@ def test_right_tensors_are_captured(tmp_path):
     student, teacher = mlp_pair()
     s0, t0 = copy.deepcopy(student), copy.deepcopy(teacher)
     rec = Recorder(["body.0", "head:input"], ["body.2", "head"])
-    fit(DistillationModule(student, teacher, losses=[rec, CrossEntropy()]), tmp_path)
+    fit(DistillationModule(student, teacher, losses=[rec, CrossEntropy()], allow_untrained_teacher=True), tmp_path)
     feats, x = rec.first  # the probe batch, seen before any optimizer step
     with torch.no_grad():
         assert torch.allclose(feats[("s", "body.0")], s0.body[0](x))
@@ -66,7 +66,7 @@ def test_right_tensors_are_captured(tmp_path):
 def test_nothing_is_kept_after_the_step_and_hooks_go_at_teardown(tmp_path):
     student, teacher = mlp_pair()
     rec = Recorder(["body.1"], ["body.1"])
-    module = DistillationModule(student, teacher, losses=[rec, CrossEntropy()])
+    module = DistillationModule(student, teacher, losses=[rec, CrossEntropy()], allow_untrained_teacher=True)
     fit(module, tmp_path, steps=3)
     gc.collect()
     assert len(rec.refs) >= 3 * 2 and all(ref() is None for ref in rec.refs)
@@ -88,7 +88,7 @@ def test_taps_store_nothing_outside_capture():
 
 def test_unknown_layer_lists_the_closest_names(tmp_path):
     student, teacher = SmallCNN(1, [4, 8]), SmallCNN(1, [6, 12])
-    module = DistillationModule(student, teacher, losses=[HintLoss("stage3", "stage2")])
+    module = DistillationModule(student, teacher, losses=[HintLoss("stage3", "stage2")], allow_untrained_teacher=True)
     with pytest.raises(KeyError, match=r"no submodule named 'stage3' in the student.*Closest: \[.*'stage2'"):
         fit(module, tmp_path, images=True)
     with pytest.raises(KeyError, match=r"'stage9' in the teacher"):
@@ -98,7 +98,9 @@ def test_unknown_layer_lists_the_closest_names(tmp_path):
 def test_teacher_stays_frozen_through_fit(tmp_path):
     student, teacher = SmallCNN(1, [4, 8]), SmallCNN(1, [6, 12])
     before = copy.deepcopy(teacher.state_dict())
-    module = DistillationModule(student, teacher, losses=[HintLoss("stage2", "stage2"), CrossEntropy()])
+    module = DistillationModule(
+        student, teacher, losses=[HintLoss("stage2", "stage2"), CrossEntropy()], allow_untrained_teacher=True
+    )
     fit(module, tmp_path, images=True, steps=3)
     assert not teacher.training and not any(m.training for m in teacher.modules())
     assert not any(p.requires_grad for p in teacher.parameters())
@@ -110,7 +112,9 @@ def test_bf16_teacher_with_fp32_student(tmp_path):
     student, teacher = SmallCNN(1, [4, 8]), SmallCNN(1, [6, 12])
     rec = Recorder(["stage2"], ["stage2"])
     hint = HintLoss("stage2", "stage2")
-    module = DistillationModule(student, teacher, losses=[rec, hint, CrossEntropy()], teacher_dtype="bf16")
+    module = DistillationModule(
+        student, teacher, losses=[rec, hint, CrossEntropy()], teacher_dtype="bf16", allow_untrained_teacher=True
+    )
     trainer = fit(module, tmp_path, images=True, steps=3)
     assert rec.dtypes == {("s", torch.float32), ("t", torch.bfloat16)}
     assert hint.adapters["0"].weight.dtype == torch.float32  # sized on the student's side

@@ -23,7 +23,17 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["FORMAT", "MANIFEST", "read_manifest", "write_manifest", "differences", "shard_dirs", "STORAGE_DTYPES"]
+__all__ = [
+    "FORMAT",
+    "DamagedManifestError",
+    "MANIFEST",
+    "read_manifest",
+    "write_manifest",
+    "differences",
+    "shard_dirs",
+    "writer_hint",
+    "STORAGE_DTYPES",
+]
 
 FORMAT = "lit-distill-teacher-cache/1"
 MANIFEST = "manifest.json"
@@ -39,6 +49,10 @@ STORAGE_DTYPES: dict[str, tuple[torch.dtype, Any]] = {
 }
 
 
+class DamagedManifestError(ValueError):
+    """``manifest.json`` exists but is not valid JSON (a crash or a partial copy): only a rewrite helps."""
+
+
 def read_manifest(cache_dir: str | Path) -> dict[str, Any] | None:
     """The manifest of ``cache_dir``, or None when there is none; refuses files of another format."""
     path = Path(cache_dir) / MANIFEST
@@ -47,7 +61,10 @@ def read_manifest(cache_dir: str | Path) -> dict[str, Any] | None:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as err:
-        raise ValueError(f"teacher cache manifest {str(path)!r} is not valid JSON ({err}).") from err
+        raise DamagedManifestError(
+            f"teacher cache manifest {str(path)!r} is damaged (not valid JSON: {err}); rewrite the cache with "
+            "overwrite: true on TeacherCacheWriter."
+        ) from err
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         found = data.get("format") if isinstance(data, dict) else None
         raise ValueError(
@@ -60,7 +77,8 @@ def read_manifest(cache_dir: str | Path) -> dict[str, Any] | None:
 def write_manifest(cache_dir: str | Path, data: dict[str, Any]) -> None:
     """Write atomically (temp file + rename): a crash never leaves half a manifest."""
     path = Path(cache_dir) / MANIFEST
-    tmp = path.with_name(MANIFEST + TMP_SUFFIX)
+    # One temp name per process: under DDP more than one rank may record the fields of the first batch.
+    tmp = path.with_name(f"{MANIFEST}.{os.getpid()}{TMP_SUFFIX}")
     tmp.write_text(json.dumps(data, indent=2, sort_keys=True), encoding="utf-8")
     os.replace(tmp, path)
 
@@ -89,3 +107,16 @@ def shard_dirs(split_dir: Path) -> list[Path]:
     return sorted(
         p for p in split_dir.iterdir() if p.is_dir() and p.name.startswith(SHARD_PREFIX) and p.suffix != TMP_SUFFIX
     )
+
+
+def writer_hint(cache_dir: str | Path, config_dir: str = "configs", lead: str = "Create it with") -> str:
+    """Name the bundled recipe that writes ``cache_dir``, if any (``" <lead>: lit-distill predict ..."``)."""
+    cache_dir = Path(cache_dir).as_posix()
+    configs = Path(config_dir)
+    if not configs.is_dir():
+        return ""
+    for config in sorted(configs.rglob("*.yaml")):
+        text = config.read_text(encoding="utf-8", errors="replace")
+        if "TeacherCacheWriter" in text and f"cache_dir: {cache_dir}" in text:
+            return f" {lead}: lit-distill predict --config {config.as_posix()}"
+    return ""

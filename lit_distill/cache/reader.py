@@ -10,8 +10,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from lit_distill.cache.manifest import STORAGE_DTYPES, read_manifest, shard_dirs
-from lit_distill.cache.shards import FEATURE_PREFIX, file_names
+from lit_distill.cache.manifest import STORAGE_DTYPES, read_manifest, shard_dirs, writer_hint
+from lit_distill.cache.shards import FEATURE_PREFIX, file_names, shard_problem
 from lit_distill.losses.topk import TOPK_INDICES, TOPK_VALUES
 from lit_distill.outputs import ModelOutput
 
@@ -52,6 +52,13 @@ class CacheReader:
         self.start_of = np.zeros(n, dtype=np.int64)
         self.length_of = np.zeros(n, dtype=np.int64)
         for number, shard in enumerate(self.shards):
+            problem = shard_problem(shard, self.fields)
+            if problem is not None:
+                raise ValueError(
+                    f"the teacher cache in {str(self.cache_dir)!r} is damaged: {problem}. Run the `lit-distill "
+                    "predict` command that wrote it again: it rewrites damaged shards and keeps the rest."
+                    + writer_hint(self.cache_dir, lead="That is")
+                )
             ids = np.load(shard / "ids.npy")
             if ids.size and (ids.min() < 0 or ids.max() >= n or (self.shard_of[ids] >= 0).any()):
                 raise ValueError(f"corrupt teacher cache: {shard} holds out-of-range or repeated sample ids.")

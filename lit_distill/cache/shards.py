@@ -15,7 +15,7 @@ from lit_distill.cache.manifest import SHARD_PREFIX, STORAGE_DTYPES, TMP_SUFFIX,
 from lit_distill.losses.topk import TOPK_INDICES, TOPK_VALUES
 from lit_distill.outputs import ModelOutput
 
-__all__ = ["encode_outputs", "ShardWriter", "to_numpy", "file_names", "FEATURE_PREFIX"]
+__all__ = ["encode_outputs", "ShardWriter", "to_numpy", "file_names", "shard_problem", "FEATURE_PREFIX"]
 
 FEATURE_PREFIX = "features/"
 
@@ -88,22 +88,24 @@ def encode_outputs(
 class ShardWriter:
     """Buffers encoded batches of one split and writes them as shards of about ``shard_bytes``.
 
-    A shard is written into ``shard-NNNNNN.tmp/`` and renamed when complete, so an interrupted run
+    A shard is written into ``shard-<tag>NNNNNN.tmp/`` and renamed when complete, so an interrupted run
     leaves only finished shards behind (and maybe a ``.tmp`` folder, removed on the next start).
 
     Args:
         split_dir: ``cache_dir/<split>``.
         shard_bytes: flush once the buffer holds this many bytes.
+        tag: name part that keeps the shards of one writer apart from those of the others writing the
+            same split at the same time (one per DDP rank: ``rank1-``); empty for a single process.
     """
 
-    def __init__(self, split_dir: Path, shard_bytes: int) -> None:
+    def __init__(self, split_dir: Path, shard_bytes: int, tag: str = "") -> None:
         self.split_dir = split_dir
         self.shard_bytes = shard_bytes
-        split_dir.mkdir(parents=True, exist_ok=True)
-        for stale in split_dir.glob(f"{SHARD_PREFIX}*{TMP_SUFFIX}"):
+        self.prefix = f"{SHARD_PREFIX}{tag}"
+        for stale in split_dir.glob(f"{self.prefix}[0-9]*{TMP_SUFFIX}"):
             shutil.rmtree(stale)  # our own unfinished shard from an interrupted run
-        done = shard_dirs(split_dir)
-        self.next_number = int(done[-1].name.removeprefix(SHARD_PREFIX)) + 1 if done else 0
+        numbers = [int(p.name.removeprefix(self.prefix)) for p in shard_dirs(split_dir) if _numbered(p, self.prefix)]
+        self.next_number = max(numbers) + 1 if numbers else 0
         self._ids: list[np.ndarray] = []
         self._lengths: list[np.ndarray] = []
         self._arrays: dict[str, list[np.ndarray]] = {}
@@ -123,9 +125,9 @@ class ShardWriter:
         """Write what is buffered as one finished shard (nothing when the buffer is empty)."""
         if not self._ids:
             return
-        name = f"{SHARD_PREFIX}{self.next_number:06d}"
+        name = f"{self.prefix}{self.next_number:06d}"
         tmp = self.split_dir / (name + TMP_SUFFIX)
-        tmp.mkdir()
+        tmp.mkdir(parents=True)  # the split's folder too: nothing is created before there is something to write
         np.save(tmp / "ids.npy", np.concatenate(self._ids))
         if self._lengths:
             np.save(tmp / "lengths.npy", np.concatenate(self._lengths))
@@ -141,3 +143,32 @@ def file_names(fields: Any) -> dict[str, str]:
     """On-disk name of each field: features are numbered in sorted order (module paths may hold any character)."""
     features = sorted(f for f in fields if f.startswith(FEATURE_PREFIX))
     return {f: f"feature-{features.index(f)}" if f in features else f for f in fields}
+
+
+def _numbered(shard: Path, prefix: str) -> bool:
+    return shard.name.startswith(prefix) and shard.name.removeprefix(prefix).isdigit()
+
+
+def shard_problem(shard: Path, fields: Mapping[str, Mapping[str, Any]]) -> str | None:
+    """Why the finished ``shard`` cannot be read back with these ``fields``, or None when it is sound.
+
+    Every array is opened the way the reader opens it (header parsed, size checked against the file) and
+    its rows counted, so a truncated or half-copied file is named here instead of failing inside a batch.
+    """
+    files = file_names(fields)
+    current = shard / "ids.npy"
+    try:
+        ids = np.load(current)
+        lengths = None
+        if (shard / "lengths.npy").is_file():
+            current = shard / "lengths.npy"
+            lengths = np.load(current)
+        for field, spec in fields.items():
+            current = shard / f"{files[field]}.npy"
+            arr = np.load(current, mmap_mode="r")
+            rows = int(lengths.sum()) if spec.get("per_token") and lengths is not None else len(ids)
+            if arr.shape != (rows, *spec["shape"]):
+                return f"{current} holds an array of shape {arr.shape}, expected {(rows, *spec['shape'])}"
+    except (OSError, ValueError, EOFError) as err:  # numpy's errors for missing, truncated or garbled .npy files
+        return f"{current} cannot be read ({err})"
+    return None

@@ -31,6 +31,18 @@ class CachedTeacher(nn.Module):
     #: Read by DistillationModule.setup: the outputs come with the batch, so no feature hooks go here.
     reads_from_batch = True
 
+    def __init__(self) -> None:
+        super().__init__()
+        #: What the losses would otherwise learn from the teacher model (TokenKD's tokenizer and vocabulary
+        #: checks); :meth:`describe` fills them from the cache manifest before the module's own setup.
+        self.tokenizer_id: str | None = None
+        self.num_logits: int | None = None
+
+    def describe(self, manifest: dict[str, Any]) -> None:
+        """Take the teacher's tokenizer id and logits width from a cache manifest (older caches lack them)."""
+        info = manifest.get("teacher_model") or {}
+        self.tokenizer_id, self.num_logits = info.get("tokenizer_id"), info.get("num_logits")
+
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         raise RuntimeError(
             "the teacher is a CachedTeacher stand-in, but this batch carries no cached teacher outputs. Wrap the "

@@ -15,9 +15,18 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 import lit_distill
 from lit_distill.cache.fingerprint import class_name, fingerprint_dataset, fingerprint_module
-from lit_distill.cache.manifest import FORMAT, MANIFEST, differences, read_manifest, shard_dirs, write_manifest
-from lit_distill.cache.shards import ShardWriter, encode_outputs
+from lit_distill.cache.manifest import (
+    FORMAT,
+    MANIFEST,
+    DamagedManifestError,
+    differences,
+    read_manifest,
+    shard_dirs,
+    write_manifest,
+)
+from lit_distill.cache.shards import ShardWriter, encode_outputs, shard_problem
 from lit_distill.features import FeatureTaps
+from lit_distill.losses.sequence import tokenizer_id
 from lit_distill.teacher import parse_dtype
 
 __all__ = ["TeacherCacheWriter"]
@@ -33,7 +42,9 @@ class TeacherCacheWriter(Callback):
     plus any named teacher features, keyed by sample index, in shards with a JSON manifest. A run that
     stops early resumes where the last finished shard ended; a cache written with another teacher,
     data or settings is refused, and a finished one is never rewritten unless ``overwrite``.
-    With ``fast_dev_run`` everything runs on one batch and nothing is written.
+    With ``fast_dev_run`` everything runs on one batch and nothing is written. Under DDP every rank writes
+    shards of the samples its sampler gives it (``shard-rank<N>-*``) and rank 0 the manifest; a damaged shard
+    found on a rerun is written again.
 
     Args:
         top_k: keep the k largest logits per row; None keeps all of them.
@@ -93,14 +104,12 @@ class TeacherCacheWriter(Callback):
                 f"TeacherCacheWriter needs `data: lit_distill.data.CachedTeacherDataModule` (it knows where the cache "
                 f"goes and which splits to cache), got {type(dm).__name__}."
             )
-        if trainer.world_size > 1:
-            raise ValueError(
-                f"write the teacher cache on one device (trainer.devices: 1), not {trainer.world_size}; "
-                "reading it works with any number."
-            )
         teacher = getattr(pl_module, "teacher", None)
         if teacher is None or getattr(teacher, "reads_from_batch", False):
             raise ValueError("TeacherCacheWriter needs the real teacher model in `model.teacher`: it is what runs.")
+        check = getattr(pl_module, "check_teacher_weights", None)
+        if check is not None:
+            check()  # a cache of a randomly initialised teacher would be silently useless
         datasets = dm.split_datasets()
         wanted = {
             "teacher": {"class": class_name(teacher), "fingerprint": fingerprint_module(teacher)},
@@ -116,54 +125,83 @@ class TeacherCacheWriter(Callback):
             },
         }
         self._dry = bool(trainer.fast_dev_run)
-        self.manifest = self._open(Path(dm.cache_dir), wanted)
+        cache_dir = Path(dm.cache_dir)
+        # Every rank checks (the same files, the same verdict), then rank 0 alone deletes and writes, then all
+        # ranks plan from what is on disk. Each rank writes its own shards of the samples its sampler gives it.
+        existing = self._check_existing(cache_dir, wanted)
+        trainer.strategy.barrier("teacher_cache_checked")
+        manifest = None
+        if trainer.is_global_zero:
+            manifest = self._prepare(cache_dir, existing, wanted, tokenizer_id(teacher))
+        self.manifest = trainer.strategy.broadcast(manifest, src=0)
+        self._tag = "" if trainer.world_size == 1 else f"rank{trainer.global_rank}-"
         plan = {}
         for split, ds in datasets.items():
-            done = set() if self.overwrite else _covered(Path(dm.cache_dir) / split)
+            done = set() if self.overwrite else self._covered(cache_dir / split)
             plan[split] = [i for i in range(len(ds)) if i not in done]
         if not any(plan.values()):
             rank_zero_info(f"[lit-distill] teacher cache {dm.cache_dir} is complete and matches; nothing to write.")
         dm.begin_write({k: v for k, v in plan.items() if v}, self.batch_size)
 
-    def _open(self, cache_dir: Path, wanted: dict[str, Any]) -> dict[str, Any]:
-        existing = read_manifest(cache_dir)
+    def _check_existing(self, cache_dir: Path, wanted: dict[str, Any]) -> dict[str, Any] | None:
+        """The manifest already in ``cache_dir`` if this run may continue it; None when it starts afresh."""
+        try:
+            existing = read_manifest(cache_dir)
+        except DamagedManifestError:
+            if self.overwrite:
+                return None  # rewritten from scratch, which is what its error message asks for
+            raise
+        if existing is not None and self.overwrite:
+            return None
         if existing is None and cache_dir.exists() and any(cache_dir.iterdir()):
             raise FileExistsError(
                 f"cache_dir {str(cache_dir)!r} is not empty and holds no lit-distill teacher cache ({MANIFEST}); "
                 "choose an empty or new folder."
             )
-        if existing is not None and self.overwrite:
-            if not self._dry:  # a smoke run checks everything but deletes nothing
-                for split in existing.get("splits", {}):
-                    shutil.rmtree(cache_dir / split, ignore_errors=True)
-                (cache_dir / MANIFEST).unlink()
-            existing = None
+        if existing is None:
+            return None
+        found = copy.deepcopy({k: existing.get(k) for k in wanted})
+        for info in found["splits"].values():
+            info.pop("complete", None)
+        diffs = differences(found, wanted)
+        if diffs:
+            state = "finished" if all(s["complete"] for s in existing["splits"].values()) else "unfinished"
+            raise ValueError(
+                f"the {state} teacher cache in {str(cache_dir)!r} was written with other settings:\n  - "
+                + "\n  - ".join(diffs)
+                + "\nSet overwrite: true on TeacherCacheWriter to rewrite it, or choose another cache_dir."
+            )
+        return existing
+
+    def _prepare(
+        self, cache_dir: Path, existing: dict[str, Any] | None, wanted: dict[str, Any], tokenizer: str | None
+    ) -> dict[str, Any]:
+        """Rank 0: clear the folder for ``overwrite``, drop damaged shards, write the manifest (not when dry)."""
         if existing is not None:
-            found = copy.deepcopy({k: existing.get(k) for k in wanted})
-            for info in found["splits"].values():
-                info.pop("complete", None)
-            diffs = differences(found, wanted)
-            if diffs:
-                state = "finished" if all(s["complete"] for s in existing["splits"].values()) else "unfinished"
-                raise ValueError(
-                    f"the {state} teacher cache in {str(cache_dir)!r} was written with other settings:\n  - "
-                    + "\n  - ".join(diffs)
-                    + "\nSet overwrite: true on TeacherCacheWriter to rewrite it, or choose another cache_dir."
-                )
+            for split in existing["splits"]:
+                for shard in shard_dirs(cache_dir / split):
+                    problem = shard_problem(shard, existing["fields"])
+                    if problem is not None:
+                        rank_zero_warn(f"teacher cache: {problem}; writing the samples of {shard.name} again.")
+                        if not self._dry:
+                            shutil.rmtree(shard)
             return existing
+        if self.overwrite and (cache_dir / MANIFEST).is_file() and not self._dry:
+            # (a smoke run checks everything but deletes nothing)
+            for split in ("train", "val", "test"):  # every split CachedTeacherDataModule can cache
+                shutil.rmtree(cache_dir / split, ignore_errors=True)
+            (cache_dir / MANIFEST).unlink()
         manifest = {
             "format": FORMAT,
             **wanted,
             "fields": {},
+            "teacher_model": {"tokenizer_id": tokenizer, "num_logits": None},
             "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "lit_distill_version": lit_distill.__version__,
         }
         for info in manifest["splits"].values():
             info["complete"] = False
-        if not self._dry:
-            cache_dir.mkdir(parents=True, exist_ok=True)
-            write_manifest(cache_dir, manifest)
-        return manifest
+        return manifest  # written with the first batch's fields: a run failing before leaves no cache behind
 
     # ------------------------------------------------------------------ writing
     def on_predict_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -171,7 +209,9 @@ class TeacherCacheWriter(Callback):
         if self.manifest is None or not dm.write_splits:
             return
         if not self._dry:
-            self._writers = {s: ShardWriter(Path(dm.cache_dir) / s, self.shard_bytes) for s in dm.write_splits}
+            self._writers = {
+                s: ShardWriter(Path(dm.cache_dir) / s, self.shard_bytes, self._tag) for s in dm.write_splits
+            }
         if self.features:
             self._taps = FeatureTaps(pl_module.teacher, self.features, "teacher")
         splits = list(dm.write_splits)
@@ -183,7 +223,7 @@ class TeacherCacheWriter(Callback):
             out.features.update(feats)
             self._check_vocab(out.logits)
             arrays, fields, lengths = encode_outputs(out, inner, self.top_k, self.storage, self.features)
-            self._check_fields(fields, Path(dm.cache_dir))
+            self._check_fields(fields, Path(dm.cache_dir), int(out.logits.shape[-1]))
             if not self._dry:
                 self._writers[splits[dataloader_idx]].add(ids.cpu().numpy(), arrays, lengths)
             return None  # nothing piles up in the predict loop's results
@@ -203,10 +243,13 @@ class TeacherCacheWriter(Callback):
                 "would make a very large cache. Set top_k (e.g. 64), or raise max_full_vocab."
             )
 
-    def _check_fields(self, fields: dict[str, Any], cache_dir: Path) -> None:
+    def _check_fields(self, fields: dict[str, Any], cache_dir: Path, num_logits: int) -> None:
         if not self.manifest["fields"]:
             self.manifest["fields"] = fields
-            if not self._dry:
+            # What a cache stand-in tells the losses in place of the teacher model (TokenKD's vocabulary).
+            self.manifest.setdefault("teacher_model", {})["num_logits"] = num_logits
+            if not self._dry:  # before the first shard: readers need the fields (any rank may get here first)
+                cache_dir.mkdir(parents=True, exist_ok=True)
                 write_manifest(cache_dir, self.manifest)
         elif fields != self.manifest["fields"]:
             raise ValueError(
@@ -226,9 +269,17 @@ class TeacherCacheWriter(Callback):
         for writer in self._writers.values():
             writer.flush()  # whole batches only: a resumed run starts right after them
         self._writers = {}
+        if not interrupted:
+            trainer.strategy.barrier("teacher_cache_flushed")  # every rank's last shard is on disk
+        if not trainer.is_global_zero or not (cache_dir / MANIFEST).is_file():
+            return  # not rank 0, or no batch got as far as the cache on any rank: nothing to record
+        if not self.manifest["fields"]:  # rank 0 got no batch; another rank recorded the fields
+            on_disk = read_manifest(cache_dir) or {}
+            self.manifest["fields"] = on_disk.get("fields", {})
+            self.manifest["teacher_model"] = on_disk.get("teacher_model", self.manifest.get("teacher_model"))
         lines = []
         for split, info in self.manifest["splits"].items():
-            covered = len(_covered(cache_dir / split))
+            covered = len(self._covered(cache_dir / split))
             info["complete"] = covered == info["num_samples"]
             size = sum(f.stat().st_size for d in shard_dirs(cache_dir / split) for f in d.iterdir())
             lines.append(f"{split} {covered}/{info['num_samples']} samples, {size / max(covered, 1):,.0f} bytes/sample")
@@ -236,15 +287,16 @@ class TeacherCacheWriter(Callback):
         state = "stopped early; run the same command again to resume" if interrupted else "written"
         rank_zero_info(f"[lit-distill] teacher cache {cache_dir} {state}: " + "; ".join(lines))
 
+    def _covered(self, split_dir: Path) -> set[int]:
+        """Sample ids in the sound finished shards of one split (a damaged shard covers nothing)."""
+        fields = self.manifest["fields"] if self.manifest is not None else {}
+        shards = [shard for shard in shard_dirs(split_dir) if shard_problem(shard, fields) is None]
+        ids = [np.load(shard / "ids.npy") for shard in shards]
+        return set(np.concatenate(ids).tolist()) if ids else set()
+
     def on_predict_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._finish(trainer, pl_module, interrupted=False)
 
     def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
         if trainer.state.fn == "predict":
             self._finish(trainer, pl_module, interrupted=True)
-
-
-def _covered(split_dir: Path) -> set[int]:
-    """Sample ids already in finished shards."""
-    ids = [np.load(shard / "ids.npy") for shard in shard_dirs(split_dir)]
-    return set(np.concatenate(ids).tolist()) if ids else set()

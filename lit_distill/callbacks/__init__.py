@@ -1,4 +1,5 @@
-"""Callbacks for the recipes: student export and fit summary, embedding evaluation, generation JSONL writer."""
+"""Callbacks for the recipes: student export, teacher checkpoint and fit summary, embedding evaluation, generation
+JSONL writer."""
 
 from lit_distill.callbacks.embedding import (
     EmbeddingEval,
@@ -12,12 +13,13 @@ from lit_distill.callbacks.embedding import (
     quantize_int8,
     size_bytes,
 )
-from lit_distill.callbacks.fit import ExportStudent, FitSummary
+from lit_distill.callbacks.fit import ExportStudent, FitSummary, TeacherCheckpoint
 from lit_distill.callbacks.generation import JsonlPredictionWriter
 
 __all__ = [
     "ExportStudent",
     "FitSummary",
+    "TeacherCheckpoint",
     "EmbeddingEval",
     "JsonlPredictionWriter",
     "compare_encoders",

@@ -46,6 +46,7 @@ class JsonlPredictionWriter(BasePredictionWriter):
         self.meta_path = Path(f"{path}.meta.json")
         self.done: set[str] = set()
         self.batches = 0
+        self._started = False
 
     # ------------------------------------------------------------------ start
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
@@ -79,8 +80,16 @@ class JsonlPredictionWriter(BasePredictionWriter):
             exclude(self.done)
         if self.done:
             rank_zero_info(f"resuming {self.path}: {len(self.done)} prompt(s) already answered are skipped.")
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._write_meta({"finished": False, "rows": len(self.done), "settings": settings})
+        # The sidecar is written with the first rows (or at the end): a run that fails before generating
+        # anything (e.g. the model's own setup checks, which come after this) leaves no file behind.
+        self._started = False
+
+    def _start(self, pl_module: LightningModule) -> None:
+        """Mark the file unfinished (with this run's settings) before its first new row is appended."""
+        if not self._started:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._write_meta({"finished": False, "rows": len(self.done), "settings": _settings(pl_module)})
+            self._started = True
 
     def _read_meta(self) -> dict[str, Any]:
         if not self.meta_path.is_file():
@@ -128,6 +137,7 @@ class JsonlPredictionWriter(BasePredictionWriter):
         dataloader_idx: int,
     ) -> None:
         rows = _check_rows(prediction)
+        self._start(pl_module)
         fresh = []
         for row in rows:
             if row["prompt"] not in self.done:
@@ -150,6 +160,7 @@ class JsonlPredictionWriter(BasePredictionWriter):
         # never after a crash or Ctrl+C: then the sidecar keeps saying "not finished" and a rerun resumes.
         if stage != "predict":
             return
+        self._start(pl_module)
         lengths = [_length(loader) for loader in _loaders(trainer.predict_dataloaders)]
         limits = list(trainer.num_predict_batches)
         complete = not trainer.fast_dev_run and limits == lengths and self.batches == sum(lengths)

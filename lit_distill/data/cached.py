@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any, Literal
 
 from lightning.pytorch import LightningDataModule, LightningModule
@@ -13,7 +12,7 @@ from torch.utils.data import DataLoader, Subset
 
 from lit_distill.cache.fingerprint import class_name, fingerprint_dataset, fingerprint_module
 from lit_distill.cache.loading import IndexedDataset, KeyedCollate, cached_loader
-from lit_distill.cache.manifest import differences, read_manifest
+from lit_distill.cache.manifest import differences, read_manifest, writer_hint
 from lit_distill.cache.reader import CacheReader
 from lit_distill.cache.writer import TeacherCacheWriter
 
@@ -112,7 +111,7 @@ class CachedTeacherDataModule(LightningDataModule):
             raise FileNotFoundError(
                 f"no teacher cache in {self.cache_dir!r}. Write it first with `lit-distill predict --config <recipe>`, "
                 "the recipe holding TeacherCacheWriter in trainer.callbacks and this data block."
-                + _hint(self.cache_dir)
+                + writer_hint(self.cache_dir)
             )
         return manifest
 
@@ -128,7 +127,7 @@ class CachedTeacherDataModule(LightningDataModule):
             if not info.get("complete"):
                 raise ValueError(
                     f"the teacher cache in {self.cache_dir!r} is unfinished ({split}); run the same "
-                    f"`lit-distill predict` again to resume it.{_hint(self.cache_dir)}"
+                    f"`lit-distill predict` again to resume it.{writer_hint(self.cache_dir)}"
                 )
             dataset = self._inner_loader(split).dataset
             now = {
@@ -151,6 +150,8 @@ class CachedTeacherDataModule(LightningDataModule):
         """Refuse a cache written by another teacher than ``model.teacher``, or lacking features its losses need."""
         manifest = self._manifest()
         teacher = getattr(model, "teacher", None)
+        if callable(getattr(teacher, "describe", None)):
+            teacher.describe(manifest)  # a stand-in learns from the manifest what losses ask of a teacher model
         if teacher is not None and not getattr(teacher, "reads_from_batch", False):
             now = {"class": class_name(teacher), "fingerprint": fingerprint_module(teacher)}
             diffs = differences(manifest["teacher"], now, prefix="teacher.")
@@ -245,15 +246,3 @@ def _restore_wrapped_hparams(inner: Any) -> None:
     hp.clear()
     hp.update(own)
     inner._hparams_initial = copy.deepcopy(hp)
-
-
-def _hint(cache_dir: str, config_dir: str = "configs") -> str:
-    """Name the bundled recipe that writes ``cache_dir``, if any."""
-    configs = Path(config_dir)
-    if not configs.is_dir():
-        return ""
-    for config in sorted(configs.rglob("*.yaml")):
-        text = config.read_text(encoding="utf-8", errors="replace")
-        if "TeacherCacheWriter" in text and f"cache_dir: {cache_dir}" in text:
-            return f" Create it with: lit-distill predict --config {config.as_posix()}"
-    return ""

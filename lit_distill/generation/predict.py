@@ -10,12 +10,13 @@ from typing import Any
 from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 
+from lit_distill.checks import check_vocabulary
 from lit_distill.data.tokenizers import BYTES_ID, ByteTokenizer, HFTokenizer, Tokenizer, load_tokenizer
 from lit_distill.generation.fast_mode import FastMode, check_fast
 from lit_distill.generation.sampling import check_sampling, generate, left_pad, new_tokens
 from lit_distill.losses.logit import CrossEntropy
 from lit_distill.module import DistillationModule
-from lit_distill.teacher import load_weights
+from lit_distill.teacher import load_weights, weights_source
 
 
 class GenerationModule(DistillationModule):
@@ -41,6 +42,8 @@ class GenerationModule(DistillationModule):
         fast: ``"auto"`` = static KV cache + compiled decode step on CUDA, the plain path elsewhere; ``true`` /
             ``false`` force one (see ``generate``). Recorded in :meth:`generation_settings`: the two paths draw
             different samples from one seed.
+        allow_untrained: generate with a model that has no trained weights (no ``checkpoint``, not a
+            pretrained model); refused otherwise, since its responses would be noise.
 
     Example (YAML, ``lit-distill predict``)::
 
@@ -63,6 +66,7 @@ class GenerationModule(DistillationModule):
         top_p: float | None = None,
         seed: int = 0,
         fast: FastMode = "auto",
+        allow_untrained: bool = False,
     ) -> None:
         check_sampling(max_new_tokens, temperature, top_k, top_p)
         check_fast(fast)
@@ -71,7 +75,7 @@ class GenerationModule(DistillationModule):
         super().__init__(student=model, losses=[CrossEntropy()])
         self.checkpoint, self.tokenizer_spec = checkpoint, tokenizer
         self.max_new_tokens, self.temperature, self.top_k, self.top_p = max_new_tokens, temperature, top_k, top_p
-        self.seed, self.fast = seed, fast
+        self.seed, self.fast, self.allow_untrained = seed, fast, allow_untrained
         self.tokenizer = self._resolve_tokenizer(model, tokenizer)
         self.generated_tokens, self.generation_seconds, self.prompts_done = 0, 0.0, 0
 
@@ -100,6 +104,16 @@ class GenerationModule(DistillationModule):
                 "prompts would be encoded into ids the model does not know. Give the model's own tokenizer."
             )
         return tokenizer
+
+    def setup(self, stage: str) -> None:
+        super().setup(stage)
+        check_vocabulary({"model": self.student}, self.tokenizer.vocab_size, self.tokenizer.tokenizer_id)
+        if stage == "predict" and not self.allow_untrained and weights_source(self.student) is None:
+            raise ValueError(
+                f"the model that writes the responses ({type(self.student).__name__}) has no trained weights: set "
+                "checkpoint (the trained teacher's .ckpt or .safetensors), use a pretrained model (HFCausalLM), "
+                "or set allow_untrained: true if random responses are what you want."
+            )
 
     def generation_settings(self) -> dict[str, Any]:
         """What decides the responses; the JSONL writer refuses to resume a file written with other settings."""

@@ -41,7 +41,13 @@ def tokenizer_id(model: nn.Module | None) -> str | None:
 
 
 def logits_width(model: nn.Module | None) -> int | None:
-    """Number of logits a causal LM produces: its head's rows, else ``config.vocab_size``, else None."""
+    """Number of logits a causal LM produces: its head's rows, else ``config.vocab_size``, else None.
+
+    A model without a head of its own (a teacher-cache stand-in) may declare it as ``num_logits``.
+    """
+    declared = getattr(model, "num_logits", None)
+    if isinstance(declared, int):
+        return declared
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     if isinstance(getattr(head, "weight", None), Tensor):
         return int(head.weight.shape[0])
@@ -166,7 +172,9 @@ class TokenKD(DistillationLoss):
         topk = topk_teacher(teacher)
         if topk is not None:  # an offline cache that kept only the teacher's top-k logits
             s = _logits(student, "student", self)[:, :-1]
-            vocab = getattr(self, "shared_vocab", None) or s.shape[-1]
+            # The teacher's width is not in a top-k cache: the shared size is vocab_size, else what
+            # check_models learnt (from the cache manifest), else the student's whole width.
+            vocab = self._vocab(s.shape[-1], s.shape[-1])
             kd = topk_divergence(
                 self.divergence,
                 s[..., :vocab],

@@ -170,6 +170,7 @@ class SentenceEncoder(nn.Module):
         if dropout is not None and not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must lie in [0, 1), got {dropout}.")
         pooling: dict[str, Any] = {"normalize": True, "max_seq_length": None}
+        self.weights_source: str | None = None  # read by lit_distill.teacher.weights_source; None: random weights
         if random_init is not None:
             fields = dict(random_init)
             self.tokenizer = tiny_tokenizer(int(fields.pop("vocab_size", 1000)))
@@ -183,6 +184,7 @@ class SentenceEncoder(nn.Module):
             pooling = read_pooling(folder)
             model = tf.AutoModel.from_pretrained(str(folder), dtype=parse_dtype(dtype))
             self.tokenizer = tf.AutoTokenizer.from_pretrained(str(folder))
+            self.weights_source = str(folder)
         if num_layers is not None:
             layers = every_other(model.config.num_hidden_layers, num_layers)
         if layers is not None or intermediate_size is not None:

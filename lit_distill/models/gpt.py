@@ -195,7 +195,10 @@ class GPT(nn.Module):
         """
         (b, t), past = input_ids.shape, cache[0].length if cache else 0
         if past + t > self.block_size:
-            raise ValueError(f"sequence of {past + t} tokens exceeds block_size={self.block_size}.")
+            raise ValueError(
+                f"sequence of {past + t} tokens exceeds block_size={self.block_size}: raise the model's block_size "
+                "or shorten the data's sequences (seq_len)."
+            )
         if attention_mask is not None and attention_mask.shape != (b, past + t):
             raise ValueError(
                 f"attention_mask {tuple(attention_mask.shape)} must be [batch, past + new] = {(b, past + t)}."
@@ -231,6 +234,9 @@ class GPT(nn.Module):
 
     def get_output_embeddings(self) -> nn.Linear:
         return self.head
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.wte
 
     @torch.no_grad()
     def generate(

@@ -18,7 +18,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 
 from lit_distill.data.tokenizers import TINY_HINT, looks_local, tokenizer_fingerprint
-from lit_distill.export import is_writer
+from lit_distill.export import export_dir, export_then_wait, is_writer
 from lit_distill.models.gpt import GPT
 from lit_distill.outputs import ModelOutput
 from lit_distill.sharding.state import full_state_dict, is_sharded
@@ -130,6 +130,7 @@ class HFCausalLM(nn.Module):
                 raise _missing_model(path, err) from err
         self.model.train(self.training)  # from_pretrained returns eval mode; behave like any freshly built module
         self.has_weights = path is not None  # a config-built model is randomly initialised
+        self.weights_source = path  # read by lit_distill.teacher.weights_source (None: random weights)
         try:
             self.tokenizer = tf.AutoTokenizer.from_pretrained(path) if path is not None else None
         except (OSError, ValueError, TypeError):
@@ -193,6 +194,9 @@ class HFCausalLM(nn.Module):
 
     def get_output_embeddings(self) -> nn.Module | None:
         return self.model.get_output_embeddings()
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.model.get_input_embeddings()
 
     def materialize_weights(self, device: torch.device) -> None:
         """Fill an ``empty_init`` model on ``device``: this rank's shards of ``path``'s weights (``config``: random)."""
@@ -261,21 +265,36 @@ def load_pretrained(path: str | Path, dtype: str | None = None) -> nn.Module:
 class ExportPretrained(Callback):
     """At the end of ``fit``, save the student with :func:`export_pretrained` (skipped on ``fast_dev_run``).
 
+    Under DDP every rank settles the folder (Lightning's ``log_dir`` is a collective) and exports (a sharded
+    student is gathered); rank 0 writes.
+
     Args:
-        dirpath: target folder; default ``<log_dir>/student``.
+        dirpath: target folder; default ``student`` in this run's folder (:func:`~lit_distill.export.export_dir`:
+            the logger's ``version_N``, or the next free ``<default_root_dir>/lightning_logs/version_N``).
         overwrite: replace a non-empty folder.
     """
 
     def __init__(self, dirpath: str | None = None, overwrite: bool = False) -> None:
         self.dirpath, self.overwrite = dirpath, overwrite
+        self._folder: Path | None = None
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        if stage != "fit":
+            return
         folder = Path(self.dirpath) if self.dirpath else None
-        if stage == "fit" and folder and folder.exists() and any(folder.iterdir()) and not self.overwrite:
-            raise FileExistsError(f"ExportPretrained: {self.dirpath!r} is not empty; set overwrite: true or change it.")
+        if not trainer.fast_dev_run:
+            folder = self._folder = self._target(trainer)
+        if folder and folder.exists() and any(folder.iterdir()) and not self.overwrite:
+            raise FileExistsError(f"ExportPretrained: {str(folder)!r} is not empty; set overwrite: true or change it.")
+
+    def _target(self, trainer: Trainer) -> Path:
+        return Path(self.dirpath) if self.dirpath else export_dir(trainer) / "student"
 
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if trainer.fast_dev_run or not trainer.is_global_zero:
+        if trainer.fast_dev_run:
             return
-        folder = Path(self.dirpath or Path(trainer.log_dir or trainer.default_root_dir) / "student")
-        rank_zero_info(f"student written to {export_pretrained(pl_module, folder, overwrite=self.overwrite)}")
+        folder = self._folder or self._target(trainer)
+        written = export_then_wait(
+            trainer, lambda: export_pretrained(pl_module, folder, overwrite=self.overwrite), "lit_distill_export"
+        )
+        rank_zero_info(f"student written to {written}")

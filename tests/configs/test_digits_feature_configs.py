@@ -48,7 +48,8 @@ def test_teacher_free_recipes_run_fast_dev_run(config, in_tmp, capsys):
 
 def test_feature_recipes_point_at_the_checkpoint_cnn_teacher_writes():
     producer = yaml.safe_load((DIGITS / "cnn_teacher.yaml").read_text())
-    saver = next(c for c in producer["trainer"]["callbacks"] if c["class_path"].endswith("ModelCheckpoint"))
+    savers = ("ModelCheckpoint", "TeacherCheckpoint")
+    saver = next(c for c in producer["trainer"]["callbacks"] if c["class_path"].endswith(savers))
     written = f"{saver['init_args']['dirpath']}/{saver['init_args']['filename']}.ckpt"
     teacher_model = producer["model"]["init_args"]["student"]
     for config in CNN_RECIPES:

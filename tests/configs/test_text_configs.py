@@ -63,9 +63,12 @@ def test_token_kd_recipe_exports_a_reloadable_student(workdir, monkeypatch):
     from lit_distill.models.hf import load_pretrained
 
     monkeypatch.chdir(workdir)
-    shutil.rmtree(workdir / "student", ignore_errors=True)
+    before = set(workdir.glob("lightning_logs/version_*/student"))
     main(["fit", "--config", "configs/text/token_kd.yaml", *SHORT, "--trainer.limit_val_batches=1", *QUIET])
-    student = load_pretrained(workdir / "student")  # no logger: the export lands in the run's root dir
+    # no logger: the export lands in the next free lightning_logs/version_N, never in the working directory
+    (folder,) = set(workdir.glob("lightning_logs/version_*/student")) - before
+    assert not (workdir / "student").exists()
+    student = load_pretrained(folder)
     assert student.config["n_layer"] == 1 and student.tokenizer_id == "bytes"
     out = student.generate(torch.tensor([list(b"def ")]), max_new_tokens=5)
     assert out.shape == (1, 9)

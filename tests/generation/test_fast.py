@@ -293,6 +293,7 @@ def test_on_policy_fit_samples_through_the_compiled_step_in_training_and_validat
     monkeypatch.setitem(fast_mode.DEFAULT_COMPILE, "mode", None)
     module = OnPolicyDistillationModule(
         student=tiny_gpt(), teacher=tiny_gpt(n_layer=1), lmbda=1.0, max_new_tokens=8, val_sample_nll=True, fast=True,
+        allow_untrained_teacher=True,
     )  # fmt: skip
     data = PromptDataModule(prompt_chars=20, response_chars=16, seq_len=48, batch_size=4, max_prompts=24)
     trainer = Trainer(

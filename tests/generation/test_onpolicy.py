@@ -38,7 +38,14 @@ def make(lmbda, losses=None, **kwargs):
     losses = losses or [TokenKD(divergence="jsd", beta=0.5, fused=False)]
     kwargs.setdefault("max_new_tokens", 8)
     return OnPolicyDistillationModule(
-        student=gpt(0, 16), teacher=gpt(1, 32), losses=losses, lmbda=lmbda, eos_token_id=EOS, pad_token_id=PAD, **kwargs
+        student=gpt(0, 16),
+        teacher=gpt(1, 32),
+        losses=losses,
+        lmbda=lmbda,
+        eos_token_id=EOS,
+        pad_token_id=PAD,
+        allow_untrained_teacher=True,  # random GPTs: the tests check the mechanics
+        **kwargs,
     )
 
 
@@ -83,6 +90,7 @@ def test_lambda_zero_equals_the_off_policy_loss_exactly(monkeypatch):
         student=copy.deepcopy(ours.student),
         teacher=copy.deepcopy(ours.teacher),
         losses=[TokenKD(divergence="jsd", beta=0.5, fused=False)],
+        allow_untrained_teacher=True,
     )
     batch = batch_of()
     for idx in range(4):

@@ -23,7 +23,7 @@ def loader(images=True, n=24):
 
 def cnn_module(losses, seed=0):
     torch.manual_seed(seed)
-    return DistillationModule(SmallCNN(1, [4, 8]), SmallCNN(1, [6, 12]), losses=losses)
+    return DistillationModule(SmallCNN(1, [4, 8]), SmallCNN(1, [6, 12]), losses=losses, allow_untrained_teacher=True)
 
 
 def fit(module, tmp_path, images=True, steps=3):
@@ -135,7 +135,7 @@ def test_mismatch_without_adapter_names_the_option(tmp_path):
 def test_linear_adapters_for_flat_features_and_a_weighted_layer_mapping(tmp_path):
     torch.manual_seed(0)
     loss = HintLoss(["body.1", "head"], ["body.3", "body.1"], layer_weights=[0.5, 2.0])
-    module = DistillationModule(MLP(64, [16], 10), MLP(64, [32, 10], 10), losses=[loss])
+    module = DistillationModule(MLP(64, [16], 10), MLP(64, [32, 10], 10), losses=[loss], allow_untrained_teacher=True)
     fit(module, tmp_path, images=False, steps=1)
     assert [(a.in_features, a.out_features) for a in loss.adapters.values()] == [(16, 10), (10, 32)]
     s = ModelOutput(features={"body.1": torch.randn(3, 16), "head": torch.randn(3, 10)})

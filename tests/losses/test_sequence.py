@@ -199,7 +199,9 @@ def test_module_trains_through_the_fused_path(tmp_path):
     from tests.helpers import trainer
 
     student, teacher = gpts()
-    module = DistillationModule(student=student, teacher=teacher, losses=[TokenKD(lm_weight=0.5)])
+    module = DistillationModule(
+        student=student, teacher=teacher, losses=[TokenKD(lm_weight=0.5)], allow_untrained_teacher=True
+    )
     assert module._use_hidden()
     ids = torch.randint(0, 258, (8, 12))
     data = DataLoader([{"input_ids": row, "labels": row} for row in ids], batch_size=4)
@@ -228,6 +230,40 @@ def test_token_kd_reads_a_topk_teacher_cache():
             log_q = torch.log_softmax(s[b, pos].double() / 2.0, -1)[indices[b, pos]]
             rows.append(4.0 * float((p * (p.log() - log_q)).sum()))
     assert got.item() == pytest.approx(sum(rows) / len(rows), rel=1e-5)
+
+
+@pytest.mark.parametrize("how", ["vocab_size", "check_models"])
+def test_token_kd_slices_a_padded_student_against_a_topk_teacher(how):
+    """A student padded beyond the tokenizer (4 extra rows, here made likely) is compared on the real tokens
+    only, whether the size is given (vocab_size) or learnt before training (check_models: from a cache manifest)."""
+    torch.manual_seed(0)
+    v = 10
+    s, t = torch.randn(2, 6, v + 4), torch.randn(2, 6, v)
+    s[..., v:] += 3
+    ids = torch.randint(0, v, (2, 6))
+    values, indices = t.topk(4, -1)
+    teacher = ModelOutput(extra={"topk_values": values, "topk_indices": indices})
+    batch = {"input_ids": ids, "labels": ids}
+    if how == "vocab_size":
+        kd = TokenKD(vocab_size=v)
+    else:
+        kd = TokenKD()
+        kd.check_models(GPT(vocab_size=v + 4, tokenizer_id="tok"), _Declared(tokenizer_id="tok", num_logits=v))
+    rows = []
+    for b in range(2):
+        for pos in range(5):
+            p = torch.softmax(values[b, pos].double(), -1)
+            log_q = torch.log_softmax(s[b, pos, :v].double(), -1)[indices[b, pos]]
+            rows.append(float((p * (p.log() - log_q)).sum()))
+    assert kd(ModelOutput(logits=s), teacher, batch).item() == pytest.approx(sum(rows) / len(rows), rel=1e-5)
+
+
+class _Declared(torch.nn.Module):
+    """A model that only declares its tokenizer and logits width (like a cache stand-in after setup)."""
+
+    def __init__(self, **attrs):
+        super().__init__()
+        self.__dict__.update(attrs)
 
 
 def test_dkd_refuses_a_topk_only_teacher():

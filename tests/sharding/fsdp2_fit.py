@@ -27,6 +27,7 @@ def gpt(width: int, seed: int) -> GPT:
 
 def module(student_seed: int = 0, **kwargs) -> DistillationModule:
     kwargs.setdefault("losses", [TokenKD(lm_weight=0.5)])  # fused path: hidden states + LM heads
+    kwargs.setdefault("allow_untrained_teacher", True)  # random GPTs: the tests compare sharded with unsharded
     return DistillationModule(student=gpt(16, student_seed), teacher=gpt(32, 100), **kwargs)
 
 
