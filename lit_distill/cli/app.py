@@ -31,6 +31,7 @@ class DistillCLI(LightningCLI):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         kwargs.setdefault("save_config_callback", RunConfig)
+        quiet_lightning()
         super().__init__(*args, **kwargs)
 
     def init_parser(self, **kwargs: Any) -> LightningArgumentParser:
@@ -110,7 +111,6 @@ class _NoTips(logging.Filter):
 
 def run(args: list[str]) -> None:
     """Run ``lit-distill`` with ``args`` (errors propagate; ``main`` reports them)."""
-    quiet_lightning()
     DistillCLI(
         DistillationModule,
         LightningDataModule,

@@ -342,6 +342,10 @@ def _source(keys: list[str], argv: list[str]) -> str:
     flags = [plain(a.lstrip("-").split("=")[0]) for a in argv if a.startswith("--") and not a.startswith("--config")]
     if any(dotted == f or dotted.startswith(f + ".") or f.startswith(dotted + ".") for f in flags):
         return "command line"
+    if dotted.startswith("model.losses.") and any(
+        f.startswith("loss.") and f.rsplit(".", 1)[-1] == dotted.rsplit(".", 1)[-1] for f in flags
+    ):
+        return "command line"  # set by --loss.NAME.ARG
     files = [argv[i + 1] for i, a in enumerate(argv[:-1]) if a in ("-c", "--config")]
     files += [a.split("=", 1)[1] for a in argv if a.startswith("--config=")]
     for file in reversed(files):

@@ -20,6 +20,8 @@ from typing import Any
 
 import yaml
 
+from lit_distill.cli.errors import ConfigError
+
 _FLAG = re.compile(
     r"^--(?:loss|model\.(?:init_args\.)?losses)\.([^.=\s]+)\.(?:init_args\.)?([^.=\s]+)(?:=(.*))?$", re.S
 )
@@ -50,7 +52,7 @@ def split_loss_overrides(args: list[str]) -> tuple[list[str], list[LossOverride]
         flag = f"--loss.{target}.{arg}"
         if value is None:
             if i + 1 >= len(args):
-                raise ValueError(f"{flag} needs a value, e.g. {flag} 2")
+                raise ConfigError(f"{flag} needs a value, e.g. {flag} 2")
             value, i = args[i + 1], i + 1
         found.append(LossOverride(flag, target, arg, yaml.safe_load(value)))
         i += 1
@@ -72,7 +74,7 @@ def loss_name(entry: dict[str, Any]) -> str:
 def apply_loss_overrides(losses: list[dict[str, Any]] | None, overrides: list[LossOverride]) -> list[dict[str, Any]]:
     """A copy of ``losses`` with every override applied; a wrong name, position or argument is refused."""
     if not losses:
-        raise ValueError(
+        raise ConfigError(
             f"{overrides[0].flag}: this recipe lists no losses (model.init_args.losses), so there is none to "
             "change; write the list in the YAML first."
         )
@@ -85,7 +87,7 @@ def apply_loss_overrides(losses: list[dict[str, Any]] | None, overrides: list[Lo
         if accepted is not None and override.arg not in accepted:
             close = difflib.get_close_matches(override.arg, accepted, n=1)
             hint = f"did you mean {close[0]!r}? " if close else ""
-            raise ValueError(
+            raise ConfigError(
                 f"{override.flag}: {entry['class_path'].rsplit('.', 1)[-1]} (loss {names[index]!r}) has no "
                 f"argument {override.arg!r}; {hint}its arguments: {', '.join(accepted)}."
             )
@@ -100,13 +102,13 @@ def _position(override: LossOverride, names: list[str], losses: list[dict[str, A
     if override.target.isdigit():
         if int(override.target) < len(losses):
             return int(override.target)
-        raise ValueError(f"{override.flag}: the recipe has {len(losses)} loss(es), no position {override.target}; "
+        raise ConfigError(f"{override.flag}: the recipe has {len(losses)} loss(es), no position {override.target}; "
                          f"they are {listed}.")  # fmt: skip
     if override.target in names:
         return names.index(override.target)
     close = difflib.get_close_matches(override.target, names, n=1)
     hint = f"did you mean {close[0]!r}? " if close else ""
-    raise ValueError(f"{override.flag}: no loss is named {override.target!r}; {hint}the recipe's losses are {listed}.")
+    raise ConfigError(f"{override.flag}: no loss is named {override.target!r}; {hint}the recipe's losses are {listed}.")
 
 
 def _arguments(class_path: str) -> list[str] | None:
