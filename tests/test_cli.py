@@ -11,8 +11,11 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
+from lightning.pytorch import LightningDataModule
 
 from lit_distill.cli import main
+from lit_distill.module import DistillationModule
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = sorted(p.relative_to(ROOT).as_posix() for p in (ROOT / "configs").rglob("*.yaml"))
@@ -199,3 +202,37 @@ def test_validate_and_test_from_a_checkpoint_use_the_recipe(workdir, monkeypatch
     for command in ("validate", "test"):
         main([command, *recipe, f"--ckpt_path={ckpt}", *FAST])
     assert "student_acc" in capsys.readouterr().out
+
+
+def readme_block(first_line: str) -> str:
+    """The README code block whose first line is ``first_line``."""
+    blocks = re.findall(r"```\w*\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
+    found = [b for b in blocks if b.splitlines()[0].strip() == first_line]
+    assert len(found) == 1, f"README has {len(found)} blocks starting with {first_line!r}"
+    return found[0]
+
+
+def test_readme_custom_strategy_runs_from_yaml_and_from_the_command_line(workdir, tmp_path, monkeypatch):
+    """The README's complete custom strategy, as written, used by class_path from YAML and from the shell."""
+    from lit_distill.cli import DistillCLI
+
+    (tmp_path / "mylosses.py").write_text(readme_block("# mylosses.py"))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.chdir(workdir)
+    recipe = yaml.safe_load((ROOT / "configs" / "quickstart.yaml").read_text())
+    recipe["model"]["init_args"].update(yaml.safe_load(readme_block("losses:")))
+    (tmp_path / "my_recipe.yaml").write_text(yaml.safe_dump(recipe))
+    fast = ["--trainer.fast_dev_run=true", *FAST]
+    runs = [
+        ["--config", str(tmp_path / "my_recipe.yaml"), "--loss.confident_kd.temperature", "2"],
+        ["--config", "configs/quickstart.yaml", "--model.init_args.losses+=mylosses.ConfidentKD"],
+    ]
+    for args in runs:
+        cli = DistillCLI(
+            DistillationModule, LightningDataModule, subclass_mode_model=True, subclass_mode_data=True,
+            auto_configure_optimizers=False, args=["fit", *args, *fast],
+        )  # fmt: skip
+        loss = cli.model.losses[[type(x).__name__ for x in cli.model.losses].index("ConfidentKD")]
+        assert loss.name == "confident_kd" and loss.temperature == (2.0 if "--loss" in " ".join(args) else 4.0)
+        value = float(cli.trainer.callback_metrics["val/confident_kd"])
+        assert 0.0 < value < float("inf")

@@ -42,7 +42,8 @@ class DistillCLI(LightningCLI):
             return super().parse_arguments(parser, args)
         args, overrides = split_loss_overrides(list(args))
         VALID_KEYS[:] = _option_names(parser)
-        self.config = parser.parse_args(args)
+        # --print_config prints (and exits) while parsing: keep it for the parse that has the overrides applied.
+        self.config = parser.parse_args([a for a in args if not a.startswith("--print_config")] if overrides else args)
         if overrides:
             section = self.config.get(self.config.get("subcommand") or "", self.config)
             model = section.get("model")
