@@ -1,26 +1,21 @@
 """Every error that reaches ``lit-distill`` becomes one line naming the cause, then its details.
 
-jsonargparse reports a config mistake as a tree: the usage, every Union alternative tried, the whole
-given value, and the cause last, several levels deep. :func:`parse_error` walks that tree to the
-innermost cause and says it with the YAML key, the file and the closest valid names. Other errors
+Config mistakes found by jsonargparse are retold by :mod:`lit_distill.cli.parse_errors`; other errors
 print their own message (lit-distill's checks are written to be read); ``-v`` adds the traceback.
 """
 
 from __future__ import annotations
 
 import argparse
-import ast
 import difflib
-import inspect
-import re
 import sys
 import traceback
-from dataclasses import dataclass, field
-from importlib import import_module
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+from lit_distill.cli.parse_errors import config_files, parse_error
 
 PACKAGE_DIR = str(Path(__file__).resolve().parents[1])
 HINT = "(add -v, or set LIT_DISTILL_TRACEBACK=1, for the full traceback)"
@@ -49,7 +44,10 @@ def report(err: BaseException, argv: list[str], verbose: bool, valid_keys: list[
 def describe(err: BaseException, argv: list[str], valid_keys: list[str]) -> list[str]:
     """The lines to print for ``err``: the cause first."""
     if isinstance(err, argparse.ArgumentError):
-        return parse_error(str(err), argv, valid_keys)
+        try:
+            return parse_error(str(err), argv, valid_keys)
+        except Exception:  # a message shape not seen before: jsonargparse's own words, never a crash here
+            return [line for line in str(err).splitlines() if line.strip()] or [repr(err)]
     cause = our_error(err) or err
     message = cause.args[0] if isinstance(cause, KeyError) and cause.args else str(cause)
     lines = [line for line in str(message).splitlines() if line.strip()] or [repr(cause)]
@@ -74,13 +72,7 @@ def our_error(err: BaseException) -> BaseException | None:
 # ------------------------------------------------------------------------ config files, before parsing
 def check_config_files(argv: list[str]) -> None:
     """Refuse a missing, empty or malformed ``--config`` file, naming it (jsonargparse names neither)."""
-    for i, arg in enumerate(argv):
-        if arg in ("-c", "--config") and i + 1 < len(argv):
-            path = argv[i + 1]
-        elif arg.startswith("--config="):
-            path = arg.split("=", 1)[1]
-        else:
-            continue
+    for path in config_files(argv):
         file = Path(path)
         if not file.is_file():
             raise ConfigError(f"config file {path!r} does not exist; {_close_recipe(path)}")
@@ -107,252 +99,3 @@ def _close_recipe(path: str) -> str:
     known = [p.as_posix() for p in Path("configs").rglob("*.yaml")] if Path("configs").is_dir() else []
     close = difflib.get_close_matches(path, known, n=1, cutoff=0.7)
     return f"did you mean {close[0]}?" if close else "the recipes are under configs/ (run from the repository root)"
-
-
-# ------------------------------------------------------------------------ jsonargparse's message tree
-@dataclass
-class _Node:
-    text: str
-    indent: int
-    children: list[_Node] = field(default_factory=list)
-
-
-@dataclass
-class _Class:
-    """A ``class_path`` on the way down the tree; ``index`` is its position when it sits in a list."""
-
-    class_path: str
-    index: int | None = None
-
-
-@dataclass
-class _Cause:
-    path: list[str | _Class]
-    text: str
-    given: Any = None
-
-
-def _tree(message: str) -> list[_Node]:
-    root = _Node("", -1)
-    stack = [root]
-    for raw in message.splitlines():
-        if not raw.strip():
-            continue
-        indent = len(raw) - len(raw.lstrip())
-        text = raw.strip()
-        if text.startswith("- "):
-            indent, text = indent + 2, text[2:]
-        while stack[-1].indent >= indent:
-            stack.pop()
-        node = _Node(text, indent)
-        stack[-1].children.append(node)
-        stack.append(node)
-    return root.children
-
-
-_NOISE = ("Does not validate", "Subtypes:", "Given value type:", "Given value:")
-_NONE = re.compile(r"Expected a <class 'NoneType'>")
-
-
-def _given(nodes: list[_Node]) -> Any:
-    for node in nodes:
-        if node.text.startswith("Given value:"):
-            try:
-                return ast.literal_eval(node.text.removeprefix("Given value:").strip())
-            except (ValueError, SyntaxError):
-                return node.text.removeprefix("Given value:").strip()
-    return None
-
-
-def _index_in(given: Any, class_path: str) -> int | None:
-    if isinstance(given, list):
-        for i, item in enumerate(given):
-            if isinstance(item, dict) and item.get("class_path") == class_path:
-                return i
-    return None
-
-
-def _cause(nodes: list[_Node], path: list[str | _Class], given: Any = None) -> _Cause | None:
-    given = _given(nodes) if _given(nodes) is not None else given
-    for node in nodes:
-        text = node.text
-        key = re.match(r'Parser key "([^"]+)":\s*(.*)', text)
-        cls = re.match(r"Problem with given class_path '([^']+)':\s*(.*)", text)
-        if key or cls:
-            step = key.group(1) if key else _Class(cls.group(1), _index_in(given, cls.group(1)))
-            rest = (key or cls).group(2)
-            if rest:
-                return _Cause([*path, step], rest, given)
-            found = _cause(node.children, [*path, step], given)
-            if found is not None:
-                return found
-        elif text == "Errors:":
-            options = [c for c in node.children if not _NONE.match(c.text)]
-            if options and all(c.text.startswith("Expected a ") and not c.children for c in options):
-                return _Cause(path, " | ".join(c.text for c in options), given)
-            for option in options:
-                found = _cause([option], path, given)
-                if found is not None:
-                    return found
-        elif not text.startswith(_NOISE) and not _NONE.match(text):
-            return _Cause(path, " ".join([text, *(c.text for c in node.children)]), given)
-    return None
-
-
-def parse_error(message: str, argv: list[str], valid_keys: list[str]) -> list[str]:
-    """The cause of a jsonargparse error, first line: ``<file>: <key>: <problem>; did you mean ...``."""
-    details = [line for line in message.splitlines() if line.strip()]
-    cause = _cause(_tree(message), [])
-    if cause is None:
-        return details
-    keys, context = _key_path(cause.path)
-    key, problem = _explain(cause, context, valid_keys)
-    keys += [key] if key else []
-    where = _source(keys, argv) if keys else ""
-    return [": ".join(part for part in (where, ".".join(keys), problem) if part)]
-
-
-def _key_path(path: list[str | _Class]) -> tuple[list[str], _Class | None]:
-    parts: list[str] = []
-    context = None
-    for step in path:
-        if isinstance(step, _Class):
-            if step.index is not None and parts:
-                parts[-1] += f"[{step.index}]"
-            parts.append("init_args")
-            context = step
-        else:
-            parts.append(step)
-    if parts and parts[-1] == "init_args":
-        parts.pop()
-    return parts, context
-
-
-def _explain(cause: _Cause, context: _Class | None, valid_keys: list[str]) -> tuple[str | None, str]:
-    """``(key to append to the path, what is wrong)`` for the innermost message of the tree."""
-    text = cause.text
-    owner = context.class_path.rsplit(".", 1)[-1] if context else None
-    m = re.match(r"module '([\w.]+)' has no attribute '(\w+)'", text)
-    if m and context is not None:
-        return "class_path", _missing_class(context.class_path, m.group(1), m.group(2))
-    m = re.match(r"No module named '([\w.]+)'", text)
-    if m and context is not None:
-        return "class_path", (
-            f"{context.class_path!r}: no module named {m.group(1)!r} (a class of your own must be importable: "
-            "install its package, or run with its folder on PYTHONPATH, e.g. PYTHONPATH=. lit-distill ...)"
-        )
-    m = re.match(r"Expected a path but (\S+) either not accessible or invalid", text)
-    if m:
-        module, _, name = m.group(1).rpartition(".")
-        return None, _missing_class(m.group(1), module, name)
-    m = re.match(r"Option '(\w+)' is not accepted", text)
-    if m and context is not None:
-        return ("init_args." if cause.path and isinstance(cause.path[-1], _Class) else "") + m.group(1), (
-            _unknown_argument(context.class_path, m.group(1))
-        )
-    m = re.match(r"the following arguments are required: (.*)", text)
-    if m:
-        names = [n.split(".")[-1] for n in m.group(1).split(", ")]
-        if owner is None and set(names) <= {"model", "data"}:
-            return (
-                None,
-                f"no {' and no '.join(names)} given: name a recipe with --config (e.g. configs/quickstart.yaml)",
-            )
-        return "init_args." + names[0] if len(names) == 1 else None, (
-            f"not given, and {owner or 'it'} requires {', '.join(names)}"
-        )
-    m = re.match(r"Subcommand '\w+' does not accept option '(\S+)'", text) or re.match(
-        r"unrecognized arguments: (.*)", text
-    )
-    if m:
-        option = m.group(1).split()[0].lstrip("-").split("=")[0]
-        hint = _did_you_mean(option, valid_keys)
-        return option, "unknown option" + (f"; {hint}" if hint else "; see lit-distill fit --help-full")
-    m = re.match(r"argument subcommand: invalid choice: '(\S+)' \(choose from (.*)\)", text)
-    if m:
-        choices = [c.strip(" '") for c in m.group(2).split(",")]
-        hint = _did_you_mean(m.group(1), choices)
-        return None, f"unknown subcommand {m.group(1)!r}" + (f"; {hint}" if hint else "") + f" ({', '.join(choices)})"
-    if text.startswith("Expected a "):
-        return None, _wrong_value(text, cause.given) + (f" ({owner})" if owner else "")
-    return None, text
-
-
-def _did_you_mean(word: str, choices: list[str], prefix: str = "") -> str:
-    """``did you mean 'X'?`` for the closest of ``choices`` (case-insensitive), or ``""``."""
-    lowered = {c.lower(): c for c in choices}
-    close = difflib.get_close_matches(word.lower(), list(lowered), n=1, cutoff=0.6)
-    return f"did you mean {prefix + lowered[close[0]]!r}?" if close else ""
-
-
-def _missing_class(class_path: str, module: str, name: str) -> str:
-    try:
-        names = [n for n in dir(import_module(module)) if not n.startswith("_") and n[:1].isupper()]
-    except ImportError:
-        return f"{class_path!r} does not exist: no module {module!r}"
-    hint = _did_you_mean(name, names, prefix=f"{module}.") or f"it has {', '.join(sorted(names)[:12])}"
-    return f"{class_path!r} does not exist ({module} has no {name!r}); {hint}"
-
-
-def _unknown_argument(class_path: str, option: str) -> str:
-    module, _, name = class_path.rpartition(".")
-    try:
-        params = [p for p in inspect.signature(getattr(import_module(module), name)).parameters if p != "self"]
-    except (ImportError, AttributeError, TypeError, ValueError):
-        params = []
-    hint = _did_you_mean(option, params)
-    return (
-        f"{name} has no argument {option!r}"
-        + (f"; {hint}" if hint else "")
-        + (f" (its arguments: {', '.join(params)})" if params else "")
-    )
-
-
-def _wrong_value(text: str, given: Any) -> str:
-    allowed: list[str] = []
-    for part in text.split(" | "):
-        m = re.match(r"Expected a (?:typing\.)?Literal\[(.*)\](?:\. Got value: (.*))?", part)
-        if m:
-            allowed += [repr(v) for v in ast.literal_eval(f"[{m.group(1)}]")]
-            given = m.group(2) if m.group(2) is not None else given
-            continue
-        m = re.match(r"Expected a <class '(\w+)'>(?:\. Got value: (.*))?", part) or re.match(
-            r"Expected a (.*?)(?:\. Got value: (.*))?$", part
-        )
-        allowed.append(m.group(1))
-        given = m.group(2) if m.group(2) is not None else given
-    unique: dict[str, str] = {}
-    for choice in allowed:
-        unique.setdefault(choice.strip("'"), choice)  # 64 and '64' once
-    allowed = list(unique.values())
-    hint = _did_you_mean(str(given), [a.strip("'") for a in allowed]) if isinstance(given, str) else ""
-    hint = f"; {hint}" if hint else ""
-    if len(allowed) == 1:
-        return f"expected {allowed[0]}, got {given!r}{hint}"
-    return f"{given!r} is not one of {', '.join(allowed)}{hint}"
-
-
-def _source(keys: list[str], argv: list[str]) -> str:
-    """Where the offending value came from: the command line, or the last --config file that sets it."""
-
-    def plain(key: str) -> str:
-        return re.sub(r"\[\d+\]", "", key.replace("init_args.", ""))
-
-    dotted = plain(".".join(keys))
-    flags = [plain(a.lstrip("-").split("=")[0]) for a in argv if a.startswith("--") and not a.startswith("--config")]
-    if any(dotted == f or dotted.startswith(f + ".") or f.startswith(dotted + ".") for f in flags):
-        return "command line"
-    if dotted.startswith("model.losses.") and any(
-        f.startswith("loss.") and f.rsplit(".", 1)[-1] == dotted.rsplit(".", 1)[-1] for f in flags
-    ):
-        return "command line"  # set by --loss.NAME.ARG
-    files = [argv[i + 1] for i, a in enumerate(argv[:-1]) if a in ("-c", "--config")]
-    files += [a.split("=", 1)[1] for a in argv if a.startswith("--config=")]
-    for file in reversed(files):
-        try:
-            data = yaml.safe_load(Path(file).read_text(encoding="utf-8")) or {}
-        except (OSError, yaml.YAMLError):
-            continue
-        if isinstance(data, dict) and dotted.split(".")[0] in data:
-            return file
-    return "command line" if any(f.split(".")[0] == dotted.split(".")[0] for f in flags) else ""

@@ -42,6 +42,11 @@ def test_csv_logger_receives_the_resolved_config_and_parameter_counts(tmp_path, 
     saved = yaml.safe_load((run / "config.yaml").read_text())
     assert saved["model"]["init_args"]["losses"][0]["init_args"]["weight"] == 0.5
     assert not (tmp_path / "config.yaml").exists()  # never into the working directory
+    main(
+        ["fit", "--config", "configs/digits/no_kd.yaml", "--trainer.max_epochs=1", "--trainer.limit_train_batches=1",
+         "--trainer.limit_val_batches=0", "--trainer.logger=false", "--trainer.enable_checkpointing=false"]
+    )  # fmt: skip
+    assert not (tmp_path / "config.yaml").exists()  # no per-run folder, so no config file
 
 
 def test_flat_config_names_keys_like_the_flags_that_set_them():
