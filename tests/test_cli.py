@@ -12,10 +12,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from lightning.pytorch import LightningDataModule
 
 from lit_distill.cli import main
-from lit_distill.module import DistillationModule
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = sorted(p.relative_to(ROOT).as_posix() for p in (ROOT / "configs").rglob("*.yaml"))
@@ -214,7 +212,7 @@ def readme_block(first_line: str) -> str:
 
 def test_readme_custom_strategy_runs_from_yaml_and_from_the_command_line(workdir, tmp_path, monkeypatch):
     """The README's complete custom strategy, as written, used by class_path from YAML and from the shell."""
-    from lit_distill.cli import DistillCLI
+    from lit_distill.cli.app import build
 
     (tmp_path / "mylosses.py").write_text(readme_block("# mylosses.py"))
     monkeypatch.syspath_prepend(str(tmp_path))
@@ -228,10 +226,7 @@ def test_readme_custom_strategy_runs_from_yaml_and_from_the_command_line(workdir
         ["--config", "configs/quickstart.yaml", "--model.init_args.losses+=mylosses.ConfidentKD"],
     ]
     for args in runs:
-        cli = DistillCLI(
-            DistillationModule, LightningDataModule, subclass_mode_model=True, subclass_mode_data=True,
-            auto_configure_optimizers=False, args=["fit", *args, *fast],
-        )  # fmt: skip
+        cli = build(["fit", *args, *fast])
         loss = cli.model.losses[[type(x).__name__ for x in cli.model.losses].index("ConfidentKD")]
         assert loss.name == "confident_kd" and loss.temperature == (2.0 if "--loss" in " ".join(args) else 4.0)
         value = float(cli.trainer.callback_metrics["val/confident_kd"])

@@ -110,13 +110,25 @@ class _NoTips(logging.Filter):
         return not str(record.msg).startswith("💡 Tip")
 
 
-def run(args: list[str]) -> None:
-    """Run ``lit-distill`` with ``args`` (errors propagate; ``main`` reports them)."""
-    DistillCLI(
+def build(args: list[str], **kwargs: Any) -> DistillCLI:
+    """The CLI as ``lit-distill`` builds it for ``args``; ``kwargs`` go to LightningCLI (e.g. ``run=False``).
+
+    Example:
+        >>> cli = build(["--config", "configs/digits/no_kd.yaml"], run=False)  # doctest: +SKIP
+        >>> cli.model.losses[0].name  # doctest: +SKIP
+        'ce'
+    """
+    return DistillCLI(
         DistillationModule,
         LightningDataModule,
         subclass_mode_model=True,
         subclass_mode_data=True,
-        args=args,
         auto_configure_optimizers=False,
+        args=args,
+        **kwargs,
     )
+
+
+def run(args: list[str]) -> None:
+    """Run ``lit-distill`` with ``args`` (errors propagate; ``main`` reports them)."""
+    build(args)

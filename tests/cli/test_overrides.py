@@ -3,28 +3,17 @@
 from pathlib import Path
 
 import pytest
-from lightning.pytorch import LightningDataModule
 
-from lit_distill.cli.app import DistillCLI
+from lit_distill.cli.app import build
 from lit_distill.cli.errors import ConfigError
 from lit_distill.cli.overrides import apply_loss_overrides, split_loss_overrides
-from lit_distill.module import DistillationModule
 
 ROOT = Path(__file__).resolve().parents[2]
 RECIPE = ["--config", str(ROOT / "configs" / "digits" / "combined.yaml"), "--model.init_args.teacher_checkpoint=null"]
 
 
 def built_losses(*overrides: str):
-    cli = DistillCLI(
-        DistillationModule,
-        LightningDataModule,
-        subclass_mode_model=True,
-        subclass_mode_data=True,
-        run=False,
-        save_config_callback=None,
-        auto_configure_optimizers=False,
-        args=[*RECIPE, "--trainer.logger=false", *overrides],
-    )
+    cli = build([*RECIPE, "--trainer.logger=false", *overrides], run=False, save_config_callback=None)
     return {loss.name: loss for loss in cli.model.losses}
 
 
@@ -56,11 +45,8 @@ def test_override_by_a_name_the_recipe_gives(tmp_path):
     recipe = tmp_path / "named.yaml"
     text = (ROOT / "configs" / "quickstart.yaml").read_text()
     recipe.write_text(text.replace("init_args: {weight: 0.1}", "init_args: {weight: 0.1, name: hard}"))
-    cli = DistillCLI(
-        DistillationModule, LightningDataModule, subclass_mode_model=True, subclass_mode_data=True, run=False,
-        save_config_callback=None, auto_configure_optimizers=False,
-        args=["--config", str(recipe), "--model.init_args.teacher_checkpoint=null", "--loss.hard.weight=0.7"],
-    )  # fmt: skip
+    args = ["--config", str(recipe), "--model.init_args.teacher_checkpoint=null", "--loss.hard.weight=0.7"]
+    cli = build([*args, "--trainer.logger=false"], run=False, save_config_callback=None)
     assert [(loss.name, loss.weight) for loss in cli.model.losses] == [("logit_kd", 0.9), ("hard", 0.7)]
 
 
