@@ -45,6 +45,7 @@ class _Cause:
     path: list[str | _Class]
     text: str
     given: Any = None
+    message: str = ""  # the whole message, for what a sibling branch says
 
 
 def _tree(message: str) -> list[_Node]:
@@ -121,6 +122,7 @@ def parse_error(message: str, argv: list[str], valid_keys: list[str]) -> list[st
     cause = _cause(_tree(message), [])
     if cause is None:
         return details
+    cause.message = message
     keys, context = _key_path(cause.path)
     key, problem = _explain(cause, context, valid_keys)
     keys += [key] if key else []
@@ -159,8 +161,15 @@ def _explain(cause: _Cause, context: _Class | None, valid_keys: list[str]) -> tu
         )
     m = re.match(r"Expected a path but (\S+) either not accessible or invalid", text)
     if m:
+        base = re.search(r"does not correspond to a subclass of (\w+)", cause.message)
         module, _, name = m.group(1).rpartition(".")
+        if base and _exists(module, name):
+            return None, f"{m.group(1)!r} is not a {base.group(1)}; give a {base.group(1)} or a subclass of it"
         return None, _missing_class(m.group(1), module, name)
+    m = re.match(r"Import path (\S+ )?does not correspond to a subclass of (\w+)", text)
+    if m:
+        given = (m.group(1) or "").strip() or (context.class_path if context else "it")
+        return None, f"{given!r} is not a {m.group(2)}; give a {m.group(2)} or a subclass of it"
     m = re.match(r"Option '(\w+)' is not accepted", text)
     if m and context is not None:
         return ("init_args." if cause.path and isinstance(cause.path[-1], _Class) else "") + m.group(1), (
@@ -181,8 +190,8 @@ def _explain(cause: _Cause, context: _Class | None, valid_keys: list[str]) -> tu
         r"unrecognized arguments: (.*)", text
     )
     if m:
-        option = m.group(1).split()[0].lstrip("-").split("=")[0]
-        hint = _did_you_mean(option, valid_keys)
+        option, known = _unknown_part(m.group(1).split()[0].lstrip("-").split("=")[0], valid_keys)
+        hint = _did_you_mean(option, known)
         return option, "unknown option" + (f"; {hint}" if hint else "; see lit-distill fit --help-full")
     m = re.match(r"argument subcommand: invalid choice: '(\S+)' \(choose from (.*)\)", text)
     if m:
@@ -192,6 +201,23 @@ def _explain(cause: _Cause, context: _Class | None, valid_keys: list[str]) -> tu
     if text.startswith("Expected a "):
         return None, _wrong_value(text, cause.given) + (f" ({owner})" if owner else "")
     return None, text
+
+
+def _unknown_part(option: str, valid_keys: list[str]) -> tuple[str, list[str]]:
+    """The shortest prefix of ``option`` that no valid key has, and the valid keys at that depth."""
+    parts = option.split(".")
+    for depth in range(1, len(parts) + 1):
+        prefix = ".".join(parts[:depth])
+        if not any(k == prefix or k.startswith(prefix + ".") for k in valid_keys):
+            return prefix, sorted({".".join(k.split(".")[:depth]) for k in valid_keys})
+    return option, valid_keys
+
+
+def _exists(module: str, name: str) -> bool:
+    try:
+        return hasattr(import_module(module), name)
+    except ImportError:
+        return False
 
 
 def _did_you_mean(word: str, choices: list[str], prefix: str = "") -> str:

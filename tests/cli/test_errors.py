@@ -61,6 +61,15 @@ MISTAKES = {
         lambda: edited("e.yaml", "max_epochs: 100", "max_epcohs: 100"),
         "e.yaml: trainer.max_epcohs: unknown option; did you mean 'trainer.max_epochs'?",
     ),
+    "misspelled section in YAML": (
+        lambda: edited("m.yaml", "\nmodel:", "\nmodle:"),
+        "m.yaml: modle: unknown option; did you mean 'model'?",
+    ),
+    "model of the wrong class": (
+        lambda: [*Q, "--model", "lit_distill.models.MLP"],
+        "command line: model: 'lit_distill.models.MLP' is not a DistillationModule; give a DistillationModule or a "
+        "subclass of it",
+    ),
     "empty YAML": (lambda: (Path("f.yaml").write_text(""), ["fit", "--config", "f.yaml"])[1], "f.yaml is empty"),
     "YAML syntax error": (
         lambda: (Path("g.yaml").write_text("trainer:\n  max_epochs: [1\nmodel: x\n"), ["fit", "-c", "g.yaml"])[1],
