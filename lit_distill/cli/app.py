@@ -13,7 +13,7 @@ from lightning.pytorch.callbacks import Callback, ProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from lit_distill.cli.overrides import apply_loss_overrides, split_loss_overrides
-from lit_distill.cli.run_config import RunConfig, discard_unstarted_run, run_folder_logger
+from lit_distill.cli.run_config import RunConfig, batches_done, discard_unstarted_run, run_folder_logger
 from lit_distill.module import DistillationModule
 
 #: Option names of the parsers built last (for "did you mean" on an unknown option).
@@ -38,7 +38,7 @@ class DistillCLI(LightningCLI):
         return super().init_parser(**{**kwargs, "exit_on_error": False})
 
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
-        if isinstance(args, (dict, type(None))) or not isinstance(args, list):
+        if not isinstance(args, list):  # sys.argv or a dict: nothing of ours to take out
             return super().parse_arguments(parser, args)
         args, overrides = split_loss_overrides(list(args))
         VALID_KEYS[:] = _option_names(parser)
@@ -73,8 +73,7 @@ class DistillCLI(LightningCLI):
         try:
             super()._run_subcommand(subcommand)
         except BaseException:
-            started = any(getattr(c, "started", False) for c in self.trainer.callbacks if isinstance(c, RunConfig))
-            if created and not started and self.trainer.is_global_zero:
+            if created and not batches_done(self.trainer) and self.trainer.is_global_zero:
                 discard_unstarted_run(folder, created)
             raise
 

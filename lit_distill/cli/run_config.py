@@ -24,15 +24,10 @@ class RunConfig(SaveConfigCallback):
     stage instead, into the run folder of a CSV or TensorBoard logger (``version_N``); a run without such
     a logger writes none (its folder would not be its own). Every logger (W&B, TensorBoard, CSV) also
     receives :func:`flat_config` of the run plus the parameter counts of teacher and student, so runs can
-    be compared and swept. ``started`` turns True after the first batch; the CLI uses it to remove a run
-    folder that a failed run created before that.
+    be compared and swept.
 
     Args are those of :class:`~lightning.pytorch.cli.SaveConfigCallback`.
     """
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.started = False
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         pass  # nothing is written before the run starts
@@ -49,18 +44,6 @@ class RunConfig(SaveConfigCallback):
 
     def on_predict_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._save(trainer, pl_module)
-
-    def on_train_batch_end(self, trainer: Trainer, *args: Any) -> None:
-        self.started = True
-
-    def on_validation_batch_end(self, trainer: Trainer, *args: Any) -> None:
-        self.started = self.started or not trainer.sanity_checking
-
-    def on_test_batch_end(self, trainer: Trainer, *args: Any) -> None:
-        self.started = True
-
-    def on_predict_batch_end(self, trainer: Trainer, *args: Any) -> None:
-        self.started = True
 
     def _save(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if self.already_saved:
@@ -81,6 +64,12 @@ class RunConfig(SaveConfigCallback):
             for logger in trainer.loggers:
                 logger.log_hyperparams(values)
         self.already_saved = True
+
+
+def batches_done(trainer: Trainer) -> int:
+    """Batches the run has completed, in any stage (the sanity check's validation batches do not count)."""
+    loops = (trainer.fit_loop.epoch_loop, trainer.validate_loop, trainer.test_loop, trainer.predict_loop)
+    return sum(loop.batch_progress.total.completed for loop in loops)
 
 
 def run_folder_logger(trainer: Trainer) -> CSVLogger | TensorBoardLogger | None:

@@ -4,6 +4,7 @@ import shutil
 from pathlib import Path
 from types import SimpleNamespace
 
+import pytest
 import yaml
 
 from lit_distill.cli import main
@@ -84,3 +85,18 @@ def test_progress_bar_reads_sanely_without_max_epochs():
     assert bar._get_train_description(1).strip() == "Epoch 1"
     bar._trainer = SimpleNamespace(max_epochs=3)
     assert bar._get_train_description(1).strip() == "Epoch 1/2"
+
+
+def test_a_run_that_fails_after_its_first_step_keeps_its_folder(tmp_path, monkeypatch, capsys):
+    shutil.copytree(ROOT / "configs", tmp_path / "configs")
+    monkeypatch.chdir(tmp_path)
+    stop_on_a_missing_metric = ["--trainer.callbacks+=EarlyStopping", "--trainer.callbacks.monitor=val/nope"]
+    with pytest.raises(SystemExit):
+        main(
+            ["fit", "--config", "configs/digits/no_kd.yaml", "--trainer.max_epochs=1",
+             "--trainer.limit_train_batches=2", "--trainer.limit_val_batches=1",
+             "--trainer.check_val_every_n_epoch=1", *stop_on_a_missing_metric]
+        )  # fmt: skip
+    assert "Early stopping conditioned on metric `val/nope`" in capsys.readouterr().err
+    run = tmp_path / "lightning_logs" / "version_0"
+    assert (run / "config.yaml").is_file() and (run / "hparams.yaml").is_file()  # two steps were taken: kept
