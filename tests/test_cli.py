@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 from lit_distill.cli import main
 
@@ -110,25 +111,41 @@ def test_quickstart_end_to_end_in_a_subprocess(tmp_path):
         [*cli, "fit", "--config", "configs/quickstart.yaml"], cwd=tmp_path, env=env, capture_output=True, text=True
     )
     assert missing.returncode == 2
-    assert "Create it first with: lit-distill fit --config configs/digits/teacher.yaml" in missing.stderr
+    error = missing.stderr[missing.stderr.index("lit-distill: error:") :].splitlines()
+    assert "Create it first with: lit-distill fit --config configs/digits/teacher.yaml" in error[0]
     assert "Traceback" not in missing.stderr
     for config in ("configs/digits/teacher.yaml", "configs/quickstart.yaml"):
         run = subprocess.run(
             [*cli, "fit", "--config", config, "--trainer.max_epochs=3", "--trainer.check_val_every_n_epoch=1"],
             cwd=tmp_path,
             env=env,
-            capture_output=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,  # one stream, in the order a terminal shows it
             text=True,
             timeout=300,
         )
-        assert run.returncode == 0, run.stderr[-3000:]
-    summary = re.search(r"final validation: .*student_acc=([\d.]+)\s+teacher_acc=([\d.]+)", run.stdout)
-    assert summary, run.stdout[-2000:]
+        assert run.returncode == 0, run.stdout[-3000:]
+    lines = [line for line in run.stdout.splitlines() if line.strip()]
+    summary = re.fullmatch(
+        r"\[lit-distill\] final validation: .*student_acc=([\d.]+)\s+teacher_acc=([\d.]+).*", lines[-1]
+    )
+    assert summary, f"the summary is not the last line printed:\n{run.stdout[-2000:]}"
     assert 0.0 < float(summary.group(1)) <= 1.0 and float(summary.group(2)) > 0.8
+    for noise in ("Tip:", "tensorboardX", "log_every_n_steps", "LeafSpec", "Warning"):
+        assert noise not in run.stdout, noise
     assert list(tmp_path.glob("lightning_logs/version_*/student.safetensors"))
+    assert not (tmp_path / "config.yaml").exists()
 
 
-def test_wandb_offline_run_records_loss_terms(workdir, monkeypatch):
+def wandb_config(data: bytes) -> dict[str, str]:
+    """Config items of a W&B run file: protobuf ConfigItem, key (field 1) then value_json (field 16)."""
+    items = {}
+    for match in re.finditer(rb"\n[\x01-\x7f]([\w./-]+)\x82\x01([\x00-\x7f])", data):
+        items[match.group(1).decode()] = data[match.end() : match.end() + match.group(2)[0]].decode()
+    return items
+
+
+def test_wandb_offline_run_records_loss_terms_and_the_full_config(workdir, monkeypatch):
     monkeypatch.chdir(workdir)
     monkeypatch.setenv("WANDB_MODE", "offline")
     main(
@@ -140,6 +157,7 @@ def test_wandb_offline_run_records_loss_terms(workdir, monkeypatch):
             "--trainer.check_val_every_n_epoch=1",
             "--trainer.log_every_n_steps=1",
             "--trainer.enable_progress_bar=false",
+            "--loss.logit_kd.temperature=3",
         ]
     )
     import wandb
@@ -155,6 +173,21 @@ def test_wandb_offline_run_records_loss_terms(workdir, monkeypatch):
         time.sleep(1)
     for key in (b"train/logit_kd", b"train/ce", b"train/loss", b"val/student_acc", b"val/teacher_acc"):
         assert key in data, key
+    config = wandb_config(data)
+    expected = {
+        "loss.logit_kd.temperature": "3.0",
+        "loss.logit_kd.weight": "0.9",
+        "loss.logit_kd.divergence": '"forward_kl"',
+        "loss.ce.weight": "0.1",
+        "model.optimizer.lr": "0.003",
+        "data.batch_size": "32",
+        "trainer.max_epochs": "1",
+        "params.student": "2410",
+        "params.teacher": str(64 * 256 + 256 + 256 * 256 + 256 + 256 * 10 + 10),
+        "recipe": '"configs/digits/wandb.yaml"',
+    }
+    assert {k: config.get(k) for k in expected} == expected
+    assert not Path("config.yaml").exists()  # W&B keeps the config; nothing lands in the working directory
 
 
 def test_validate_and_test_from_a_checkpoint_use_the_recipe(workdir, monkeypatch, capsys):
@@ -167,3 +200,34 @@ def test_validate_and_test_from_a_checkpoint_use_the_recipe(workdir, monkeypatch
     for command in ("validate", "test"):
         main([command, *recipe, f"--ckpt_path={ckpt}", *FAST])
     assert "student_acc" in capsys.readouterr().out
+
+
+def readme_block(first_line: str) -> str:
+    """The README code block whose first line is ``first_line``."""
+    blocks = re.findall(r"```\w*\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
+    found = [b for b in blocks if b.splitlines()[0].strip() == first_line]
+    assert len(found) == 1, f"README has {len(found)} blocks starting with {first_line!r}"
+    return found[0]
+
+
+def test_readme_custom_strategy_runs_from_yaml_and_from_the_command_line(workdir, tmp_path, monkeypatch):
+    """The README's complete custom strategy, as written, used by class_path from YAML and from the shell."""
+    from lit_distill.cli.app import build
+
+    (tmp_path / "mylosses.py").write_text(readme_block("# mylosses.py"))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.chdir(workdir)
+    recipe = yaml.safe_load((ROOT / "configs" / "quickstart.yaml").read_text())
+    recipe["model"]["init_args"].update(yaml.safe_load(readme_block("losses:")))
+    (tmp_path / "my_recipe.yaml").write_text(yaml.safe_dump(recipe))
+    fast = ["--trainer.fast_dev_run=true", *FAST]
+    runs = [
+        ["--config", str(tmp_path / "my_recipe.yaml"), "--loss.confident_kd.temperature", "2"],
+        ["--config", "configs/quickstart.yaml", "--model.init_args.losses+=mylosses.ConfidentKD"],
+    ]
+    for args in runs:
+        cli = build(["fit", *args, *fast])
+        loss = cli.model.losses[[type(x).__name__ for x in cli.model.losses].index("ConfidentKD")]
+        assert loss.name == "confident_kd" and loss.temperature == (2.0 if "--loss" in " ".join(args) else 4.0)
+        value = float(cli.trainer.callback_metrics["val/confident_kd"])
+        assert 0.0 < value < float("inf")

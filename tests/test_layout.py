@@ -44,7 +44,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("models", ("lit_distill.models.*",)),
     ("generation", ("lit_distill.generation.*",)),
     ("callbacks", ("lit_distill.callbacks.*",)),
-    ("cli", ("lit_distill.cli",)),
+    ("cli", ("lit_distill.cli.*",)),
 ]
 
 

@@ -1,0 +1,57 @@
+"""``lit-distill fit|validate|test|predict --config FILE.yaml``: LightningCLI over DistillationModule.
+
+This module stays light: ``lit-distill --help`` is answered from source files (no torch, no Lightning),
+and a subcommand imports :mod:`lit_distill.cli.app` only when it runs. Every error is reported as one
+line naming the cause (:mod:`lit_distill.cli.errors`); ``-v`` or ``LIT_DISTILL_TRACEBACK=1`` adds the
+traceback.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from lit_distill.cli.app import DistillCLI
+
+SUBCOMMANDS = ("fit", "validate", "test", "predict")
+__all__ = ["main", "DistillCLI"]
+
+
+def main(args: list[str] | None = None) -> None:
+    """Console entry point (``lit-distill``); ``args`` default to ``sys.argv[1:]``.
+
+    Example:
+        >>> main(["fit", "--config", "configs/quickstart.yaml", "--loss.logit_kd.temperature", "2"])  # doctest: +SKIP
+    """
+    argv = list(sys.argv[1:] if args is None else args)
+    verbose = bool(os.environ.get("LIT_DISTILL_TRACEBACK")) or any(a in ("-v", "--verbose") for a in argv)
+    argv = [a for a in argv if a not in ("-v", "--verbose")]
+    subcommand = next((a for a in argv if a in SUBCOMMANDS), None)
+    if not argv or any(a in ("-h", "--help") for a in argv):
+        from lit_distill.cli.help import short_help
+
+        print(short_help(subcommand))
+        return
+    argv = ["--help" if a == "--help-full" else a for a in argv]
+    # Before Lightning imports huggingface_hub: its setting is read once, at import.
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # save_pretrained's "Writing model shards" bar
+    from lit_distill.cli.errors import check_config_files, report
+
+    try:
+        check_config_files(argv)
+        from lit_distill.cli.app import run
+
+        run(argv)
+    except Exception as err:
+        keys = sys.modules["lit_distill.cli.app"].VALID_KEYS if "lit_distill.cli.app" in sys.modules else []
+        sys.exit(report(err, argv, verbose, keys))
+
+
+def __getattr__(name: str):
+    if name == "DistillCLI":
+        from lit_distill.cli.app import DistillCLI
+
+        return DistillCLI
+    raise AttributeError(f"module 'lit_distill.cli' has no attribute {name!r}")

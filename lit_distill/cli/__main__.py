@@ -1,0 +1,3 @@
+from lit_distill.cli import main
+
+main()

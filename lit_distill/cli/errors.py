@@ -1,0 +1,101 @@
+"""Every error that reaches ``lit-distill`` becomes one line naming the cause, then its details.
+
+Config mistakes found by jsonargparse are retold by :mod:`lit_distill.cli.parse_errors`; other errors
+print their own message (lit-distill's checks are written to be read); ``-v`` adds the traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import sys
+import traceback
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from lit_distill.cli.parse_errors import config_files, parse_error
+
+PACKAGE_DIR = str(Path(__file__).resolve().parents[1])
+HINT = "(add -v, or set LIT_DISTILL_TRACEBACK=1, for the full traceback)"
+
+
+class ConfigError(ValueError):
+    """A mistake in the recipe or the command line, found by the CLI itself; printed without a type name."""
+
+
+def report(err: BaseException, argv: list[str], verbose: bool, valid_keys: list[str] | None = None) -> int:
+    """Print ``err`` as ``lit-distill: error: <cause>`` plus details; returns the exit code (2)."""
+    lines = describe(err, argv, valid_keys or [])
+    print(f"lit-distill: error: {lines[0]}", file=sys.stderr)
+    for line in lines[1:]:
+        print(f"  {line}", file=sys.stderr)
+    if verbose:
+        if isinstance(err, argparse.ArgumentError):
+            print(f"\nThe parser's full message:\n{err}", file=sys.stderr)
+        print(file=sys.stderr)
+        traceback.print_exception(err, file=sys.stderr)
+    else:
+        print(f"  {HINT}", file=sys.stderr)
+    return 2
+
+
+def describe(err: BaseException, argv: list[str], valid_keys: list[str]) -> list[str]:
+    """The lines to print for ``err``: the cause first."""
+    if isinstance(err, argparse.ArgumentError):
+        try:
+            return parse_error(str(err), argv, valid_keys)
+        except Exception:  # a message shape not seen before: jsonargparse's own words, never a crash here
+            return [line for line in str(err).splitlines() if line.strip()] or [repr(err)]
+    cause = our_error(err) or err
+    message = cause.args[0] if isinstance(cause, KeyError) and cause.args else str(cause)
+    lines = [line for line in str(message).splitlines() if line.strip()] or [repr(cause)]
+    if not isinstance(cause, ConfigError):
+        lines[0] = f"{type(cause).__name__}: {lines[0]}"
+    return [lines[0], *(line.strip() for line in lines[1:])]
+
+
+def our_error(err: BaseException) -> BaseException | None:
+    """The innermost exception in ``err``'s chain that lit-distill code raised (a message meant for users)."""
+    found = None
+    seen = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        frames = traceback.extract_tb(err.__traceback__)
+        if frames and frames[-1].filename.startswith(PACKAGE_DIR):
+            found = err
+        err = err.__cause__ or err.__context__
+    return found
+
+
+# ------------------------------------------------------------------------ config files, before parsing
+def check_config_files(argv: list[str]) -> None:
+    """Refuse a missing, empty or malformed ``--config`` file, naming it (jsonargparse names neither)."""
+    for path in config_files(argv):
+        file = Path(path)
+        if not file.is_file():
+            raise ConfigError(f"config file {path!r} does not exist; {_close_recipe(path)}")
+        try:
+            data = yaml.safe_load(file.read_text(encoding="utf-8"))
+        except yaml.MarkedYAMLError as bad:
+            context = f" ({bad.context} at {_at(bad.context_mark)})" if bad.context and bad.context_mark else ""
+            raise ConfigError(f"{path}: not valid YAML at {_at(bad.problem_mark)}: {bad.problem}{context}") from None
+        if data is None:
+            raise ConfigError(
+                f"{path} is empty; a recipe needs at least model: and data: (see configs/quickstart.yaml)"
+            )
+        if not isinstance(data, dict):
+            raise ConfigError(
+                f"{path} holds a {type(data).__name__}, not a mapping of sections (trainer:, model:, data:)."
+            )
+
+
+def _at(mark: Any) -> str:
+    return f"line {mark.line + 1}, column {mark.column + 1}" if mark is not None else "an unknown place"
+
+
+def _close_recipe(path: str) -> str:
+    known = [p.as_posix() for p in Path("configs").rglob("*.yaml")] if Path("configs").is_dir() else []
+    close = difflib.get_close_matches(path, known, n=1, cutoff=0.7)
+    return f"did you mean {close[0]}?" if close else "the recipes are under configs/ (run from the repository root)"
