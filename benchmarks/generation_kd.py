@@ -131,6 +131,7 @@ def evaluate(student: GPT, teacher: GPT, val: PromptDataModule, seed: int, max_n
     """Perplexity of the held-out references, and the teacher's NLL of the student's own samples."""
     student.eval()
     ref_nll = ref_count = sample_nll = sample_count = 0.0
+    grams: list[tuple[int, ...]] = []
     for i, batch in enumerate(val.val_dataloader()):
         batch = {k: v.to(student.wte.weight.device) for k, v in batch.items()}
         ref_nll, ref_count = _add(student, batch, ref_nll, ref_count)
@@ -147,10 +148,15 @@ def evaluate(student: GPT, teacher: GPT, val: PromptDataModule, seed: int, max_n
         )
         samples = completion_batch(ids, mask, out, val.tokenizer.eos_id, val.tokenizer.pad_id)
         sample_nll, sample_count = _add(teacher, samples, sample_nll, sample_count)
+        for row in samples["labels"].tolist():
+            text = [t for t in row if t != IGNORE_INDEX]
+            grams += [tuple(text[j : j + 4]) for j in range(len(text) - 3)]
     return {
         "val_ppl": float(torch.tensor(ref_nll / ref_count).exp()),
         "teacher_nll": sample_nll / sample_count,
         "sample_tokens": sample_count,
+        # unique byte 4-grams over all 4-grams of the samples: falls when the samples repeat themselves
+        "distinct4": len(set(grams)) / max(len(grams), 1),
     }
 
 
