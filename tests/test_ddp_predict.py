@@ -7,8 +7,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 from lit_distill.callbacks_generation import JsonlPredictionWriter
 from lit_distill.data.prompts import read_prompts
 from tests.data.test_prompts import data, predict
