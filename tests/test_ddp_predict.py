@@ -82,3 +82,19 @@ def test_part_files_of_a_crashed_run_are_merged_once_on_resume(in_tmp):
     assert [p for p, _ in written] == prompts and written[:5] == [(p, f"r{i}") for i, p in enumerate(prompts[:5])]
     assert not list(in_tmp.glob("*.part"))
     assert JsonlPredictionWriter(str(path)).ranks == 1
+
+
+def test_on_policy_under_ddp_each_rank_samples_its_own_prompts(tmp_path):
+    out = tmp_path / "onpolicy.json"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "PL_DISABLE_FORK": "1", "OMP_NUM_THREADS": "1"}
+    script = ROOT / "tests" / "ddp_onpolicy.py"
+    run = subprocess.run(
+        [sys.executable, str(script), str(out)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    result = json.loads(out.read_text())
+    ranks = [[tuple(r["prompt"]) for r in records] for records in result["records"]]
+    assert [len(r) for r in ranks] == [12, 12]  # 3 steps x 4 prompts on each rank, every batch sampled
+    assert not set(ranks[0]) & set(ranks[1])  # the distributed sampler gave the ranks different prompts
+    assert all(0 < len(r["sample"]) <= 6 for records in result["records"] for r in records)
+    assert result["in_sync"]  # DDP averaged the gradients of the two ranks' own samples
