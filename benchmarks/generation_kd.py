@@ -174,15 +174,20 @@ def summary(values: list[float]) -> str:
     return f"{mean:.3f} ± {statistics.stdev(values):.3f}" if len(values) > 1 else f"{mean:.3f}"
 
 
-def main() -> None:
-    args = parse_args()
+def prepare(args: argparse.Namespace) -> tuple[GPT, PromptDataModule, dict[str, float]]:
+    """Quiet one-thread run; the teacher, the held-out prompt set and the teacher's own scores on it."""
     torch.set_num_threads(args.threads)
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", ".*does not have many workers.*|.*LeafSpec.*|.*modules in eval mode.*")
-    start = time.perf_counter()
     teacher = train_teacher(args)
     val = PromptDataModule(batch_size=32, seed=0)
-    teacher_ref = evaluate(teacher, teacher, val, seed=0, max_new=args.max_new_tokens)
+    return teacher, val, evaluate(teacher, teacher, val, seed=0, max_new=args.max_new_tokens)
+
+
+def main() -> None:
+    args = parse_args()
+    start = time.perf_counter()
+    teacher, val, teacher_ref = prepare(args)
     print(
         f"teacher: val ppl {teacher_ref['val_ppl']:.3f}, NLL of its own samples {teacher_ref['teacher_nll']:.3f} "
         f"({time.perf_counter() - start:.0f} s)",

@@ -24,15 +24,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
-import statistics
 import tempfile
 import time
-import warnings
 from pathlib import Path
 
 import torch
-from generation_kd import STUDENT, evaluate, optimizer, train_teacher, trainer, write_teacher_responses
+from generation_kd import STUDENT, evaluate, optimizer, prepare, summary, trainer, write_teacher_responses
 from lightning.pytorch import seed_everything
 
 from lit_distill import CrossEntropy, DistillationModule
@@ -97,20 +94,10 @@ def stage2(variant: str, start: dict, teacher: GPT, seed: int, args: argparse.Na
     )
 
 
-def summary(values: list[float]) -> str:
-    mean = statistics.fmean(values)
-    return f"{mean:.3f} ± {statistics.stdev(values):.3f}" if len(values) > 1 else f"{mean:.3f}"
-
-
 def main() -> None:
     args = parse_args()
-    torch.set_num_threads(args.threads)
-    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
-    warnings.filterwarnings("ignore", ".*does not have many workers.*|.*LeafSpec.*|.*modules in eval mode.*")
     start = time.perf_counter()
-    teacher = train_teacher(args)
-    val = PromptDataModule(batch_size=32, seed=0)
-    teacher_ref = evaluate(teacher, teacher, val, seed=0, max_new=args.max_new_tokens)
+    teacher, val, teacher_ref = prepare(args)
     print(f"teacher: {teacher_ref}", flush=True)
     names = variants(args)
     results: dict[str, list[dict]] = {"stage 1 (SFT)": [], **{v: [] for v in names}}

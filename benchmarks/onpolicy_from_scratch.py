@@ -1,4 +1,4 @@
-"""Why the old configs/text/on_policy.yaml (on-policy GKD from a random student) ended with a student that writes spaces.
+"""Why the old configs/text/on_policy.yaml (on-policy GKD from a random student) ended writing only spaces.
 
 Trains the recipe's 1-layer student from scratch for the recipe's 3 epochs (165 steps of 16 prompts, lr 3e-3) with
 each objective on the embedded pydoc prompt set and reports, on the held-out prompts: perplexity of the references,

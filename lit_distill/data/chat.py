@@ -216,18 +216,9 @@ class ChatDataModule(PromptDataModule):
     ) -> None:
         if assistant_turns not in ("all", "last"):
             raise ValueError(f"assistant_turns must be 'all' or 'last', got {assistant_turns!r}.")
-        super().__init__(
-            prompts=messages,
-            tokenizer=tokenizer,
-            seq_len=seq_len,
-            batch_size=batch_size,
-            val_fraction=val_fraction,
-            test_fraction=test_fraction,
-            seed=seed,
-            max_prompts=max_prompts,
-            predict_split=predict_split,
-            num_workers=num_workers,
-        )
+        # PromptDataModule's arguments in its order; prompt_chars/response_chars (48, 64) only shape its embedded set.
+        args = (messages, tokenizer, 48, 64, seq_len, batch_size, val_fraction, test_fraction, seed, max_prompts)
+        super().__init__(*args, predict_split=predict_split, num_workers=num_workers)
         self.chat_template, self.assistant_turns = chat_template, assistant_turns
 
     def load_rows(self) -> list[tuple[str, Any]]:

@@ -1,6 +1,5 @@
 """Chat JSONL rendered with the tokenizer's own template: assistant-only labels, prompts, and clear errors."""
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -10,25 +9,19 @@ from lit_distill.data.chat import ChatDataModule, read_conversations
 from lit_distill.data.text import IGNORE_INDEX
 from lit_distill.data.tokenizers import HFTokenizer
 from lit_distill.generation import prompts_from_batch
+from tests.configs.test_text_configs import make_tiny_hf_models
 
 pytest.importorskip("transformers")
 ROOT = Path(__file__).resolve().parents[2]
 TEXTS = ["def f(x): return x + 1", "The assert statement checks a condition.", "Tell me more about Python."] * 20
 
 
-def script():
-    spec = importlib.util.spec_from_file_location("make_tiny_hf_models", ROOT / "scripts" / "make_tiny_hf_models.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope="module")
 def tokenizer_dirs(tmp_path_factory):
     """A tiny BPE tokenizer with a ChatML template and the same one without a template, both built offline."""
     root = tmp_path_factory.mktemp("tok")
-    script().build_chat_tokenizer(300, texts=TEXTS).save_pretrained(str(root / "chat"))
-    script().build_tokenizer(300, texts=TEXTS).save_pretrained(str(root / "plain"))
+    make_tiny_hf_models().build_chat_tokenizer(300, texts=TEXTS).save_pretrained(str(root / "chat"))
+    make_tiny_hf_models().build_tokenizer(300, texts=TEXTS).save_pretrained(str(root / "plain"))
     return root
 
 
@@ -116,9 +109,10 @@ def test_a_tokenizer_without_a_chat_template_is_named_with_the_fix(tmp_path, tok
     with pytest.raises(ValueError, match="'bytes'.*Set `tokenizer:`"):
         ChatDataModule(path, "bytes").setup()
     template = tmp_path / "chatml.jinja"
-    template.write_text(script().CHATML)
+    chatml = make_tiny_hf_models().CHATML
+    template.write_text(chatml)
     dm = ChatDataModule(path, plain, chat_template=str(template), val_fraction=0.0)
-    assert len(batch_of(dm)["input_ids"]) == 2 and dm.tokenizer.tokenizer.chat_template == script().CHATML
+    assert len(batch_of(dm)["input_ids"]) == 2 and dm.tokenizer.tokenizer.chat_template == chatml
     with pytest.raises(FileNotFoundError, match="neither a Jinja template nor"):
         ChatDataModule(path, plain, chat_template="missing.jinja").setup()
 

@@ -1,7 +1,6 @@
 """LoRA students through peft: only the adapters train, the teacher is untouched, both exports reload."""
 
 import copy
-import importlib.util
 from pathlib import Path
 
 import pytest
@@ -12,6 +11,7 @@ from lit_distill import DistillationModule
 from lit_distill.data import PromptDataModule
 from lit_distill.losses import TokenKD
 from lit_distill.models.hf import HFCausalLM, export_pretrained
+from tests.configs.test_text_configs import make_tiny_hf_models
 
 peft = pytest.importorskip("peft")
 transformers = pytest.importorskip("transformers")
@@ -21,9 +21,7 @@ TEXTS = ["def f(x): return x + 1", "The assert statement checks a condition.", "
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
-    spec = importlib.util.spec_from_file_location("tiny", ROOT / "scripts" / "make_tiny_hf_models.py")
-    tiny = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tiny)
+    tiny = make_tiny_hf_models()
     root = tmp_path_factory.mktemp("lora")
     tokenizer = tiny.build_tokenizer(300, texts=TEXTS)
     for name, shape, seed in (("teacher", tiny.TEACHER, 0), ("student", tiny.STUDENT, 1)):
