@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from lit_distill.callbacks_generation import JsonlPredictionWriter
+from lit_distill.cli import main
 from lit_distill.data.prompts import read_prompts
 from tests.data.test_prompts import data, predict
 
@@ -51,7 +52,8 @@ def prompts_of(path: Path) -> list[str]:
 
 
 def test_two_processes_write_each_prompt_once_and_resume(tmp_path):
-    lit_distill_predict(tmp_path, "one.jsonl", "--trainer.devices=1")
+    (tmp_path / "one.jsonl.yaml").write_text(CONFIG.format(out=str(tmp_path / "one.jsonl")))
+    main(["predict", "--config", str(tmp_path / "one.jsonl.yaml"), "--trainer.devices=1"])  # in-process reference
     ddp = ["--trainer.devices=2", "--trainer.strategy=ddp"]
     lit_distill_predict(tmp_path, "two.jsonl", *ddp, "--trainer.limit_predict_batches=2")
     partial = prompts_of(tmp_path / "two.jsonl")
