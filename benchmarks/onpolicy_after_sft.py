@@ -34,9 +34,9 @@ from lightning.pytorch import seed_everything
 
 from lit_distill import CrossEntropy, DistillationModule
 from lit_distill.data import PromptDataModule
+from lit_distill.generation import OnPolicyDistillationModule
 from lit_distill.losses import TokenKD
 from lit_distill.models import GPT
-from lit_distill.onpolicy import OnPolicyDistillationModule
 
 
 def parse_args() -> argparse.Namespace:

@@ -24,10 +24,9 @@ from lightning.pytorch import seed_everything
 
 from lit_distill import CrossEntropy, DistillationModule
 from lit_distill.data import PromptDataModule
-from lit_distill.generation import IGNORE_INDEX, generate, prompts_from_batch
+from lit_distill.generation import IGNORE_INDEX, OnPolicyDistillationModule, generate, prompts_from_batch
 from lit_distill.losses import TokenKD
 from lit_distill.models import GPT
-from lit_distill.onpolicy import OnPolicyDistillationModule
 
 VARIANTS = {
     "CE (references)": None,

@@ -74,7 +74,7 @@ def test_only_the_adapters_train_on_the_fused_token_kd_path(models):
 
 
 def test_on_policy_path_trains_the_adapters(models):
-    from lit_distill.onpolicy import OnPolicyDistillationModule
+    from lit_distill.generation import OnPolicyDistillationModule
 
     student = lora_student(models)
     module = OnPolicyDistillationModule(

@@ -1,5 +1,6 @@
-"""Run by tests/test_ddp_predict.py as a script: on-policy distillation on 2 CPU processes (gloo); Lightning's DDP
-launcher re-executes it once per rank. Writes what each rank sampled, and whether the students stayed in sync."""
+"""Run by tests/generation/test_onpolicy_ddp.py as a script: on-policy distillation on 2 CPU processes (gloo);
+Lightning's DDP launcher re-executes it once per rank. Writes what each rank sampled, and whether the students
+stayed in sync."""
 
 import json
 import sys
@@ -8,9 +9,9 @@ import torch
 from lightning.pytorch import Trainer, seed_everything
 
 from lit_distill.data import PromptDataModule
+from lit_distill.generation import OnPolicyDistillationModule
 from lit_distill.losses import TokenKD
 from lit_distill.models import GPT
-from lit_distill.onpolicy import OnPolicyDistillationModule
 
 
 class Recording(OnPolicyDistillationModule):
