@@ -39,12 +39,13 @@ data:
 """
 
 
-def lit_distill_predict(cwd: Path, out: str, *flags: str) -> None:
+def lit_distill_predict(cwd: Path, out: str, *flags: str) -> str:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "PL_DISABLE_FORK": "1", "OMP_NUM_THREADS": "1"}
     (cwd / f"{out}.yaml").write_text(CONFIG.format(out=out))
     command = [sys.executable, "-m", "lit_distill.cli", "predict", "--config", f"{out}.yaml"]
     run = subprocess.run([*command, *flags], cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-3000:]
+    return run.stdout + run.stderr
 
 
 def prompts_of(path: Path) -> list[str]:
@@ -60,7 +61,8 @@ def test_two_processes_write_each_prompt_once_and_resume(tmp_path, monkeypatch):
     partial = prompts_of(tmp_path / "two.jsonl")
     assert len(partial) == 8 and len(set(partial)) == 8  # 2 ranks x 2 batches x 2 prompts
     assert json.loads((tmp_path / "two.jsonl.meta.json").read_text())["finished"] is False
-    lit_distill_predict(tmp_path, "two.jsonl", *ddp)  # the rerun answers only the 6 prompts left
+    output = lit_distill_predict(tmp_path, "two.jsonl", *ddp)  # the rerun answers only the 6 prompts left
+    assert "for 6 prompts" in output  # the summary counts both ranks' prompts
     written = prompts_of(tmp_path / "two.jsonl")
     assert len(written) == PROMPTS and len(set(written)) == PROMPTS and written[:8] == partial
     assert sorted(read_prompts(tmp_path / "two.jsonl")) == sorted(read_prompts(tmp_path / "one.jsonl"))
