@@ -149,6 +149,18 @@ class HFCausalLM(nn.Module):
     def config(self) -> Any:
         return self.model.config
 
+    @property
+    def block_size(self) -> int | None:
+        """The longest sequence the config allows (``n_positions``/``max_position_embeddings``), if it says.
+
+        On-policy sampling shortens samples of long prompts to stay within it, as for lit-distill's GPT.
+        """
+        for key in ("n_positions", "max_position_embeddings"):
+            value = getattr(self.model.config, key, None)
+            if isinstance(value, int):
+                return value
+        return None
+
     def forward(
         self, input_ids: Tensor, attention_mask: Tensor | None = None, return_hidden: bool = False
     ) -> Tensor | ModelOutput:

@@ -82,7 +82,10 @@ def test_on_policy_path_trains_the_adapters(models):
     )
     before = {k: v.clone() for k, v in student.state_dict().items() if "lora_B" in k}
     trainer = fit(module, models, steps=2)
-    assert float(trainer.callback_metrics["train/sampled"]) == 1.0
+    assert float(trainer.callback_metrics["train/sampled"]) == 1.0 and student.block_size == 64
+    long = {"input_ids": torch.full((1, 62), 5), "labels": torch.full((1, 62), -100)}
+    long["labels"][0, -1] = 5  # a 61-token prompt: 6 new tokens would pass the 64 positions
+    assert module.eval().sample_batch(long, seed=0)["input_ids"].shape[1] <= 64
     assert any(not torch.equal(student.state_dict()[k], v) for k, v in before.items())
 
 
