@@ -7,7 +7,7 @@ import copy
 from pathlib import Path
 from typing import Any
 
-from torch import nn
+from torch import Tensor, nn
 
 from lit_distill.models.hf import HFCausalLM
 
@@ -78,14 +78,19 @@ class LoRACausalLM(HFCausalLM):
     def body(self) -> nn.Module:
         return self.model.get_base_model().base_model
 
-    def save_pretrained(self, path: str | Path) -> Path:
-        """The merged model in ``path`` (tokenizer included) and the adapter alone in ``path/adapter``."""
+    def save_pretrained(self, path: str | Path, state_dict: dict[str, Tensor] | None = None) -> Path:
+        """The merged model in ``path`` (tokenizer included) and the adapter alone in ``path/adapter``.
+
+        ``state_dict``: the weights to write, keyed like ``self.model`` (``export_pretrained`` passes a CPU copy).
+        """
         folder = Path(path)
-        merged = copy.deepcopy(self.model).merge_and_unload()  # a copy: the training model keeps its adapters
+        model = copy.deepcopy(self.model)  # a copy: the training model keeps its adapters
+        if state_dict is not None:
+            model.load_state_dict(state_dict)
         if self.tokenizer_id is not None:
-            merged.config.tokenizer_id = self.tokenizer_id
-        merged.save_pretrained(str(folder))
+            model.config.tokenizer_id = self.tokenizer_id
+        model.save_pretrained(str(folder / "adapter"))
+        model.merge_and_unload().save_pretrained(str(folder))
         if self.tokenizer is not None:
             self.tokenizer.save_pretrained(str(folder))
-        self.model.save_pretrained(str(folder / "adapter"))
         return folder
