@@ -131,6 +131,7 @@ def evaluate(student: GPT, teacher: GPT, val: PromptDataModule, seed: int, max_n
     """Perplexity of the held-out references, and the teacher's NLL of the student's own samples."""
     student.eval()
     ref_nll = ref_count = sample_nll = sample_count = 0.0
+    grams: list[tuple[int, ...]] = []
     for i, batch in enumerate(val.val_dataloader()):
         batch = {k: v.to(student.wte.weight.device) for k, v in batch.items()}
         ref_nll, ref_count = _add(student, batch, ref_nll, ref_count)
@@ -147,10 +148,15 @@ def evaluate(student: GPT, teacher: GPT, val: PromptDataModule, seed: int, max_n
         )
         samples = completion_batch(ids, mask, out, val.tokenizer.eos_id, val.tokenizer.pad_id)
         sample_nll, sample_count = _add(teacher, samples, sample_nll, sample_count)
+        for row in samples["labels"].tolist():
+            text = [t for t in row if t != IGNORE_INDEX]
+            grams += [tuple(text[j : j + 4]) for j in range(len(text) - 3)]
     return {
         "val_ppl": float(torch.tensor(ref_nll / ref_count).exp()),
         "teacher_nll": sample_nll / sample_count,
         "sample_tokens": sample_count,
+        # unique byte 4-grams over all 4-grams of the samples: falls when the samples repeat themselves
+        "distinct4": len(set(grams)) / max(len(grams), 1),
     }
 
 
@@ -168,15 +174,20 @@ def summary(values: list[float]) -> str:
     return f"{mean:.3f} ± {statistics.stdev(values):.3f}" if len(values) > 1 else f"{mean:.3f}"
 
 
-def main() -> None:
-    args = parse_args()
+def prepare(args: argparse.Namespace) -> tuple[GPT, PromptDataModule, dict[str, float]]:
+    """Quiet one-thread run; the teacher, the held-out prompt set and the teacher's own scores on it."""
     torch.set_num_threads(args.threads)
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", ".*does not have many workers.*|.*LeafSpec.*|.*modules in eval mode.*")
-    start = time.perf_counter()
     teacher = train_teacher(args)
     val = PromptDataModule(batch_size=32, seed=0)
-    teacher_ref = evaluate(teacher, teacher, val, seed=0, max_new=args.max_new_tokens)
+    return teacher, val, evaluate(teacher, teacher, val, seed=0, max_new=args.max_new_tokens)
+
+
+def main() -> None:
+    args = parse_args()
+    start = time.perf_counter()
+    teacher, val, teacher_ref = prepare(args)
     print(
         f"teacher: val ppl {teacher_ref['val_ppl']:.3f}, NLL of its own samples {teacher_ref['teacher_nll']:.3f} "
         f"({time.perf_counter() - start:.0f} s)",

@@ -7,6 +7,10 @@ text so that distilling from it means something.
 
     python scripts/make_tiny_hf_models.py                      # -> checkpoints/text/hf_tiny/{tokenizer,teacher,student}
     python scripts/make_tiny_hf_models.py --teacher-steps 300  # the teacher also learns the pydoc text briefly
+    python scripts/make_tiny_hf_models.py --chat               # -> checkpoints/text/hf_tiny_chat/... (ChatML template)
+
+``--chat`` gives the tokenizer two more special tokens, ``<|im_start|>`` and ``<|im_end|>`` (its eos: the end of a
+turn), and a ChatML chat template, as instruct models ship them.
 """
 
 from __future__ import annotations
@@ -17,13 +21,19 @@ from pathlib import Path
 import torch
 
 DEFAULT_OUT = "checkpoints/text/hf_tiny"
+CHAT_OUT = "checkpoints/text/hf_tiny_chat"
 EOS, PAD = "<|endoftext|>", "<|pad|>"
+TURN_START, TURN_END = "<|im_start|>", "<|im_end|>"
+CHATML = (
+    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + "
+    "'\\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
 TEACHER = {"n_layer": 4, "n_embd": 128, "n_head": 4}
 STUDENT = {"n_layer": 2, "n_embd": 64, "n_head": 2}
 
 
-def build_tokenizer(vocab_size: int = 500):
-    """A byte-level BPE ``PreTrainedTokenizerFast`` trained on the pydoc topics (no download)."""
+def build_tokenizer(vocab_size: int = 500, texts: list[str] | None = None):
+    """A byte-level BPE ``PreTrainedTokenizerFast`` trained on ``texts`` (default: the pydoc topics; no download)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -35,8 +45,17 @@ def build_tokenizer(vocab_size: int = 500):
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size, special_tokens=[EOS, PAD], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
     )
-    core.train_from_iterator(pydoc_documents(), trainer=trainer)
+    core.train_from_iterator(pydoc_documents() if texts is None else texts, trainer=trainer)
     return PreTrainedTokenizerFast(tokenizer_object=core, eos_token=EOS, pad_token=PAD, model_max_length=1024)
+
+
+def build_chat_tokenizer(vocab_size: int = 500, texts: list[str] | None = None):
+    """:func:`build_tokenizer` plus ChatML turn markers (appended ids; ``<|im_end|>`` is the eos) and template."""
+    tokenizer = build_tokenizer(vocab_size, texts)
+    tokenizer.add_special_tokens({"additional_special_tokens": [TURN_START, TURN_END]})
+    tokenizer.eos_token = TURN_END
+    tokenizer.chat_template = CHATML
+    return tokenizer
 
 
 def build_model(
@@ -84,12 +103,15 @@ def train_briefly(model, tokenizer, steps: int, seq_len: int = 128, batch_size: 
     return loss
 
 
-def make(out: str | Path = DEFAULT_OUT, vocab_size: int = 500, teacher_steps: int = 0, seed: int = 0) -> Path:
+def make(
+    out: str | Path = DEFAULT_OUT, vocab_size: int = 500, teacher_steps: int = 0, seed: int = 0, chat: bool = False
+) -> Path:
     """Write ``<out>/tokenizer``, ``<out>/teacher`` and ``<out>/student`` (each model folder has the tokenizer)."""
     out = Path(out)
-    tokenizer = build_tokenizer(vocab_size)
-    teacher = build_model(tokenizer, **TEACHER, pad_to=64, seed=seed)
-    student = build_model(tokenizer, **STUDENT, seed=seed + 1)
+    tokenizer = build_chat_tokenizer(vocab_size) if chat else build_tokenizer(vocab_size)
+    positions = 512 if chat else 256  # a chat turn pair of the pydoc example is up to ~330 tokens
+    teacher = build_model(tokenizer, **TEACHER, pad_to=64, seed=seed, positions=positions)
+    student = build_model(tokenizer, **STUDENT, seed=seed + 1, positions=positions)
     if teacher_steps:
         loss = train_briefly(teacher, tokenizer, teacher_steps)
         print(f"teacher trained {teacher_steps} steps, last loss {loss:.3f}")
@@ -102,12 +124,14 @@ def make(out: str | Path = DEFAULT_OUT, vocab_size: int = 500, teacher_steps: in
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", default=DEFAULT_OUT, help="output folder")
+    parser.add_argument("--out", default=None, help=f"output folder (default {DEFAULT_OUT}, with --chat {CHAT_OUT})")
+    parser.add_argument("--chat", action="store_true", help="a tokenizer with a ChatML chat template")
     parser.add_argument("--vocab-size", type=int, default=500, help="BPE vocabulary size (incl. 2 special tokens)")
     parser.add_argument("--teacher-steps", type=int, default=0, help="next-token training steps for the teacher")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
-    print(f"wrote {make(args.out, args.vocab_size, args.teacher_steps, args.seed)}")
+    out = args.out or (CHAT_OUT if args.chat else DEFAULT_OUT)
+    print(f"wrote {make(out, args.vocab_size, args.teacher_steps, args.seed, chat=args.chat)}")
 
 
 if __name__ == "__main__":

@@ -35,3 +35,18 @@ def test_generation_speed_smoke_times_both_samplers_and_splits_an_on_policy_step
     # one compiled decode step per batch size; the on-policy step reuses the batch-4 one
     assert result["diagnostics"]["unique_graphs"] == 2
     assert "on-policy step (lambda=1), batch 4" in run.stdout
+
+
+def test_onpolicy_after_sft_script_runs_every_variant(tmp_path):
+    out = tmp_path / "out.json"
+    run = subprocess.run(
+        [sys.executable, "benchmarks/onpolicy_after_sft.py", "--seeds", "1", "--teacher-steps", "2", "--sft-steps",
+         "2", "--steps", "2", "--max-new-tokens", "4", "--divergence", "reverse_kl", "--teacher",
+         str(tmp_path / "teacher"), "--json", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-2000:]
+    students = json.loads(out.read_text())["students"]
+    expected = ["stage 1 (SFT)", "SFT", "token KD", "token KD (reverse_kl)", "seq-KD", "on-policy"]
+    assert list(students) == expected
+    assert all(0 < row["teacher_nll"] < 10 and 0 < row["distinct4"] <= 1 for rows in students.values() for row in rows)

@@ -24,6 +24,10 @@ class JsonlPredictionWriter(BasePredictionWriter):
     * **Same settings**: the sidecar records the model's ``generation_settings()``; resuming with other
       settings (another temperature, checkpoint, ...) is refused rather than mixing two recipes in one file.
     * **Atomic appends**: each batch is one ``write`` of whole lines on an ``O_APPEND`` descriptor, then ``fsync``.
+    * **Several processes** (DDP): every rank answers its own share of the prompts (Lightning's distributed
+      sampler) and appends to its own ``<path>.rank<N>.part``; at the end rank 0 merges the parts into ``path`` in
+      prompt order, keeping one row per prompt (a sampler that pads by repeating prompts, or a rerun, adds no
+      duplicate), and deletes them. Parts left by a crash are merged first on the next run, so it resumes too.
 
     The file reads back with :class:`~lit_distill.data.TextDataModule` (``instructions: <path>``), which puts
     the loss on the response tokens only: sequence-level KD (Kim & Rush 2016).
@@ -45,7 +49,7 @@ class JsonlPredictionWriter(BasePredictionWriter):
         self.path, self.overwrite = Path(path), overwrite
         self.meta_path = Path(f"{path}.meta.json")
         self.done: set[str] = set()
-        self.batches = 0
+        self.batches, self.ranks, self.rank = 0, 1, 0
         self._started = False
 
     # ------------------------------------------------------------------ start
@@ -53,31 +57,44 @@ class JsonlPredictionWriter(BasePredictionWriter):
         super().setup(trainer, pl_module, stage)
         if stage != "predict":
             return
-        if trainer.world_size > 1:
-            raise ValueError(
-                f"JsonlPredictionWriter appends to one file from one process; run predict with devices: 1 "
-                f"(got world size {trainer.world_size})."
-            )
-        meta = self._read_meta()
+        # Every rank runs the read-only checks (so a refusal stops all of them alike); rank 0 alone changes files.
+        self.ranks, self.rank = trainer.world_size, trainer.global_rank
         settings = _settings(pl_module)
-        if self.overwrite:
-            for file in (self.path, self.meta_path):
-                file.unlink(missing_ok=True)
-            meta = {}
-        elif self.path.exists() and meta.get("finished"):
-            raise FileExistsError(
-                f"{str(self.path)!r} is a finished generation ({meta.get('rows', '?')} rows); set "
-                "overwrite: true on JsonlPredictionWriter to regenerate it, or choose another path."
-            )
-        elif self.path.exists() and meta.get("settings") not in (None, settings):
-            raise ValueError(
-                f"{str(self.path)!r} was generated with {meta['settings']}, but this run uses {settings}; resuming "
-                "would mix two recipes in one file. Use the same settings, another path, or overwrite: true."
-            )
-        self.done, self.batches = self._recover(), 0
-        exclude = getattr(trainer.datamodule, "exclude_prompts", None) if trainer.datamodule is not None else None
+        if not self.overwrite:
+            meta = self._read_meta()
+            if self.path.exists() and meta.get("finished"):
+                raise FileExistsError(
+                    f"{str(self.path)!r} is a finished generation ({meta.get('rows', '?')} rows); set "
+                    "overwrite: true on JsonlPredictionWriter to regenerate it, or choose another path."
+                )
+            if self.path.exists() and meta.get("settings") not in (None, settings):
+                raise ValueError(
+                    f"{str(self.path)!r} was generated with {meta['settings']}, but this run uses {settings}; "
+                    "resuming would mix two recipes in one file. Use the same settings, another path, or "
+                    "overwrite: true."
+                )
+            self._scan(repair=False)
+            for part in self._parts():
+                _read_part(part)
+        trainer.strategy.barrier("jsonl-writer-checked")
+        if trainer.is_global_zero:
+            if self.overwrite:
+                for file in (self.path, self.meta_path, *self._parts()):
+                    file.unlink(missing_ok=True)
+            done = self._scan(repair=True)
+            self._merge_parts(done)  # rows a crashed multi-process run left in its part files
+        trainer.strategy.barrier("jsonl-writer-ready")
+        self.done, self.batches = self._scan(repair=False), 0
+        datamodule = trainer.datamodule
+        exclude = getattr(datamodule, "exclude_prompts", None) if datamodule is not None else None
         if self.done and exclude is not None:
             exclude(self.done)
+        pending = getattr(datamodule, "pending_prompts", None) if datamodule is not None else None
+        if self.ranks > 1 and callable(pending) and 0 < len(pending()) < self.ranks:
+            raise ValueError(
+                f"{len(pending())} prompt(s) are left for {self.ranks} processes; every process needs one. Finish "
+                "them with devices: 1 (the file resumes either way)."
+            )
         if self.done:
             rank_zero_info(f"resuming {self.path}: {len(self.done)} prompt(s) already answered are skipped.")
         # The sidecar is written with the first rows (or at the end): a run that fails before generating
@@ -88,7 +105,8 @@ class JsonlPredictionWriter(BasePredictionWriter):
         """Mark the file unfinished (with this run's settings) before its first new row is appended."""
         if not self._started:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._write_meta({"finished": False, "rows": len(self.done), "settings": _settings(pl_module)})
+            if self.rank == 0:
+                self._write_meta({"finished": False, "rows": len(self.done), "settings": _settings(pl_module)})
             self._started = True
 
     def _read_meta(self) -> dict[str, Any]:
@@ -106,8 +124,9 @@ class JsonlPredictionWriter(BasePredictionWriter):
         tmp.write_text(json.dumps(meta, indent=2, sort_keys=True), encoding="utf-8")
         os.replace(tmp, self.meta_path)
 
-    def _recover(self) -> set[str]:
-        """Prompts already in the file; a torn last line (no newline, not valid JSON) is cut off."""
+    def _scan(self, repair: bool) -> set[str]:
+        """Prompts already in the file. A torn last line (no newline, not valid JSON) is ignored, and with
+        ``repair`` cut off; a complete last row that only lacks its newline gets one."""
         if not self.path.exists():
             return set()
         data = self.path.read_bytes()
@@ -118,12 +137,30 @@ class JsonlPredictionWriter(BasePredictionWriter):
             try:
                 json.loads(tail)
             except json.JSONDecodeError:
-                os.truncate(self.path, len(data) - len(tail))  # the partial row a crash left behind
+                if repair:
+                    os.truncate(self.path, len(data) - len(tail))  # the partial row a crash left behind
                 return done
             done.add(_row(tail, self.path, len(lines) + 1)["prompt"])
-            with self.path.open("ab") as handle:
-                handle.write(b"\n")  # a complete row that only lacks its newline
+            if repair:
+                with self.path.open("ab") as handle:
+                    handle.write(b"\n")
         return done
+
+    def _parts(self) -> list[Path]:
+        return sorted(self.path.parent.glob(f"{self.path.name}.rank*.part"))
+
+    def _merge_parts(self, done: set[str]) -> None:
+        """Append the rows of every rank's part file that are not in ``path`` yet, in prompt order; delete the parts."""
+        parts = self._parts()
+        rows = sorted((row for part in parts for row in _read_part(part)), key=lambda r: r.get("_prompt_index", 0))
+        fresh = []
+        for row in rows:
+            if row["prompt"] not in done:
+                done.add(row["prompt"])
+                fresh.append({k: v for k, v in row.items() if k != "_prompt_index"})
+        _append(self.path, fresh)
+        for part in parts:
+            part.unlink()
 
     # ------------------------------------------------------------------ rows
     def write_on_batch_end(
@@ -138,21 +175,14 @@ class JsonlPredictionWriter(BasePredictionWriter):
     ) -> None:
         rows = _check_rows(prediction)
         self._start(pl_module)
+        indices = list(batch_indices) if batch_indices is not None and len(batch_indices) == len(rows) else None
         fresh = []
-        for row in rows:
+        for i, row in enumerate(rows):
             if row["prompt"] not in self.done:
                 self.done.add(row["prompt"])
-                fresh.append(row)
-        if fresh:
-            payload = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in fresh).encode("utf-8")
-            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-            try:
-                view = memoryview(payload)
-                while view:
-                    view = view[os.write(fd, view) :]
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+                # Under DDP the part rows keep their prompt's index, so the merge restores the prompt order.
+                fresh.append(row if self.ranks == 1 or indices is None else {**row, "_prompt_index": int(indices[i])})
+        _append(self.path if self.ranks == 1 else Path(f"{self.path}.rank{self.rank}.part"), fresh)
         self.batches += 1
 
     def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
@@ -164,9 +194,15 @@ class JsonlPredictionWriter(BasePredictionWriter):
         lengths = [_length(loader) for loader in _loaders(trainer.predict_dataloaders)]
         limits = list(trainer.num_predict_batches)
         complete = not trainer.fast_dev_run and limits == lengths and self.batches == sum(lengths)
-        self._write_meta({"finished": complete, "rows": len(self.done), "settings": _settings(pl_module)})
-        state = "finished" if complete else "partial (rerun to resume)"
-        rank_zero_info(f"{self.path}: {len(self.done)} rows, {state}.")
+        if self.ranks > 1:
+            complete = trainer.strategy.reduce_boolean_decision(complete, all=True)  # also waits for every rank
+        if trainer.is_global_zero:
+            if self.ranks > 1:
+                self._merge_parts(self._scan(repair=False))
+            rows = len(self._scan(repair=False))
+            self._write_meta({"finished": complete, "rows": rows, "settings": _settings(pl_module)})
+            state = "finished" if complete else "partial (rerun to resume)"
+            rank_zero_info(f"{self.path}: {rows} rows, {state}.")
 
 
 def _settings(pl_module: LightningModule) -> dict[str, Any] | None:
@@ -197,6 +233,28 @@ def _row(line: bytes, path: Path, number: int) -> dict[str, Any]:
     if not isinstance(row, dict) or not isinstance(row.get("prompt"), str):
         raise ValueError(f"{path}:{number}: expected an object with a string 'prompt'; fix or delete that line.")
     return row
+
+
+def _append(path: Path, rows: list[dict[str, Any]]) -> None:
+    """Append whole lines in one ``write`` on an ``O_APPEND`` descriptor, then ``fsync``: a crash tears one line."""
+    if not rows:
+        return
+    payload = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows).encode("utf-8")
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        view = memoryview(payload)
+        while view:
+            view = view[os.write(fd, view) :]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _read_part(path: Path) -> list[dict[str, Any]]:
+    """The complete rows of one rank's part file (a line torn by a crash is dropped)."""
+    lines = path.read_bytes().split(b"\n")
+    lines.pop()  # b"" after the last newline, or a torn row
+    return [_row(line, path, n) for n, line in enumerate(lines, start=1) if line.strip()]
 
 
 def _check_rows(prediction: Any) -> list[dict[str, str]]:

@@ -14,3 +14,7 @@ __all__ += ["CachedTeacherDataModule"]
 from lit_distill.data.prompts import PromptDataModule  # noqa: E402 - appended by the generation work
 
 __all__ += ["PromptDataModule"]
+
+from lit_distill.data.chat import ChatDataModule  # noqa: E402 - appended by the chat-data work
+
+__all__ += ["ChatDataModule"]

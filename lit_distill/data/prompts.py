@@ -156,23 +156,35 @@ class PromptDataModule(LazyTokenizer, LightningDataModule):
         self.batch_size, self.seed, self.max_prompts = batch_size, seed, max_prompts
         self.val_fraction, self.test_fraction = val_fraction, test_fraction
         self.predict_split, self.num_workers = predict_split, num_workers
-        self.splits: dict[str, list[tuple[str, str | None]]] = {}
+        self.splits: dict[str, list[tuple[str, Any]]] = {}
         self.excluded: set[str] = set()
         self._tokenizer: Tokenizer | None = None
 
     def setup(self, stage: str | None = None) -> None:
         if self.splits:
             return
-        if self.prompts_path is not None:
-            rows = read_prompts(self.prompts_path)
-        else:
-            rows = list(corpus_prompts(self.prompt_chars, self.response_chars))
-        rows = rows[: self.max_prompts]
+        rows = self.load_rows()[: self.max_prompts]
         order = torch.randperm(len(rows), generator=torch.Generator().manual_seed(self.seed)).tolist()
         n_test, n_val = int(len(rows) * self.test_fraction), int(len(rows) * self.val_fraction)
         parts = {"test": order[:n_test], "val": order[n_test : n_test + n_val], "train": order[n_test + n_val :]}
         self.splits = {name: [rows[i] for i in sorted(idx)] for name, idx in parts.items()}
         self.splits["all"] = rows
+
+    def load_rows(self) -> list[tuple[str, Any]]:
+        """``(prompt, payload)`` rows: ``predict`` answers the prompts, :meth:`encode_rows` makes training examples."""
+        if self.prompts_path is not None:
+            return read_prompts(self.prompts_path)
+        return list(corpus_prompts(self.prompt_chars, self.response_chars))
+
+    def encode_rows(self, split: str) -> list[dict[str, Any]]:
+        """Training examples of ``split``: prompt + reference response + eos, labels on the response only."""
+        missing = [p for p, r in self.splits[split] if r is None]
+        if missing:
+            raise ValueError(
+                f"{len(missing)} prompt(s) of the {split} split have no 'response' (e.g. {missing[0][:40]!r}); "
+                "training needs prompt/response pairs. Generate responses first (lit-distill predict)."
+            )
+        return [encode_instruction(p, r, self.tokenizer, self.seq_len) for p, r in self.splits[split]]
 
     def exclude_prompts(self, prompts: Iterable[str]) -> None:
         """Leave these prompts out of ``predict`` (already answered); call before the predict loader is built."""
@@ -188,14 +200,7 @@ class PromptDataModule(LazyTokenizer, LightningDataModule):
 
     def _train_rows(self, split: str) -> list[dict[str, Any]]:
         self.setup()
-        missing = [p for p, r in self.splits[split] if r is None]
-        if missing:
-            raise ValueError(
-                f"{len(missing)} prompt(s) of the {split} split have no 'response' (e.g. {missing[0][:40]!r}); "
-                "training needs prompt/response pairs. Generate responses first (lit-distill predict)."
-            )
-        rows = [encode_instruction(p, r, self.tokenizer, self.seq_len) for p, r in self.splits[split]]
-        rows = [r for r in rows if bool((r["labels"] != IGNORE_INDEX).any())]
+        rows = [r for r in self.encode_rows(split) if bool((r["labels"] != IGNORE_INDEX).any())]
         if not rows:
             raise ValueError(f"the {split} split is empty or every prompt fills seq_len={self.seq_len}; add prompts.")
         return rows

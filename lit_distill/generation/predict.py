@@ -7,6 +7,7 @@ import time
 import zlib
 from typing import Any
 
+import torch
 from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 
@@ -162,8 +163,12 @@ class GenerationModule(DistillationModule):
         return [{"prompt": p, "response": self.tokenizer.decode(r)} for p, r in zip(prompts, responses)]
 
     def on_predict_end(self) -> None:
-        rate = self.generated_tokens / max(self.generation_seconds, 1e-9)
+        tokens, prompts, seconds = self.generated_tokens, self.prompts_done, self.generation_seconds
+        if self.trainer.world_size > 1:  # every rank answered its own share: report the whole run
+            counts = torch.tensor([tokens, prompts, seconds], dtype=torch.float64, device=self.device)
+            gathered = self.all_gather(counts).reshape(-1, 3)
+            tokens, prompts, seconds = int(gathered[:, 0].sum()), int(gathered[:, 1].sum()), float(gathered[:, 2].max())
         rank_zero_info(
-            f"[lit-distill] generated {self.generated_tokens} tokens for {self.prompts_done} prompts in "
-            f"{self.generation_seconds:.1f} s ({rate:.0f} tokens/s)"
+            f"[lit-distill] generated {tokens} tokens for {prompts} prompts in {seconds:.1f} s "
+            f"({tokens / max(seconds, 1e-9):.0f} tokens/s)"
         )

@@ -150,6 +150,18 @@ class HFCausalLM(nn.Module):
     def config(self) -> Any:
         return self.model.config
 
+    @property
+    def block_size(self) -> int | None:
+        """The longest sequence the config allows (``n_positions``/``max_position_embeddings``), if it says.
+
+        On-policy sampling shortens samples of long prompts to stay within it, as for lit-distill's GPT.
+        """
+        for key in ("n_positions", "max_position_embeddings"):
+            value = getattr(self.model.config, key, None)
+            if isinstance(value, int):
+                return value
+        return None
+
     def forward(
         self, input_ids: Tensor, attention_mask: Tensor | None = None, return_hidden: bool = False
     ) -> Tensor | ModelOutput:
@@ -166,11 +178,14 @@ class HFCausalLM(nn.Module):
 
     def forward_hidden(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:
         """Hidden states the LM head reads (after the final norm), ``[B, T, hidden]``."""
-        base = self.model.base_model if self.auto_class == "causal_lm" else self.model
-        hidden = base(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
+        hidden = self.body()(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
         if not self._hidden_checked:
             self._check_hidden_path(input_ids[:1], None if attention_mask is None else attention_mask[:1])
         return hidden
+
+    def body(self) -> nn.Module:
+        """The transformer without its LM head: what :meth:`forward_hidden` runs."""
+        return self.model.base_model if self.auto_class == "causal_lm" else self.model
 
     @torch.no_grad()
     def _check_hidden_path(self, input_ids: Tensor, attention_mask: Tensor | None) -> None:
@@ -179,7 +194,7 @@ class HFCausalLM(nn.Module):
         was_training = self.model.training
         self.model.eval()
         try:
-            hidden = self.model.base_model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)[0]
+            hidden = self.body()(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)[0]
             again = self.get_output_embeddings()(hidden).float()
             logits = self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits.float()
         finally:

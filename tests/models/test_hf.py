@@ -43,6 +43,7 @@ def test_wrapper_exposes_tokenizer_vocab_and_the_hidden_path(tiny_dir):
     dm = data(tiny_dir)
     assert teacher.tokenizer_id == student.tokenizer_id == dm.tokenizer_id and teacher.tokenizer_id.startswith("hf:")
     assert teacher.config.vocab_size == 320 and student.config.vocab_size == dm.vocab_size == 300
+    assert teacher.block_size == 256  # n_positions: on-policy sampling stops there
     dm.setup()
     ids = next(iter(dm.train_dataloader()))["input_ids"]
     logits = teacher(ids)
