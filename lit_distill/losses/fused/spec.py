@@ -14,6 +14,7 @@ class _Config(NamedTuple):
     temperature: float
     ce_weight: float
     chunk_size: int | None
+    grad_chunk_size: int | None
     fp32_accumulation: bool
     fp32_logits: bool
     impl: str
