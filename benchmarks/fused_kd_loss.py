@@ -42,7 +42,7 @@ def load_lib():
     """Import lit_distill's functional and fused packages, and the fused modules whose internals the sweeps call;
     if a dependency of another lit_distill module is missing, without running the packages above them."""
     fused = "lit_distill.losses.fused"
-    names = ("lit_distill.losses.functional", fused, f"{fused}.linear_kd", f"{fused}.matmul")
+    names = ("lit_distill.losses.functional", fused, f"{fused}.spec", f"{fused}.matmul", f"{fused}.triton_kernel")
     try:
         return (*(importlib.import_module(name) for name in names), "package")
     except Exception as err:  # noqa: BLE001 - e.g. a dependency of another lit_distill module is missing
@@ -54,7 +54,7 @@ def load_lib():
     return (*(importlib.import_module(name) for name in names), f"by path ({reason:.80})")
 
 
-LF, FU, FD, FM, HOW = load_lib()
+LF, FU, FS, FM, FT, HOW = load_lib()
 
 
 def log(*args, end="\n"):
@@ -318,11 +318,12 @@ def sweep(n_rows, vocab, dtype=torch.bfloat16, grid=None):
     g = zs if dtype != torch.float32 else zs.view(torch.bfloat16)[:, :vocab]
 
     def spec(div):
-        cfg = FD._Config(
-            divergence=div, beta=0.5, temperature=1.0, ce_weight=0.0, chunk_size=None, fp32_accumulation=True,
+        cfg = FS._Config(
+            divergence=div, beta=0.5, temperature=1.0, ce_weight=0.0, chunk_size=None, grad_chunk_size=None,
+            fp32_accumulation=True,
             fp32_logits=dtype == torch.float32, impl="triton", need=(True, True, False),
         )  # fmt: skip
-        return FD._Spec.of(cfg, 1.0 / n_rows)
+        return FS._Spec.of(cfg, 1.0 / n_rows)
 
     spec_j, spec_f = spec("jsd"), spec("forward_kl")
     gbytes = n_rows * vocab * (2 * zs.element_size() + 2) / 1e9  # read both once, write a bf16 gradient
@@ -332,7 +333,7 @@ def sweep(n_rows, vocab, dtype=torch.bfloat16, grid=None):
         conf = {"BLOCK": block, "num_warps": warps, "programs_per_sm": pps}
         try:
             ms = timed(
-                lambda c=conf: FD._rows_triton(zs, zt, None, spec_j, True, g=g, **c), 5, 1, lambda: zs.copy_(zs0)
+                lambda c=conf: FT._rows_triton(zs, zt, None, spec_j, True, g=g, **c), 5, 1, lambda: zs.copy_(zs0)
             )
         except Exception as err:  # noqa: BLE001
             log(f"  sweep {conf}: failed {err!r:.120}")
@@ -341,7 +342,7 @@ def sweep(n_rows, vocab, dtype=torch.bfloat16, grid=None):
         log(f"  sweep BLOCK={block:5d} warps={warps:2d} programs/SM={pps}: {ms:7.3f} ms {gbytes / ms * 1e3:5.0f} GB/s")
     results.sort(key=lambda r: r[0])
     best_ms, best = results[0]
-    ms_fkl = timed(lambda: FD._rows_triton(zs, zt, None, spec_f, True, g=g, **best), 5, 1, lambda: zs.copy_(zs0))
+    ms_fkl = timed(lambda: FT._rows_triton(zs, zt, None, spec_f, True, g=g, **best), 5, 1, lambda: zs.copy_(zs0))
     log(f"best {best}: jsd {best_ms:.3f} ms, forward_kl {ms_fkl:.3f} ms for a [{n_rows}, {vocab}] {dtype} chunk")
     return best
 
