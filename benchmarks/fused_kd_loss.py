@@ -321,7 +321,7 @@ def sweep(n_rows, vocab, dtype=torch.bfloat16, grid=None):
         cfg = FS._Config(
             divergence=div, beta=0.5, temperature=1.0, ce_weight=0.0, chunk_size=None, grad_chunk_size=None,
             fp32_accumulation=True,
-            fp32_logits=dtype == torch.float32, impl="triton", need=(True, True, False),
+            fp32_logits=dtype == torch.float32, overlap=False, impl="triton", need=(True, True, False),
         )  # fmt: skip
         return FS._Spec.of(cfg, 1.0 / n_rows)
 

@@ -7,13 +7,14 @@ precisions for forward KL, reverse KL, JSD(0.5) and TVD:
 * ``default``: bf16 logits (what ``h @ W.T`` in bf16 gives), bf16 weight-gradient accumulation;
 * ``fp32 logits``: ``fp32_logits=True`` (fp32 accumulation follows), the mode that meets the accuracy target;
 
-and, for forward KL and JSD, variants of the chunking: logits chunk sizes (multiples of the tensor-core tile),
-backward blocks of several chunks (``grad_chunk_size``), fp32 accumulation with bf16 logits. Columns: median
-ms, x floor, peak extra GiB (gradients included), relative gradient error of h and W against a float64 direct
-formula on the same bf16 inputs. Then two kernel-level probes on one chunk: Triton launch configurations that
-keep fewer rows in flight (so a row stays in L2 between the kernel's passes), and whether the elementwise kernel
-overlaps a logits GEMM on a second CUDA stream (optionally with cuBLAS SMs carved out). A summary table and a
-JSON line come last.
+and, for forward KL and JSD, variants: the next chunk's logits on a second CUDA stream (``overlap``), logits
+chunk sizes (multiples of the tensor-core tile), backward blocks of several chunks (``grad_chunk_size``), fp32
+accumulation with bf16 logits, and the fastest Triton launch configuration of the probes. Columns: median ms,
+x floor, peak extra GiB (gradients included), relative gradient error of h and W against a float64 direct
+formula on the same bf16 inputs. The probes run first, on one chunk of the first shape: Triton launch
+configurations that keep fewer rows in flight (so a row stays in L2 between the kernel's passes), and whether
+the elementwise kernel overlaps a logits GEMM on a second CUDA stream (optionally with cuBLAS SMs carved out).
+A summary table and a JSON line come last.
 
 GPU:       python benchmarks/fused_kd_variants.py --out DIR
 CPU smoke: python benchmarks/fused_kd_variants.py --smoke
@@ -31,18 +32,24 @@ from pathlib import Path
 import torch
 from fused_kd_loss import FS, FT, FU, LF, floor_fn, log, make_inputs, peak_extra, rel, sync, timed
 
-SHAPES = [("llama", 8192, 2048, 4096, 128256), ("qwen", 8192, 896, 3584, 151936)]
+SHAPES = [("llama", 8192, 2048, 4096, 128256), ("qwen", 8192, 896, 3584, 151936)]  # the first one is probed
 SMOKE_SHAPES = [("smoke", 96, 32, 48, 1000)]
 DIVERGENCES = ["forward_kl", "reverse_kl", "jsd", "tvd"]
 GiB = float(1 << 30)
 
 
-def variants(first_shape: bool, divergence: str, smoke: bool) -> dict[str, dict]:
-    """name -> fused_linear_kd keyword arguments. The first two run for every divergence and shape."""
+def variants(first_shape: bool, divergence: str, smoke: bool, tuned: dict | None) -> dict[str, dict]:
+    """name -> fused_linear_kd keyword arguments (``_launch``: a Triton launch configuration for the bf16 kernel,
+    from the probes). The first two run for every divergence and shape."""
     out = {"default": {}, "fp32 logits": {"fp32_logits": True}}
     if divergence not in ("forward_kl", "jsd") or not (first_shape or divergence == "jsd"):
         return out
     small = 8 if smoke else 1
+    out["overlap (two streams)"] = {"overlap": True}
+    out["fp32 logits, overlap"] = {"fp32_logits": True, "overlap": True}
+    if tuned and divergence in tuned:
+        out["fastest kernel launch"] = {"_launch": tuned[divergence]}
+        out["fastest kernel launch, overlap"] = {"_launch": tuned[divergence], "overlap": True}
     for rows in (512, 768, 1024):
         out[f"chunk {rows // small}"] = {"chunk_size": rows // small}
     out["fp32 acc (bf16 logits)"] = {"fp32_accumulation": True}
@@ -68,6 +75,18 @@ def reference(hs, ws, ht, wt, divergence, chunk=512):
 
 
 def measure(hs, ws, ht, wt, divergence, kw, reps, floor_ms, ref) -> dict:
+    launch = kw.pop("_launch", None)
+    default_launch = dict(FU.TRITON_CONFIG[2])
+    if launch:
+        FU.TRITON_CONFIG[2].update(launch)
+    try:
+        return _measure(hs, ws, ht, wt, divergence, kw, reps, floor_ms, ref)
+    finally:
+        FU.TRITON_CONFIG[2].clear()
+        FU.TRITON_CONFIG[2].update(default_launch)
+
+
+def _measure(hs, ws, ht, wt, divergence, kw, reps, floor_ms, ref) -> dict:
     def step():
         FU.fused_linear_kd(hs, ws, ht, wt, divergence=divergence, beta=0.5, **kw).backward()
 
@@ -96,17 +115,23 @@ def run_shape(args, name, n, hs_dim, ht_dim, vocab, first, rows):
     log(f"\n=== {shape}: matmul floor {floor_ms:.2f} ms")
     rows.append({"shape": shape, "divergence": "-", "variant": "matmul floor", "ms": floor_ms, "x_floor": 1.0})
     auto = FU.auto_chunk_size(n, vocab, vocab * 8, torch.device(dev))  # the fp32-logits chunk
+    tuned = None
+    if first and (dev == "cuda" or os.environ.get("TRITON_INTERPRET") == "1"):
+        try:  # probes only: a failure here must not cost the rows below
+            tuned = kernel_probes(hs, ws, ht, wt, vocab, rows, shape, args.smoke)
+        except Exception as err:  # noqa: BLE001
+            log(f"kernel probes failed: {err!r:.300}")
     for divergence in DIVERGENCES:
         t0 = time.time()
         ref = reference(hs, ws, ht, wt, divergence)
         floors = (rel(ref[0].to(torch.bfloat16), ref[0]), rel(ref[1].to(torch.bfloat16), ref[1]))
         log(f"{divergence}: float64 reference {time.time() - t0:.1f}s; bf16 rounding floor h {floors[0]:.1e} "
             f"W {floors[1]:.1e}")  # fmt: skip
-        for vname, kw in variants(first, divergence, args.smoke).items():
+        for vname, kw in variants(first, divergence, args.smoke, tuned).items():
             kw = dict(kw)
             if kw.get("grad_chunk_size", 0) < 0:
                 kw["grad_chunk_size"] = -kw["grad_chunk_size"] * auto
-            row = {"shape": shape, "divergence": divergence, "variant": vname, "kwargs": kw}
+            row = {"shape": shape, "divergence": divergence, "variant": vname, "kwargs": dict(kw)}
             try:
                 row.update(measure(hs, ws, ht, wt, divergence, kw, args.reps, floor_ms, ref))
                 log(f"  {vname:<42} {row['ms']:8.2f} ms {row['x_floor']:6.3f}x  peak {row['peak_gib']:5.2f} GiB  "
@@ -120,11 +145,6 @@ def run_shape(args, name, n, hs_dim, ht_dim, vocab, first, rows):
                     torch.cuda.empty_cache()
             rows.append(row)
         del ref
-    if first and (dev == "cuda" or os.environ.get("TRITON_INTERPRET") == "1"):
-        try:  # probes only: a failure here must not cost the rows above
-            kernel_probes(hs, ws, ht, wt, vocab, rows, shape, args.smoke)
-        except Exception as err:  # noqa: BLE001
-            log(f"kernel probes failed: {err!r:.300}")
 
 
 # ------------------------------------------------------------------------------------ kernel probes
@@ -137,13 +157,14 @@ LAUNCHES = [  # (BLOCK, num_warps, programs_per_sm): the default first; then few
 def _spec(divergence, rows):
     cfg = FS._Config(
         divergence=divergence, beta=0.5, temperature=1.0, ce_weight=0.0, chunk_size=None, grad_chunk_size=None,
-        fp32_accumulation=False, fp32_logits=False, impl="triton", need=(True, True, False),
+        fp32_accumulation=False, fp32_logits=False, overlap=False, impl="triton", need=(True, True, False),
     )  # fmt: skip
     return FS._Spec.of(cfg, 1.0 / rows)
 
 
 def kernel_probes(hs, ws, ht, wt, vocab, rows_out, shape, smoke=False):
-    """One bf16 chunk: the kernel under several launch configurations, then kernel + GEMM on two streams."""
+    """One bf16 chunk: the kernel under several launch configurations, then kernel + GEMM on two streams. Returns the
+    fastest configuration per divergence (the variants then run the whole loss with it)."""
     n = FU.auto_chunk_size(hs.shape[0], vocab, vocab * 4, hs.device)
     zs0 = (hs[:n] @ ws.T).detach()
     zt = ht[:n] @ wt.T
@@ -168,6 +189,7 @@ def kernel_probes(hs, ws, ht, wt, vocab, rows_out, shape, smoke=False):
     log(f"fastest launch configs: {best}")
     if torch.cuda.is_available():
         overlap_probe(hs, ws, ht, wt, zs, zs0, zt, n, best, rows_out, shape)
+    return {divergence: conf for divergence, (_, conf) in best.items()}
 
 
 def overlap_probe(hs, ws, ht, wt, zs, zs0, zt, n, best, rows_out, shape):

@@ -24,6 +24,7 @@ import statistics
 import time
 import warnings
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -268,6 +269,7 @@ def main() -> None:
     parser.add_argument("--no-compile", action="store_true")
     parser.add_argument("--only", choices=["resnet", "gpt"], default=None, help="run one GPU case")
     parser.add_argument("--profile", action="store_true", help="torch.profiler table of the module path (gpt case)")
+    parser.add_argument("--out", default=None, help="folder for rows.json, rewritten after every case")
     args = parser.parse_args()
 
     rows = []
@@ -288,6 +290,8 @@ def main() -> None:
             profile_module(gpt())
         for name, make, compiled, repeats in plan:
             rows.append({**measure(make(), args.steps, args.warmup, compiled, repeats), "pair": name})
+            if args.out:  # a run cut short still leaves the cases it finished
+                Path(args.out, "step_overhead_rows.json").write_text(json.dumps(rows + derived_rows(rows, quiet=True)))
         rows += derived_rows(rows)
     elif args.suite == "smoke":  # the GPU suite's plan on the CPU, tiny: checks the script, measures nothing
         graphs_cpu = {"backend": "aot_eager", **GRAPHS}  # CUDA graphs need CUDA; the same code path otherwise
@@ -303,7 +307,7 @@ def main() -> None:
     print(json.dumps({"device": device, "torch": torch.__version__, "rows": rows}))
 
 
-def derived_rows(rows: list[dict]) -> list[dict]:
+def derived_rows(rows: list[dict], quiet: bool = False) -> list[dict]:
     """Speed-ups of compiled modules over the uncompiled hand loop of the same pair."""
     out = []
     for comp in [r for r in rows if r.get("pair") and r["compiled"] != "eager"]:
@@ -313,7 +317,8 @@ def derived_rows(rows: list[dict]) -> list[dict]:
             continue
         speedup = base["hand_ms"] / comp["module_ms"]
         out.append({"case": f"speed-up: {pair} module ({mode}) vs uncompiled hand loop", "ratio": round(speedup, 4)})
-        print(f"{pair}: module ({mode}) vs uncompiled hand loop: {speedup:.3f}x steps/s")
+        if not quiet:
+            print(f"{pair}: module ({mode}) vs uncompiled hand loop: {speedup:.3f}x steps/s")
     return out
 
 

@@ -57,6 +57,7 @@ def fused_linear_kd(
     ce_weight: float = 0.0,
     fp32_accumulation: bool | None = None,
     fp32_logits: bool = False,
+    overlap: bool = False,
     impl: str = "auto",
     return_parts: bool = False,
 ) -> Tensor | FusedKDParts:
@@ -99,6 +100,9 @@ def fused_linear_kd(
             (half-precision operands, float32 accumulation and output) instead of rounding them to
             the input dtype. More accurate than the direct formula on bf16 logits, twice the logit
             memory and traffic. ``False`` reproduces ``h @ W.T`` in the input dtype exactly.
+        overlap: compute the next chunk's logits on a second CUDA stream while this chunk's elementwise
+            kernel and backward matmuls run (two logits buffers, so the automatic chunk is half as long).
+            Experimental; the same result either way. Off the GPU only the buffer rotation happens.
         impl: elementwise backend: ``"auto"`` (the Triton kernel on CUDA when Triton is importable,
             else PyTorch), ``"triton"`` or ``"torch"``.
         return_parts: return :class:`FusedKDParts` ``(loss, kd, ce)`` instead of the loss alone.
@@ -122,6 +126,8 @@ def fused_linear_kd(
             raise ValueError(f"{name} must be an int >= 1 or None (automatic), got {rows!r}.")
     if not (isinstance(ce_weight, (int, float)) and math.isfinite(ce_weight) and ce_weight >= 0):
         raise ValueError(f"ce_weight must be a finite number >= 0, got {ce_weight!r}; 0 switches the CE term off.")
+    if not isinstance(overlap, bool):
+        raise ValueError(f"overlap must be True or False, got {overlap!r}.")
     if impl not in ("auto", "triton", "torch"):
         raise ValueError(f"impl must be 'auto', 'triton' or 'torch', got {impl!r}.")
     hs, ht, lab = _check_and_flatten(
@@ -149,6 +155,7 @@ def fused_linear_kd(
         grad_chunk_size=grad_chunk_size,
         fp32_accumulation=fp32_logits if fp32_accumulation is None else bool(fp32_accumulation),
         fp32_logits=fp32_logits,
+        overlap=overlap,
         impl=impl,
         need=(
             grad_on and hs.requires_grad,

@@ -17,6 +17,7 @@ class _Config(NamedTuple):
     grad_chunk_size: int | None
     fp32_accumulation: bool
     fp32_logits: bool
+    overlap: bool
     impl: str
     need: tuple[bool, bool, bool]  # gradients wanted for student hidden, weight, bias
 

@@ -20,13 +20,15 @@ TARGET = 2.6e-3
 
 @pytest.mark.parametrize("chunk_size,grad_chunk_size", [(1, 4), (3, 7), (4, 8), (5, 100), (4, 2), (2, None)])
 @pytest.mark.parametrize("divergence,beta", [("forward_kl", 0.5), ("jsd", 0.3), ("tvd", 0.5)])
-def test_backward_blocks_match_direct_formula_float64(chunk_size, grad_chunk_size, divergence, beta):
-    """Blocks of several chunks, uneven last chunk and block, a block smaller than a chunk (treated as one chunk)."""
+@pytest.mark.parametrize("overlap", [False, True])
+def test_backward_blocks_match_direct_formula_float64(chunk_size, grad_chunk_size, divergence, beta, overlap):
+    """Blocks of several chunks, uneven last chunk and block, a block smaller than a chunk (treated as one chunk);
+    with ``overlap`` the logits of the next chunk go to the other of two buffers before this chunk is consumed."""
     student, teacher, labels = make(n=13, seed=21)
     ref = direct(student, teacher, labels, divergence, beta, temperature=1.5, ce_weight=0.2)
     got = fused(
         student, teacher, labels, divergence, beta=beta, temperature=1.5, ce_weight=0.2, chunk_size=chunk_size,
-        grad_chunk_size=grad_chunk_size, impl="torch",
+        grad_chunk_size=grad_chunk_size, overlap=overlap, impl="torch",
     )  # fmt: skip
     assert_same(got, ref, 1e-10)
 
@@ -44,6 +46,8 @@ def test_bad_grad_chunk_size_is_named(bad):
     (hs, ws, _), (ht, wt, _), _ = make(seed=23, bias=False)
     with pytest.raises(ValueError, match=rf"grad_chunk_size must be an int >= 1 or None \(automatic\), got {bad!r}"):
         fused_linear_kd(hs, ws, ht, wt, grad_chunk_size=bad)
+    with pytest.raises(ValueError, match="overlap must be True or False, got 'yes'"):
+        fused_linear_kd(hs, ws, ht, wt, overlap="yes")
 
 
 # ------------------------------------------------------------------------------ accuracy, bf16 inputs
@@ -103,12 +107,14 @@ def test_bf16_weight_gradient_accumulation_is_what_costs_accuracy():
 @pytest.mark.skipif(not _triton_runnable(), reason="needs triton with CUDA, or TRITON_INTERPRET=1")
 @pytest.mark.parametrize("divergence,beta", DIVERGENCES)
 def test_triton_kernel_writes_a_separate_gradient_buffer(divergence, beta):
-    """The kernel's gradient into its own (narrower, with fp32 logits) block buffer equals the PyTorch path's."""
+    """The kernel's gradient into its own (narrower, with fp32 logits) block buffer equals the PyTorch path's; so
+    does the two-buffer rotation of ``overlap`` (on CUDA also two streams)."""
     dev = "cuda" if torch.cuda.is_available() else "cpu"
     for dtype, fp32_logits, tol in ((torch.float32, False, 2e-5), (torch.float16, True, 2e-3)):
         student, teacher, labels = make(n=13, hs=8, ht=12, v=37, dtype=dtype, seed=24)
         student, teacher, labels = [t.to(dev) for t in student], [t.to(dev) for t in teacher], labels.to(dev)
-        kw = {"beta": beta, "temperature": 2.0, "ce_weight": 0.3, "chunk_size": 4, "grad_chunk_size": 10}
-        got = fused(student, teacher, labels, divergence, impl="triton", fp32_logits=fp32_logits, **kw)
-        ref = fused(student, teacher, labels, divergence, impl="torch", fp32_logits=fp32_logits, **kw)
-        assert_same(got, ref, tol)
+        for extra in ({"grad_chunk_size": 10}, {"grad_chunk_size": 10, "overlap": True}, {"overlap": True}):
+            kw = {"beta": beta, "temperature": 2.0, "ce_weight": 0.3, "chunk_size": 4, **extra}
+            got = fused(student, teacher, labels, divergence, impl="triton", fp32_logits=fp32_logits, **kw)
+            ref = fused(student, teacher, labels, divergence, impl="torch", fp32_logits=fp32_logits, **kw)
+            assert_same(got, ref, tol)
