@@ -451,11 +451,14 @@ def run_shape(args, name, n, hs_dim, ht_dim, vocab, first, deadline, rows):
     del ref
 
 
-def table(rows):
-    def f(r, key, fmt):
-        v = r.get(key)
-        return "–" if v is None or (isinstance(v, float) and math.isnan(v)) else format(v, fmt)
+def cell(r: dict, key: str, fmt: str) -> str:
+    """``r[key]`` formatted for a Markdown table; a missing or NaN value is a dash."""
+    v = r.get(key)
+    return "–" if v is None or (isinstance(v, float) and math.isnan(v)) else format(v, fmt)
 
+
+def table(rows):
+    f = cell
     lines = [
         "| shape | method | fwd+bwd ms | × floor | peak extra GiB | grad err h | grad err W |",
         "|---|---|---:|---:|---:|---:|---:|",

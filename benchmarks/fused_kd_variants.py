@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 
 import torch
-from fused_kd_loss import FS, FT, FU, LF, floor_fn, log, make_inputs, peak_extra, rel, sync, timed
+from fused_kd_loss import FS, FT, FU, LF, cell, floor_fn, log, make_inputs, peak_extra, rel, sync, timed
 
 SHAPES = [("llama", 8192, 2048, 4096, 128256), ("qwen", 8192, 896, 3584, 151936)]  # the first one is probed
 SMOKE_SHAPES = [("smoke", 96, 32, 48, 1000)]
@@ -242,10 +242,7 @@ def overlap_probe(hs, ws, ht, wt, zs, zs0, zt, n, best, rows_out, shape):
 
 # ------------------------------------------------------------------------------------------ report
 def summary(rows) -> str:
-    def f(r, key, fmt):
-        v = r.get(key)
-        return "–" if v is None or (isinstance(v, float) and math.isnan(v)) else format(v, fmt)
-
+    f = cell
     lines = [
         "| shape | divergence | variant | ms | × floor | peak extra GiB | grad err h | grad err W |",
         "|---|---|---|---:|---:|---:|---:|---:|",

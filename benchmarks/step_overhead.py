@@ -183,12 +183,12 @@ def resnet_case(batch_size: int) -> dict:
     }
 
 
-def gpt_case(device: torch.device) -> dict:
+def gpt_case(device: torch.device, rows: int = 8, seq: int = 256) -> dict:
     from lit_distill.models.gpt import GPT
 
-    ids = torch.randint(0, 258, (8, 256), device=device, generator=torch.Generator(device=device).manual_seed(0))
+    ids = torch.randint(0, 258, (rows, seq), device=device, generator=torch.Generator(device=device).manual_seed(0))
     return {
-        "name": f"tiny GPT 6x384 -> 2x128, batch 8x256 tokens, {device.type}",
+        "name": f"tiny GPT 6x384 -> 2x128, batch {rows}x{seq} tokens, {device.type}",
         "device": device,
         "student": lambda: GPT(block_size=256, n_layer=2, n_head=2, n_embd=128).to(device),
         "teacher": lambda: GPT(block_size=256, n_layer=6, n_head=6, n_embd=384).to(device),
@@ -296,7 +296,7 @@ def main() -> None:
     elif args.suite == "smoke":  # the GPU suite's plan on the CPU, tiny: checks the script, measures nothing
         graphs_cpu = {"backend": "aot_eager", **GRAPHS}  # CUDA graphs need CUDA; the same code path otherwise
         plan = [("digits", digits_case, None, 1), ("digits", digits_case, graphs_cpu, 1)]
-        plan.append(("gpt", lambda: gpt_case(torch.device("cpu")), None, 1))
+        plan.append(("gpt", lambda: gpt_case(torch.device("cpu"), rows=2, seq=64), None, 1))
         for name, make, compiled, repeats in plan:
             rows.append({**measure(make(), 4, 1, compiled, repeats), "pair": name})
         rows += derived_rows(rows)
