@@ -34,10 +34,10 @@ if [ "$mode" = "--smoke" ]; then
     run step_overhead 300 benchmarks/step_overhead.py --suite smoke --out "$out"
 else
     "$py" -c 'import torch; print("torch", torch.__version__, "GPUs", torch.cuda.device_count())'
-    run fused 170 benchmarks/fused_kd_variants.py --out "$out"
-    run teacher_cache 130 benchmarks/teacher_cache.py --case text-gpu --device cuda --precision bf16-mixed \
+    run fused 200 benchmarks/fused_kd_variants.py --out "$out"
+    run teacher_cache 120 benchmarks/teacher_cache.py --case text-gpu --device cuda --precision bf16-mixed \
         --top-k 32 --epochs 4 --repeats 2 --loaders 0,2p
-    run step_overhead 260 benchmarks/step_overhead.py --suite gpu --steps 50 --warmup 10 --repeats 3 \
+    run step_overhead 240 benchmarks/step_overhead.py --suite gpu --steps 50 --warmup 10 --repeats 3 \
         --compile-repeats 1 --out "$out"
 fi
 "$py" benchmarks/speed_summary.py "$out" | tee "$out/summary.txt"

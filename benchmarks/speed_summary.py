@@ -81,7 +81,7 @@ def cache_lines(out: Path) -> list[str]:
     if "teacher_share" in found:
         bound = found.get("cache_limit")
         lines.append(f"- live teacher forward {found['teacher_forward_ms']:.2f} ms of a {found['live_step_ms']:.2f} ms "
-                     f"step ({found['teacher_share']:.0%}): bound on any cache {bound}x; reader "
+                     f"step ({found['teacher_share']:.0%}): removing it alone ~{bound}x; reader "
                      f"{found['reader_ms_per_batch']:.2f} ms/batch")  # fmt: skip
     return lines
 

@@ -72,4 +72,4 @@ def test_speed_issue_gpu_pieces_run_in_smoke_mode_and_summarise(tmp_path):
     text = summary.stdout
     assert "| smoke | jsd | fp32 logits |" in text and "fastest of all variants, smoke jsd" in text
     assert "module/hand" in text and "vs uncompiled hand loop" in text
-    assert "loader '0'" in text and "loader '1p'" in text and "bound on any cache" in text
+    assert "loader '0'" in text and "loader '1p'" in text and "removing it alone" in text
