@@ -190,7 +190,10 @@ def kernel_probes(hs, ws, ht, wt, vocab, rows_out, shape, smoke=False):
                 best[divergence] = (ms, conf)
     log(f"fastest launch configs: {best}")
     if torch.cuda.is_available():
-        overlap_probe(hs, ws, ht, wt, zs, zs0, zt, n, best, rows_out, shape)
+        try:
+            overlap_probe(hs, ws, ht, wt, zs, zs0, zt, n, best, rows_out, shape)
+        except Exception as err:  # noqa: BLE001 - the launch configurations above still count
+            log(f"overlap probe failed: {err!r:.300}")
     return {divergence: conf for divergence, (_, conf) in best.items()}
 
 
