@@ -144,9 +144,33 @@ def run_shape(args, name, n, hs_dim, ht_dim, vocab, first, rows):
                 if dev == "cuda":
                     torch.cuda.empty_cache()
             rows.append(row)
+        if first and divergence == "jsd" and dev == "cuda":
+            for vname in ("default", "fp32 logits"):
+                try:  # diagnostics only
+                    kw = variants(first, divergence, args.smoke, tuned)[vname]
+                    profile_kernels(hs, ws, ht, wt, divergence, kw, vname)
+                except Exception as err:  # noqa: BLE001
+                    log(f"profile of {vname} failed: {err!r:.200}")
         del ref
         if args.out:  # a run cut short still leaves what it measured
             Path(args.out, "fused_kd_variants_rows.json").write_text(json.dumps(rows))
+
+
+def profile_kernels(hs, ws, ht, wt, divergence, kw, name):
+    """GPU time per kernel of one forward+backward (where the time goes beyond the floor's four matmuls)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    def step():
+        FU.fused_linear_kd(hs, ws, ht, wt, divergence=divergence, beta=0.5, **kw).backward()
+
+    step()
+    hs.grad = ws.grad = None
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        step()
+        sync()
+    hs.grad = ws.grad = None
+    log(f"\nprofile of {divergence}, {name}:")
+    log(prof.key_averages().table(sort_by="cuda_time_total", row_limit=8, max_name_column_width=60))
 
 
 # ------------------------------------------------------------------------------------ kernel probes
