@@ -53,6 +53,7 @@ def variants(first_shape: bool, divergence: str, smoke: bool, tuned: dict | None
     for rows in (512, 768, 1024):
         out[f"chunk {rows // small}"] = {"chunk_size": rows // small}
     out["fp32 acc (bf16 logits)"] = {"fp32_accumulation": True}
+    out["chunk 512, grad blocks 1024"] = {"chunk_size": 512 // small, "grad_chunk_size": 1024 // small}
     out["fp32 logits, chunk 256, grad blocks 1024"] = {"fp32_logits": True, "chunk_size": 256 // small,
                                                         "grad_chunk_size": 1024 // small}  # fmt: skip
     out["fp32 logits, chunk 384, grad blocks 1536"] = {"fp32_logits": True, "chunk_size": 384 // small,
