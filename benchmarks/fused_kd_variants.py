@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 
 import torch
-from fused_kd_loss import FS, FT, FU, LF, cell, floor_fn, log, make_inputs, peak_extra, rel, sync, timed
+from fused_kd_loss import FS, FT, FU, LF, cell, floor_fn, log, make_inputs, peak_extra, profile_ours, rel, sync, timed
 
 SHAPES = [("llama", 8192, 2048, 4096, 128256), ("qwen", 8192, 896, 3584, 151936)]  # the first one is probed
 SMOKE_SHAPES = [("smoke", 96, 32, 48, 1000)]
@@ -159,19 +159,8 @@ def run_shape(args, name, n, hs_dim, ht_dim, vocab, first, rows):
 
 def profile_kernels(hs, ws, ht, wt, divergence, kw, name):
     """GPU time per kernel of one forward+backward (where the time goes beyond the floor's four matmuls)."""
-    from torch.profiler import ProfilerActivity, profile
-
-    def step():
-        FU.fused_linear_kd(hs, ws, ht, wt, divergence=divergence, beta=0.5, **kw).backward()
-
-    step()
-    hs.grad = ws.grad = None
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        step()
-        sync()
-    hs.grad = ws.grad = None
     log(f"\nprofile of {divergence}, {name}:")
-    log(prof.key_averages().table(sort_by="cuda_time_total", row_limit=8, max_name_column_width=60))
+    profile_ours(hs, ws, ht, wt, None, divergence, **kw)
 
 
 # ------------------------------------------------------------------------------------ kernel probes
