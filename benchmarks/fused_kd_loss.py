@@ -42,7 +42,7 @@ def load_lib():
     """Import lit_distill's functional and fused packages, and the fused modules whose internals the sweeps call;
     if a dependency of another lit_distill module is missing, without running the packages above them."""
     fused = "lit_distill.losses.fused"
-    names = ("lit_distill.losses.functional", fused, f"{fused}.linear_kd", f"{fused}.matmul")
+    names = ("lit_distill.losses.functional", fused, f"{fused}.spec", f"{fused}.matmul", f"{fused}.triton_kernel")
     try:
         return (*(importlib.import_module(name) for name in names), "package")
     except Exception as err:  # noqa: BLE001 - e.g. a dependency of another lit_distill module is missing
@@ -54,7 +54,7 @@ def load_lib():
     return (*(importlib.import_module(name) for name in names), f"by path ({reason:.80})")
 
 
-LF, FU, FD, FM, HOW = load_lib()
+LF, FU, FS, FM, FT, HOW = load_lib()
 
 
 def log(*args, end="\n"):
@@ -318,11 +318,12 @@ def sweep(n_rows, vocab, dtype=torch.bfloat16, grid=None):
     g = zs if dtype != torch.float32 else zs.view(torch.bfloat16)[:, :vocab]
 
     def spec(div):
-        cfg = FD._Config(
-            divergence=div, beta=0.5, temperature=1.0, ce_weight=0.0, chunk_size=None, fp32_accumulation=True,
-            fp32_logits=dtype == torch.float32, impl="triton", need=(True, True, False),
+        cfg = FS._Config(
+            divergence=div, beta=0.5, temperature=1.0, ce_weight=0.0, chunk_size=None, grad_chunk_size=None,
+            fp32_accumulation=True,
+            fp32_logits=dtype == torch.float32, overlap=False, impl="triton", need=(True, True, False),
         )  # fmt: skip
-        return FD._Spec.of(cfg, 1.0 / n_rows)
+        return FS._Spec.of(cfg, 1.0 / n_rows)
 
     spec_j, spec_f = spec("jsd"), spec("forward_kl")
     gbytes = n_rows * vocab * (2 * zs.element_size() + 2) / 1e9  # read both once, write a bf16 gradient
@@ -332,7 +333,7 @@ def sweep(n_rows, vocab, dtype=torch.bfloat16, grid=None):
         conf = {"BLOCK": block, "num_warps": warps, "programs_per_sm": pps}
         try:
             ms = timed(
-                lambda c=conf: FD._rows_triton(zs, zt, None, spec_j, True, g=g, **c), 5, 1, lambda: zs.copy_(zs0)
+                lambda c=conf: FT._rows_triton(zs, zt, None, spec_j, True, g=g, **c), 5, 1, lambda: zs.copy_(zs0)
             )
         except Exception as err:  # noqa: BLE001
             log(f"  sweep {conf}: failed {err!r:.120}")
@@ -341,7 +342,7 @@ def sweep(n_rows, vocab, dtype=torch.bfloat16, grid=None):
         log(f"  sweep BLOCK={block:5d} warps={warps:2d} programs/SM={pps}: {ms:7.3f} ms {gbytes / ms * 1e3:5.0f} GB/s")
     results.sort(key=lambda r: r[0])
     best_ms, best = results[0]
-    ms_fkl = timed(lambda: FD._rows_triton(zs, zt, None, spec_f, True, g=g, **best), 5, 1, lambda: zs.copy_(zs0))
+    ms_fkl = timed(lambda: FT._rows_triton(zs, zt, None, spec_f, True, g=g, **best), 5, 1, lambda: zs.copy_(zs0))
     log(f"best {best}: jsd {best_ms:.3f} ms, forward_kl {ms_fkl:.3f} ms for a [{n_rows}, {vocab}] {dtype} chunk")
     return best
 
@@ -356,11 +357,12 @@ def measure_ceilings():
     log(f"bf16 8192^3 matmul {2 * 8192**3 / ms_mm / 1e9:.0f} TFLOP/s")
 
 
-def profile_ours(hs, ws, ht, wt, labels):
+def profile_ours(hs, ws, ht, wt, labels=None, divergence="jsd", **kw):
+    """GPU time per kernel of one forward+backward of ``fused_linear_kd`` (after one untimed call)."""
     from torch.profiler import ProfilerActivity, profile
 
     def step():
-        FU.fused_linear_kd(hs, ws, ht, wt, divergence="jsd", beta=0.5, labels=labels).backward()
+        FU.fused_linear_kd(hs, ws, ht, wt, divergence=divergence, beta=0.5, labels=labels, **kw).backward()
 
     step()
     hs.grad = ws.grad = None
@@ -450,11 +452,14 @@ def run_shape(args, name, n, hs_dim, ht_dim, vocab, first, deadline, rows):
     del ref
 
 
-def table(rows):
-    def f(r, key, fmt):
-        v = r.get(key)
-        return "–" if v is None or (isinstance(v, float) and math.isnan(v)) else format(v, fmt)
+def cell(r: dict, key: str, fmt: str) -> str:
+    """``r[key]`` formatted for a Markdown table; a missing or NaN value is a dash."""
+    v = r.get(key)
+    return "–" if v is None or (isinstance(v, float) and math.isnan(v)) else format(v, fmt)
 
+
+def table(rows):
+    f = cell
     lines = [
         "| shape | method | fwd+bwd ms | × floor | peak extra GiB | grad err h | grad err W |",
         "|---|---|---:|---:|---:|---:|---:|",

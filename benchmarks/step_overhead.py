@@ -2,12 +2,17 @@
 
     python benchmarks/step_overhead.py --suite gpu      # resnet50 -> resnet18 and tiny GPT, on CUDA
     python benchmarks/step_overhead.py --suite cpu      # digits MLPs on the CPU
+    python benchmarks/step_overhead.py --suite smoke    # both CPU cases, a few steps, CUDA-graph path included
 
 Both sides run in one process on the same synthetic batch (already on the device), the same
 models, dtypes, loss (0.9 * KD at T=4 + 0.1 * hard-label CE) and optimizer. Step times come from
 CUDA events recorded at every step start (no sync inside the loop; one at the end), so Python
-overhead shows up only where it is not hidden behind GPU work. Prints median ms/step per case,
-the ratio module/hand, and a JSON last line.
+overhead shows up only where it is not hidden behind GPU work. Hand loop and module alternate
+``--repeats`` times; each repeat gives a module/hand ratio of median step times, and the row reports
+the median ratio and its range over the repeats. Rows: each case eager; the tiny GPT with CUDA graphs
+on both sides (``torch.compile(mode="reduce-overhead")`` of student and teacher, the module's
+``compile: {mode: reduce-overhead}``); the resnet pair compiled. Derived rows: compiled module vs
+the uncompiled hand loop (resnet), CUDA-graph module vs the eager hand loop (tiny GPT). JSON last.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import statistics
 import time
 import warnings
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -81,7 +87,7 @@ def loss_fn(s_logits, t_logits, targets):
     return 0.9 * kd + 0.1 * ce
 
 
-def hand_loop(case, steps: int, warmup: int, compiled: bool) -> list[float]:
+def hand_loop(case, steps: int, warmup: int, compiled: dict | None) -> list[float]:
     device, student, teacher, batch, make_opt = (
         case["device"],
         case["student"](),
@@ -96,15 +102,18 @@ def hand_loop(case, steps: int, warmup: int, compiled: bool) -> list[float]:
     if case["channels_last"]:
         student.to(memory_format=torch.channels_last)
         teacher.to(memory_format=torch.channels_last)
-    if compiled:
-        student.compile()
-        teacher.compile()
+    if compiled is not None:
+        student.compile(**compiled)
+        teacher.compile(**compiled)
+    graphs = compiled is not None and compiled.get("mode") in ("reduce-overhead", "max-autotune")
     opt = make_opt(student.parameters())
     inputs, targets = batch
     clock = Clock(device)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=case["autocast"])
     for _ in range(warmup + steps + 1):
         clock.mark()
+        if graphs:
+            torch.compiler.cudagraph_mark_step_begin()  # what the module does for this mode
         with torch.no_grad():  # fresh data each step would need this cast each step too
             t_logits = teacher(inputs.to(dtype) if dtype is not None and inputs.is_floating_point() else inputs)
         with autocast:
@@ -116,7 +125,7 @@ def hand_loop(case, steps: int, warmup: int, compiled: bool) -> list[float]:
     return clock.step_ms(warmup)
 
 
-def build_module(case: dict, compiled: bool = False) -> DistillationModule:
+def build_module(case: dict, compiled: dict | None = None) -> DistillationModule:
     """The case's models, dtype and optimizer as a DistillationModule with the benchmark's loss."""
     return DistillationModule(
         student=case["student"](),
@@ -124,13 +133,13 @@ def build_module(case: dict, compiled: bool = False) -> DistillationModule:
         losses=[LogitKD(temperature=4.0, weight=0.9), CrossEntropy(weight=0.1)],
         teacher_dtype=None if case["teacher_dtype"] is None else str(case["teacher_dtype"]).removeprefix("torch."),
         channels_last=case["channels_last"],
-        compile=compiled,
+        compile=False if compiled is None else (compiled or True),
         optimizer=case["opt"],
         allow_untrained_teacher=True,  # step speed does not depend on what the teacher knows
     )
 
 
-def module_loop(case, steps: int, warmup: int, compiled: bool) -> list[float]:
+def module_loop(case, steps: int, warmup: int, compiled: dict | None) -> list[float]:
     device = case["device"]
     module = build_module(case, compiled)
     clock = Clock(device)
@@ -174,12 +183,12 @@ def resnet_case(batch_size: int) -> dict:
     }
 
 
-def gpt_case(device: torch.device) -> dict:
+def gpt_case(device: torch.device, rows: int = 8, seq: int = 256) -> dict:
     from lit_distill.models.gpt import GPT
 
-    ids = torch.randint(0, 258, (8, 256), device=device, generator=torch.Generator(device=device).manual_seed(0))
+    ids = torch.randint(0, 258, (rows, seq), device=device, generator=torch.Generator(device=device).manual_seed(0))
     return {
-        "name": f"tiny GPT 6x384 -> 2x128, batch 8x256 tokens, {device.type}",
+        "name": f"tiny GPT 6x384 -> 2x128, batch {rows}x{seq} tokens, {device.type}",
         "device": device,
         "student": lambda: GPT(block_size=256, n_layer=2, n_head=2, n_embd=128).to(device),
         "teacher": lambda: GPT(block_size=256, n_layer=6, n_head=6, n_embd=384).to(device),
@@ -208,25 +217,31 @@ def digits_case() -> dict:
     }
 
 
-def measure(case: dict, steps: int, warmup: int, compiled: bool, repeats: int) -> dict:
+def measure(case: dict, steps: int, warmup: int, compiled: dict | None, repeats: int) -> dict:
+    """Hand loop and module alternately ``repeats`` times (drift from clocks and heat hits both alike)."""
     hand, module = [], []
-    for _ in range(repeats):  # interleave so drift (clocks, heat) hits both sides alike
+    for _ in range(repeats):
         torch.manual_seed(0)
         hand.append(statistics.median(hand_loop(copy.copy(case), steps, warmup, compiled)))
         torch.manual_seed(0)
         module.append(statistics.median(module_loop(copy.copy(case), steps, warmup, compiled)))
-    h, m = statistics.median(hand), statistics.median(module)
+    ratios = [m / h for h, m in zip(hand, module)]
+    h, m, r = statistics.median(hand), statistics.median(module), statistics.median(ratios)
+    label = "eager" if compiled is None else ("compiled" if not compiled else f"compiled {compiled}")
     row = {
         "case": case["name"],
-        "compiled": compiled,
+        "compiled": label,
         "hand_ms": round(h, 3),
         "module_ms": round(m, 3),
-        "ratio": round(m / h, 4),
+        "ratio": round(r, 4),
+        "ratio_range": [round(min(ratios), 4), round(max(ratios), 4)],
         "hand_runs": [round(x, 3) for x in hand],
         "module_runs": [round(x, 3) for x in module],
     }
     print(
-        f"{row['case']:<58} compile={compiled!s:<5} hand {h:8.3f} ms  module {m:8.3f} ms  ratio {m / h:.3f}", flush=True
+        f"{row['case']:<56} {label:<36} hand {h:8.3f} ms  module {m:8.3f} ms  ratio {r:.3f} "
+        f"(range {min(ratios):.3f}-{max(ratios):.3f} over {repeats})",
+        flush=True,
     )
     return row
 
@@ -236,8 +251,11 @@ def profile_module(case: dict) -> None:
     from torch.profiler import ProfilerActivity, profile
 
     with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
-        module_loop(case, 10, 5, False)
+        module_loop(case, 10, 5, None)
     print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=25, max_name_column_width=60))
+
+
+GRAPHS = {"mode": "reduce-overhead"}  # CUDA graphs through torch.compile: one replay instead of many launches
 
 
 def main() -> None:
@@ -245,54 +263,63 @@ def main() -> None:
     parser.add_argument("--suite", choices=["gpu", "cpu", "smoke"], default="gpu")
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--warmup", type=int, default=10)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=3, help="eager repeats per case (ratio median and range)")
     parser.add_argument("--compile-repeats", type=int, default=1, help="compilation is slow: fewer repeats")
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--no-compile", action="store_true")
     parser.add_argument("--only", choices=["resnet", "gpt"], default=None, help="run one GPU case")
     parser.add_argument("--profile", action="store_true", help="torch.profiler table of the module path (gpt case)")
+    parser.add_argument("--out", default=None, help="folder for rows.json, rewritten after every case")
     args = parser.parse_args()
 
     rows = []
     if args.suite == "gpu":
         torch.backends.cudnn.benchmark = True
-        cases: list[tuple[Callable[[], dict], bool]] = []
+        gpt = lambda: gpt_case(torch.device("cuda"))  # noqa: E731
+        resnet = lambda: resnet_case(args.batch_size)  # noqa: E731
+        plan: list[tuple[str, Callable[[], dict], dict | None, int]] = []
         if args.only in (None, "resnet"):
-            cases.append((lambda: resnet_case(args.batch_size), False))
+            plan.append(("resnet", resnet, None, args.repeats))
         if args.only in (None, "gpt"):
-            cases.append((lambda: gpt_case(torch.device("cuda")), False))
+            plan.append(("gpt", gpt, None, args.repeats))
+            if not args.no_compile:
+                plan.append(("gpt", gpt, GRAPHS, args.compile_repeats))
         if not args.no_compile and args.only in (None, "resnet"):
-            cases.append((lambda: resnet_case(args.batch_size), True))
+            plan.append(("resnet", resnet, {}, args.compile_repeats))
         if args.profile:
-            profile_module(gpt_case(torch.device("cuda")))
-        for make, compiled in cases:
-            repeats = args.compile_repeats if compiled else args.repeats
-            rows.append(measure(make(), args.steps, args.warmup, compiled, repeats))
-        if not args.no_compile:
-            # The headline: compiled module through Trainer.fit vs the plain uncompiled hand loop.
-            base = rows[0]["hand_ms"]
-            comp = next(r for r in rows if r["compiled"])
-            rows.append(
-                {
-                    "case": "speed-up: compiled module vs uncompiled hand loop",
-                    "ratio": round(base / comp["module_ms"], 4),
-                }
-            )
-            print(f"compiled DistillationModule vs uncompiled hand loop: {base / comp['module_ms']:.3f}x steps/s")
+            profile_module(gpt())
+        for name, make, compiled, repeats in plan:
+            rows.append({**measure(make(), args.steps, args.warmup, compiled, repeats), "pair": name})
+            if args.out:  # a run cut short still leaves the cases it finished
+                Path(args.out, "step_overhead_rows.json").write_text(json.dumps(rows + derived_rows(rows, quiet=True)))
+        rows += derived_rows(rows)
+    elif args.suite == "smoke":  # the GPU suite's plan on the CPU, tiny: checks the script, measures nothing
+        graphs_cpu = {"backend": "aot_eager", **GRAPHS}  # CUDA graphs need CUDA; the same code path otherwise
+        plan = [("digits", digits_case, None, 1), ("digits", digits_case, graphs_cpu, 1)]
+        plan.append(("gpt", lambda: gpt_case(torch.device("cpu"), rows=2, seq=64), None, 1))
+        for name, make, compiled, repeats in plan:
+            rows.append({**measure(make(), 4, 1, compiled, repeats), "pair": name})
+        rows += derived_rows(rows)
     else:
         for case in (digits_case(), gpt_case(torch.device("cpu"))):
-            steps = 8 if args.suite == "smoke" else args.steps
-            rows.append(
-                measure(
-                    case,
-                    steps,
-                    2 if args.suite == "smoke" else args.warmup,
-                    False,
-                    1 if args.suite == "smoke" else args.repeats,
-                )
-            )
+            rows.append(measure(case, args.steps, args.warmup, None, args.repeats))
     device = torch.cuda.get_device_name() if torch.cuda.is_available() and args.suite == "gpu" else "cpu"
     print(json.dumps({"device": device, "torch": torch.__version__, "rows": rows}))
+
+
+def derived_rows(rows: list[dict], quiet: bool = False) -> list[dict]:
+    """Speed-ups of compiled modules over the uncompiled hand loop of the same pair."""
+    out = []
+    for comp in [r for r in rows if r.get("pair") and r["compiled"] != "eager"]:
+        pair, mode = comp["pair"], comp["compiled"]
+        base = next((r for r in rows if r.get("pair") == pair and r["compiled"] == "eager"), None)
+        if base is None:
+            continue
+        speedup = base["hand_ms"] / comp["module_ms"]
+        out.append({"case": f"speed-up: {pair} module ({mode}) vs uncompiled hand loop", "ratio": round(speedup, 4)})
+        if not quiet:
+            print(f"{pair}: module ({mode}) vs uncompiled hand loop: {speedup:.3f}x steps/s")
+    return out
 
 
 if __name__ == "__main__":

@@ -3,18 +3,24 @@
     python benchmarks/teacher_cache.py --case digits                      # CPU, the quickstart's MLPs
     python benchmarks/teacher_cache.py --case text                        # CPU, small GPTs on pydoc text
     python benchmarks/teacher_cache.py --case text-gpu --device cuda      # GPU, a 12-layer GPT teacher
+    python benchmarks/teacher_cache.py --case text-gpu --device cuda --precision bf16-mixed --top-k 32 --loaders 0,2p
 
 Writes the cache once (``Trainer.predict`` + ``TeacherCacheWriter``, timed), then fits the student for
 ``--epochs`` with the live teacher and from the cache, alternating ``--repeats`` times. A training
 epoch's samples/s is timed between epoch start and end (CUDA synchronised, validation off); the first
 epoch of each fit is warm-up and not counted; the median over the rest is reported, by the wall clock and
 per CPU-second of this process (robust on a shared CPU). Also prints the teacher/student forward FLOPs
-ratio and the cache size per sample. The last printed line is JSON.
+ratio and the cache size per sample. ``--loaders`` repeats the comparison for several loader settings (``0``:
+loading in the training process, ``2p``: two workers and pinned memory), the same for live and cached. Then
+what a cache can win at most, roughly: the live teacher's forward time on one batch (timed alone) as a share of
+the live step, ``1 / (1 - share)`` being the speed-up of removing just that (the losses differ a little: full
+vs top-k logits), and the reader's time per batch. The last printed line is JSON.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import statistics
 import tempfile
@@ -22,13 +28,14 @@ import time
 import warnings
 from pathlib import Path
 
+import numpy as np
 import torch
 from lightning.pytorch import Callback, Trainer, seed_everything
 from torch.utils.flop_counter import FlopCounterMode
 
 from lit_distill import CrossEntropy, DistillationModule, LogitKD
 from lit_distill.batch import split_batch
-from lit_distill.cache import CachedTeacher, TeacherCacheWriter
+from lit_distill.cache import CachedTeacher, CacheReader, TeacherCacheWriter
 from lit_distill.data import CachedTeacherDataModule, DigitsDataModule, TextDataModule
 from lit_distill.models import MLP
 from lit_distill.models.gpt import GPT
@@ -89,6 +96,56 @@ class EpochClock(Callback):
         self.cpu_rates.append(self.samples / (time.process_time() - self.cpu_start))
 
 
+def with_loader(data, setting: str):
+    """``data`` with ``setting`` applied to its training loader: ``"<workers>"`` plus ``p`` for pinned memory."""
+    data.num_workers = int(setting.rstrip("p"))
+    loader = functools.partial(type(data).resumable_train_loader, data, pin_memory=setting.endswith("p"))
+    data.resumable_train_loader = loader
+    return data
+
+
+def teacher_share(teacher, data, args, live_rate: float, batch_size: int, steps: int = 20) -> dict:
+    """The live teacher's forward on one training batch, timed alone, against the live step: a cache removes about
+    this share, so ``1 / (1 - share)`` is roughly the most it can win."""
+    device = torch.device(args.device)
+    args_, kwargs, _ = split_batch(next(iter(data.train_dataloader())))
+    inputs = [a.to(device) for a in args_]
+    kwargs = {k: v.to(device) for k, v in kwargs.items()}
+    model = teacher.to(device).eval()
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.precision.startswith("bf16"))
+    times = []
+    with torch.no_grad(), autocast:
+        for i in range(steps + 3):
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            start = time.perf_counter()
+            model(*inputs, **kwargs)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            if i >= 3:
+                times.append(time.perf_counter() - start)
+    model.cpu()
+    teacher_ms = 1000 * statistics.median(times)
+    step_ms = 1000 * batch_size / live_rate
+    share = teacher_ms / step_ms
+    bound = round(1 / (1 - share), 3) if share < 1 else None
+    return {"teacher_forward_ms": round(teacher_ms, 3), "live_step_ms": round(step_ms, 3),
+            "teacher_share": round(share, 3), "cache_limit": bound}  # fmt: skip
+
+
+def reader_ms(cache_dir: str, data, rounds: int = 20) -> float:
+    """Median milliseconds of one training batch's cache lookup (what the loader adds per batch)."""
+    reader = CacheReader(cache_dir, "train")
+    batch = next(iter(data.train_dataloader()))
+    ids = np.arange(len(split_batch(batch)[0][0]))
+    times = []
+    for _ in range(rounds):
+        start = time.perf_counter()
+        reader.gather(ids, batch)
+        times.append(time.perf_counter() - start)
+    return 1000 * statistics.median(times)
+
+
 def trainer(args, **kwargs) -> Trainer:
     return Trainer(
         accelerator=args.device,
@@ -130,6 +187,7 @@ def main() -> None:
     parser.add_argument(
         "--threads", type=int, default=None, help="torch CPU threads (1 avoids spin-waits on a busy CPU)"
     )
+    parser.add_argument("--loaders", default="0", help="comma list of loader settings: workers, 'p' = pinned memory")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -160,29 +218,10 @@ def main() -> None:
     n_train = writer.manifest["splits"]["train"]["num_samples"]
     size = sum(f.stat().st_size for f in Path(cache_dir, "train").rglob("*.npy"))
 
-    rates: dict[str, list[float]] = {"live": [], "cached": []}
-    cpu_rates: dict[str, list[float]] = {"live": [], "cached": []}
-    for _ in range(args.repeats):
-        for mode in ("live", "cached"):
-            clock = EpochClock()
-            if mode == "live":
-                fit_module, fit_data = module(teacher), base
-            else:
-                fit_module = module(CachedTeacher())
-                fit_data = CachedTeacherDataModule(base, cache_dir, splits=["train"])
-            trainer(args, max_epochs=args.epochs, callbacks=[clock]).fit(fit_module, datamodule=fit_data)
-            rates[mode] += clock.rates[1:]
-            cpu_rates[mode] += clock.cpu_rates[1:]
-    live, cached = statistics.median(rates["live"]), statistics.median(rates["cached"])
-    cpu_live, cpu_cached = statistics.median(cpu_rates["live"]), statistics.median(cpu_rates["cached"])
     device = torch.cuda.get_device_name() if args.device == "cuda" else f"cpu x{torch.get_num_threads()} threads"
     print(f"case {args.case} on {device}, precision {args.precision}, batch {batch_size}, {n_train} train samples")
     print(f"teacher/student forward FLOPs: {ratio:.1f}x")
     print(f"cache: {writer.manifest['settings']}, {size / n_train:,.0f} bytes/sample, written in {write_s:.1f} s")
-    print(f"live teacher : {live:10.1f} samples/s  (epochs: {', '.join(f'{r:.0f}' for r in rates['live'])})")
-    print(f"from cache   : {cached:10.1f} samples/s  (epochs: {', '.join(f'{r:.0f}' for r in rates['cached'])})")
-    print(f"speed-up     : {cached / live:.2f}x")
-    print(f"per CPU-second of this process: live {cpu_live:.1f}, cached {cpu_cached:.1f}, {cpu_cached / cpu_live:.2f}x")
     result = {
         "case": args.case,
         "device": device,
@@ -192,13 +231,49 @@ def main() -> None:
         "cache_bytes_per_sample": round(size / n_train),
         "cache_write_s": round(write_s, 2),
         "settings": writer.manifest["settings"],
-        "live_samples_per_s": round(live, 1),
-        "cached_samples_per_s": round(cached, 1),
-        "speedup": round(cached / live, 3),
-        "live_samples_per_cpu_s": round(cpu_live, 1),
-        "cached_samples_per_cpu_s": round(cpu_cached, 1),
-        "cpu_time_speedup": round(cpu_cached / cpu_live, 3),
+        "loaders": {},
     }
+    for setting in args.loaders.split(","):
+        with_loader(base, setting)
+        rates: dict[str, list[float]] = {"live": [], "cached": []}
+        cpu_rates: dict[str, list[float]] = {"live": [], "cached": []}
+        for _ in range(args.repeats):
+            for mode in ("live", "cached"):
+                clock = EpochClock()
+                if mode == "live":
+                    fit_module, fit_data = module(teacher), base
+                else:
+                    fit_module = module(CachedTeacher())
+                    fit_data = CachedTeacherDataModule(base, cache_dir, splits=["train"])
+                trainer(args, max_epochs=args.epochs, callbacks=[clock]).fit(fit_module, datamodule=fit_data)
+                rates[mode] += clock.rates[1:]
+                cpu_rates[mode] += clock.cpu_rates[1:]
+        live, cached = statistics.median(rates["live"]), statistics.median(rates["cached"])
+        cpu_live, cpu_cached = statistics.median(cpu_rates["live"]), statistics.median(cpu_rates["cached"])
+        workers, pinned = int(setting.rstrip("p")), setting.endswith("p")
+        print(f"\nloader: {workers} worker(s), pinned memory {pinned}")
+        print(f"live teacher : {live:10.1f} samples/s  (epochs: {', '.join(f'{r:.0f}' for r in rates['live'])})")
+        print(f"from cache   : {cached:10.1f} samples/s  (epochs: {', '.join(f'{r:.0f}' for r in rates['cached'])})")
+        print(f"speed-up     : {cached / live:.2f}x")
+        print(f"per CPU-second of this process: live {cpu_live:.1f}, cached {cpu_cached:.1f}, "
+              f"{cpu_cached / cpu_live:.2f}x")  # fmt: skip
+        result["loaders"][setting] = {
+            "live_samples_per_s": round(live, 1),
+            "cached_samples_per_s": round(cached, 1),
+            "speedup": round(cached / live, 3),
+            "live_samples_per_cpu_s": round(cpu_live, 1),
+            "cached_samples_per_cpu_s": round(cpu_cached, 1),
+            "cpu_time_speedup": round(cpu_cached / cpu_live, 3),
+        }
+    first = result["loaders"][args.loaders.split(",")[0]]
+    result.update(first)  # the first setting's figures at the top level, as before
+    limit = teacher_share(teacher, with_loader(base, "0"), args, first["live_samples_per_s"], batch_size)
+    limit["reader_ms_per_batch"] = round(reader_ms(cache_dir, base), 3)
+    result.update(limit)
+    bound = "n/a (timing noise)" if limit["cache_limit"] is None else f"{limit['cache_limit']:.2f}x"
+    print(f"\nlive teacher forward alone: {limit['teacher_forward_ms']:.2f} ms per batch of a "
+          f"{limit['live_step_ms']:.2f} ms live step ({limit['teacher_share']:.0%}): removing it alone gives "
+          f"{bound}; cache reader {limit['reader_ms_per_batch']:.2f} ms per batch")  # fmt: skip
     print(json.dumps(result))
     if tmp is not None:
         tmp.cleanup()

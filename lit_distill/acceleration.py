@@ -35,15 +35,28 @@ def prepare_input(value: Any, cast: torch.dtype | None, channels_last: bool) -> 
     return value
 
 
-def compile_in_place(models: tuple[nn.Module | None, ...], compile: bool | dict[str, Any]) -> None:
+def compile_in_place(models: tuple[nn.Module | None, ...], compile: bool | dict[str, Any]) -> bool:
     """``nn.Module.compile`` each model; a dict ``compile`` is passed as options (e.g. ``{"mode": "max-autotune"}``).
 
-    It works in place, so parameter names (and checkpoints) do not change.
+    It works in place, so parameter names (and checkpoints) do not change. Returns :func:`uses_cuda_graphs`.
     """
     options = compile if isinstance(compile, dict) else {}
     for model in models:
         if model is not None:
             model.compile(**options)
+    return uses_cuda_graphs(compile)
+
+
+def uses_cuda_graphs(compile: bool | dict[str, Any]) -> bool:
+    """Whether ``compile`` options make ``torch.compile`` record CUDA graphs (``mode`` ``reduce-overhead`` or
+    ``max-autotune``): replaying one graph per model instead of launching every kernel from Python is what small,
+    launch-bound steps need. The module then marks each training step's start for the graph trees.
+
+    Example:
+        >>> uses_cuda_graphs({"mode": "reduce-overhead"}), uses_cuda_graphs(True)
+        (True, False)
+    """
+    return isinstance(compile, dict) and compile.get("mode") in ("reduce-overhead", "max-autotune")
 
 
 def hidden_path(losses: Iterable[nn.Module], student: nn.Module, teacher: nn.Module | None) -> bool:

@@ -70,7 +70,7 @@ class DistillationModule(TeacherCheckpointing, LightningModule):
             its last finite value (checked without a per-step sync, and always before a checkpoint
             is written); ``"skip"`` skips that batch's update on every rank (one sync per step).
         compile: ``torch.compile`` student and teacher in place (state-dict keys unchanged); a dict
-            is passed to ``nn.Module.compile`` (e.g. ``{mode: max-autotune}``).
+            is passed to ``nn.Module.compile`` (``{mode: reduce-overhead}``: CUDA graphs, for small steps).
         channels_last: store conv models and 4-D inputs in channels-last memory format (faster
             convolutions with tensor cores).
         allow_untrained_teacher: accept a teacher that has no trained weights (built from its config with
@@ -130,7 +130,7 @@ class DistillationModule(TeacherCheckpointing, LightningModule):
         self.allow_untrained_teacher = allow_untrained_teacher
         if channels_last:
             accel.to_channels_last(student, teacher)
-        self._configured = False
+        self._configured = self._graph_steps = False
         self._taps: dict[str, FeatureTaps] = {}
         self._probed = False
 
@@ -222,6 +222,8 @@ class DistillationModule(TeacherCheckpointing, LightningModule):
         return total, terms, student_out, teacher_out
 
     def training_step(self, batch: Any, batch_idx: int) -> Tensor | None:
+        if self._graph_steps:  # CUDA graphs: the last step's graph outputs may be overwritten from here on
+            torch.compiler.cudagraph_mark_step_begin()
         total, terms, _, _ = self.shared_step(batch)
         bs = batch_size_of(batch)
         if self.nan_policy == "skip":
@@ -309,7 +311,7 @@ class DistillationModule(TeacherCheckpointing, LightningModule):
         if mesh is not None:
             shard_adapters(self.losses, mesh, str(trainer.precision))
         if self.compile_models:
-            accel.compile_in_place((self.student, self.teacher), self.compile_models)
+            self._graph_steps = accel.compile_in_place((self.student, self.teacher), self.compile_models)
         self._configured = True
 
     def teardown(self, stage: str) -> None:

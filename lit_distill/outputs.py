@@ -28,6 +28,27 @@ class ModelOutput:
     head: nn.Module | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
+    def pin_memory(self) -> ModelOutput:
+        """A copy with every tensor in pinned host memory: ``DataLoader(pin_memory=True)`` calls this on cached
+        teacher outputs, so their copy to the GPU runs asynchronously like the rest of the batch.
+
+        Example:
+            >>> out = ModelOutput(logits=torch.zeros(2, 3)).pin_memory()  # doctest: +SKIP
+            >>> out.logits.is_pinned()  # doctest: +SKIP
+            True
+        """
+
+        def pin(value: Any) -> Any:
+            return value.pin_memory() if isinstance(value, Tensor) else value
+
+        return ModelOutput(
+            logits=pin(self.logits),
+            features={k: pin(v) for k, v in self.features.items()},
+            hidden=pin(self.hidden),
+            head=self.head,
+            extra={k: pin(v) for k, v in self.extra.items()},
+        )
+
 
 def as_model_output(raw: Any) -> ModelOutput:
     """Normalise what ``model(inputs)`` returned into a :class:`ModelOutput`.

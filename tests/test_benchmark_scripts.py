@@ -50,3 +50,26 @@ def test_onpolicy_after_sft_script_runs_every_variant(tmp_path):
     expected = ["stage 1 (SFT)", "SFT", "token KD", "token KD (reverse_kl)", "seq-KD", "on-policy"]
     assert list(students) == expected
     assert all(0 < row["teacher_nll"] < 10 and 0 < row["distinct4"] <= 1 for rows in students.values() for row in rows)
+
+
+def test_speed_issue_gpu_pieces_run_in_smoke_mode_and_summarise(tmp_path):
+    """The pieces of benchmarks/run_speed_gpu.sh on the CPU, tiny, then the summary table over their outputs: a
+    typo in a GPU-only benchmark must not first show up on the GPU machine."""
+    runs = {
+        "fused": ["benchmarks/fused_kd_variants.py", "--smoke", "--out", str(tmp_path)],
+        "step_overhead": ["benchmarks/step_overhead.py", "--suite", "smoke", "--out", str(tmp_path)],
+        "teacher_cache": ["benchmarks/teacher_cache.py", "--case", "digits", "--epochs", "2", "--repeats", "1",
+                          "--top-k", "3", "--threads", "1", "--loaders", "0,1p"],
+    }  # fmt: skip
+    for name, args in runs.items():
+        run = subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=300)
+        assert run.returncode == 0, (name, run.stderr[-2000:])
+        (tmp_path / f"{name}.txt").write_text(run.stdout)
+    summary = subprocess.run(
+        [sys.executable, "benchmarks/speed_summary.py", str(tmp_path)], cwd=ROOT, capture_output=True, text=True
+    )
+    assert summary.returncode == 0, summary.stderr[-2000:]
+    text = summary.stdout
+    assert "| smoke | jsd | fp32 logits |" in text and "fastest of all variants, smoke jsd" in text
+    assert "module/hand" in text and "vs uncompiled hand loop" in text
+    assert "loader '0'" in text and "loader '1p'" in text and "removing it alone" in text

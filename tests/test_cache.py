@@ -59,18 +59,21 @@ class ToyLM(nn.Module):
 class TokenData(LightningDataModule):
     """Variable-length token sequences, right-padded per batch: dict batches like TextDataModule's instructions."""
 
-    def __init__(self, batch_size=4, shuffle=False, vocab=40):
+    def __init__(self, batch_size=4, shuffle=False, vocab=40, fixed=0):
         super().__init__()
-        self.batch_size, self.shuffle, self.vocab = batch_size, shuffle, vocab
+        self.batch_size, self.shuffle, self.vocab, self.fixed = batch_size, shuffle, vocab, fixed
 
     def setup(self, stage=None):
         g = torch.Generator().manual_seed(3)
         self.rows = [
-            torch.randint(1, self.vocab, (int(torch.randint(3, 12, (1,), generator=g)),), generator=g)
+            torch.randint(1, self.vocab, (self.fixed or int(torch.randint(3, 12, (1,), generator=g)),), generator=g)
             for _ in range(22)
         ]
 
     def collate(self, rows):
+        if self.fixed:  # fixed-length blocks without a mask, like TextDataModule on a plain corpus
+            ids = torch.stack(rows)
+            return {"input_ids": ids, "labels": ids}
         width = max(len(r) for r in rows)
         ids = torch.zeros(len(rows), width, dtype=torch.long)
         mask = torch.zeros_like(ids)
@@ -155,6 +158,23 @@ def test_token_level_dict_batches_read_back_under_other_padding(tmp_path):
                 assert out.extra[TOPK_VALUES].dtype == torch.bfloat16
                 torch.testing.assert_close(out.extra[TOPK_VALUES][valid], values[valid].bfloat16())
                 assert torch.equal(out.extra[TOPK_INDICES][valid].long(), indices[valid])
+
+
+def test_unpadded_token_batches_read_back_in_any_order(tmp_path):
+    """Fixed-length blocks take the reader's one-gather-per-shard path; shuffled batches get their own rows."""
+    teacher = ToyLM()
+    module = module_with(teacher, student=ToyLM(hidden=4))
+    write(tmp_path, module, TokenData(batch_size=4, fixed=7), splits=["train"], top_k=5, dtype="fp16")
+    dm = CachedTeacherDataModule(TokenData(batch_size=5, shuffle=True, fixed=7), str(tmp_path / "cache"), ["train"])
+    dm.setup("fit")
+    seen = 0
+    for batch in dm.train_dataloader():
+        out = cached_teacher_output(batch)
+        values, indices = teacher(batch["input_ids"]).topk(5, dim=-1)
+        torch.testing.assert_close(out.extra[TOPK_VALUES], values.half(), rtol=1e-3, atol=1e-3)
+        assert torch.equal(out.extra[TOPK_INDICES].long(), indices)
+        seen += len(batch["input_ids"])
+    assert seen == 22
 
 
 def test_stale_or_foreign_caches_are_refused(tmp_path):

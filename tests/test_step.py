@@ -74,3 +74,18 @@ def test_compile_from_config_trains(tmp_path):
     assert module._configured and module.student._compiled_call_impl is not None
     # In-place compile keeps checkpoint keys unchanged.
     assert all(not k.startswith("student._orig_mod") for k in module.state_dict())
+
+
+@pytest.mark.parametrize("mode,marks", [("reduce-overhead", 3), (None, 0)])
+def test_cuda_graph_mode_marks_every_training_step(tmp_path, monkeypatch, mode, marks):
+    """``compile: {mode: reduce-overhead}`` (CUDA graphs) tells the graph trees where each training step starts, so
+    a replay may reuse the last step's output memory; other compile settings leave the trees alone."""
+    if not hasattr(torch, "compile"):
+        pytest.skip("torch.compile is not available in this torch build")
+    seen = []
+    monkeypatch.setattr(torch.compiler, "cudagraph_mark_step_begin", lambda: seen.append(1))
+    options = {"backend": "aot_eager"} if mode is None else {"backend": "aot_eager", "mode": mode}
+    module = make_module(compile=options)
+    train, _ = loaders(n=12, batch_size=4)  # three steps
+    trainer(tmp_path, max_epochs=1).fit(module, train)
+    assert module.trainer.global_step == 3 and len(seen) == marks

@@ -105,30 +105,38 @@ def count_parameters(model: nn.Module) -> int:
     return total
 
 
+def encode_times(
+    encoders: Mapping[str, nn.Module], sentences: list[str], rounds: int = 3, batch_size: int = 32
+) -> dict[str, list[tuple[float, float]]]:
+    """Seconds of each encoder's ``encode`` over ``sentences`` (tokenization included), per round: ``(wall, cpu)``,
+    the CPU time being this process's (all threads). Rounds are interleaved (a, b, c, a, b, c, ...) so background
+    load on a shared CPU hits every encoder alike; compare encoders within a round.
+
+    Example:
+        >>> encode_times({"teacher": teacher, "student": student}, sentences, rounds=2)  # doctest: +SKIP
+        {'teacher': [(6.2, 6.1), (6.3, 6.2)], 'student': [(3.1, 3.0), (3.0, 3.0)]}
+    """
+    times: dict[str, list[tuple[float, float]]] = {name: [] for name in encoders}
+    for encoder in encoders.values():
+        encoder.encode(sentences[:batch_size], batch_size=batch_size)  # warm-up: allocator, thread pool
+    for _ in range(rounds):
+        for name, encoder in encoders.items():
+            wall, cpu = time.perf_counter(), time.process_time()
+            encoder.encode(sentences, batch_size=batch_size)
+            times[name].append((time.perf_counter() - wall, time.process_time() - cpu))
+    return times
+
+
 def encode_rates(encoders: Mapping[str, nn.Module], sentences: list[str], rounds: int = 3, batch_size: int = 32):
-    """Sentences per second of each encoder's ``encode`` (tokenization included), median of ``rounds`` passes.
-
-    Passes are interleaved (a, b, c, a, b, c, ...) so background load on a shared CPU hits every encoder alike.
-
-    Args:
-        encoders: name -> model with ``encode(sentences, batch_size)``.
-        sentences: the texts encoded in every pass.
-        rounds: timed passes per encoder (after one untimed warm-up batch).
-        batch_size: sentences per forward pass.
+    """Sentences per second of each encoder's ``encode`` (tokenization included), median of ``rounds`` interleaved
+    passes (see :func:`encode_times`).
 
     Example:
         >>> encode_rates({"teacher": teacher, "student": student}, sentences)  # doctest: +SKIP
         {'teacher': 41.2, 'student': 83.6}
     """
-    times: dict[str, list[float]] = {name: [] for name in encoders}
-    for encoder in encoders.values():
-        encoder.encode(sentences[:batch_size], batch_size=batch_size)  # warm-up: allocator, thread pool
-    for _ in range(rounds):
-        for name, encoder in encoders.items():
-            start = time.perf_counter()
-            encoder.encode(sentences, batch_size=batch_size)
-            times[name].append(time.perf_counter() - start)
-    return {name: len(sentences) / statistics.median(values) for name, values in times.items()}
+    times = encode_times(encoders, sentences, rounds, batch_size)
+    return {name: len(sentences) / statistics.median(w for w, _ in values) for name, values in times.items()}
 
 
 def compare_encoders(
@@ -142,7 +150,10 @@ def compare_encoders(
     """One row per model (teacher first): parameters, size, mean cosine, top-1/top-``k`` agreement, speed.
 
     Quality is measured on all ``sentences``, speed on the first ``timed`` of them (None: all). Every model
-    needs ``encode(sentences, batch_size)`` (:class:`~lit_distill.models.encoder.SentenceEncoder`).
+    needs ``encode(sentences, batch_size)`` (:class:`~lit_distill.models.encoder.SentenceEncoder`). Speed-ups
+    over the teacher are taken within each round (interleaved passes), by the wall clock (``speedup``: median,
+    ``speedup_range``: lowest and highest round) and by this process's CPU time (``cpu_speedup``: median), which
+    other jobs on a shared CPU do not inflate.
 
     Args:
         teacher: the reference encoder.
@@ -156,11 +167,14 @@ def compare_encoders(
         >>> print(format_table(compare_encoders(teacher, {"student": student}, sentences)))  # doctest: +SKIP
     """
     models = {"teacher": teacher, **students}
-    rates = encode_rates(models, sentences[:timed], rounds=rounds)
+    times = encode_times(models, sentences[:timed], rounds=rounds)
+    n_timed = len(sentences[:timed])
     reference = teacher.encode(sentences)
     rows = []
     for name, model in models.items():
         emb = reference if name == "teacher" else model.encode(sentences)
+        wall = [t[0] / m[0] for t, m in zip(times["teacher"], times[name])]
+        cpu = [t[1] / m[1] for t, m in zip(times["teacher"], times[name])]
         rows.append(
             {
                 "model": name,
@@ -169,8 +183,10 @@ def compare_encoders(
                 "cosine": mean_cosine(emb, reference),
                 "top1": neighbour_agreement(emb, reference, 1),
                 f"top{k}": neighbour_agreement(emb, reference, k),
-                "sent_per_s": rates[name],
-                "speedup": rates[name] / rates["teacher"],
+                "sent_per_s": n_timed / statistics.median(w for w, _ in times[name]),
+                "speedup": statistics.median(wall),
+                "speedup_range": f"{min(wall):.2f}-{max(wall):.2f}",
+                "cpu_speedup": statistics.median(cpu),
             }
         )
     return rows

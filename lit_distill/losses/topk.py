@@ -43,6 +43,16 @@ __all__ = [
 TOPK_VALUES = "topk_values"
 TOPK_INDICES = "topk_indices"
 
+#: Vocabulary sizes whose index range a CUDA batch has passed (see ``_prepare``).
+_CHECKED_CUDA_VOCABS: set[int] = set()
+
+
+def _out_of_range(indices: Tensor, vocab: int) -> bool:
+    bad = int(indices.min()) < 0 or int(indices.max()) >= vocab
+    if not bad and indices.is_cuda:
+        _CHECKED_CUDA_VOCABS.add(vocab)
+    return bad
+
 
 def topk_teacher(out: ModelOutput | None) -> tuple[Tensor, Tensor] | None:
     """``(values, indices)`` when ``out`` holds only top-k teacher logits, else None (full logits win)."""
@@ -75,7 +85,11 @@ def _prepare(
             f"{tuple(student_logits.shape[:-1])}."
         )
     indices = indices.long()
-    if indices.numel() and (int(indices.min()) < 0 or int(indices.max()) >= vocab):
+    # Reading the range back from a GPU waits for it every step (the CPU can no longer queue work ahead):
+    # check once per vocabulary size there; on the CPU every call. A later out-of-range index on the GPU
+    # still stops the run (gather's device-side bounds check), only with CUDA's message.
+    checked = indices.is_cuda and vocab in _CHECKED_CUDA_VOCABS
+    if indices.numel() and not checked and _out_of_range(indices, vocab):
         raise ValueError(
             f"top-k teacher indices span [{int(indices.min())}, {int(indices.max())}] but the student has {vocab} "
             "classes; the cache was written for another vocabulary."

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 
 from lit_distill.callbacks.embedding import (
     EmbeddingEval,
+    compare_encoders,
     count_parameters,
     encode_rates,
     mean_cosine,
@@ -62,6 +63,11 @@ def test_int8_student_is_smaller_and_close():
     assert mean_cosine(int8.encode(sentences), model.encode(sentences)) > 0.99
     rates = encode_rates({"fp32": model, "int8": int8}, sentences, rounds=1)
     assert set(rates) == {"fp32", "int8"} and all(math.isfinite(r) and r > 0 for r in rates.values())
+    rows = compare_encoders(model, {"int8": int8}, sentences, k=1, rounds=2, timed=None)
+    assert [r["model"] for r in rows] == ["teacher", "int8"]
+    assert rows[0]["speedup"] == rows[0]["cpu_speedup"] == 1.0 and rows[0]["speedup_range"] == "1.00-1.00"
+    low, high = (float(x) for x in rows[1]["speedup_range"].split("-"))
+    assert 0 < low - 0.005 <= rows[1]["speedup"] <= high + 0.005 and rows[1]["cpu_speedup"] > 0  # range: 2 decimals
 
 
 def test_embedding_eval_rejects_bad_settings():

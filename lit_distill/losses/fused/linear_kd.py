@@ -27,10 +27,8 @@ from torch.autograd.function import once_differentiable
 
 from lit_distill.losses.arguments import check_beta, check_divergence, check_temperature
 from lit_distill.losses.fused.checks import _check_and_flatten, _check_label_range
-from lit_distill.losses.fused.matmul import _accumulate_weight_grad, _esize, _linear, auto_chunk_size
-from lit_distill.losses.fused.spec import _Config, _Spec
-from lit_distill.losses.fused.torch_path import _rows_torch
-from lit_distill.losses.fused.triton_kernel import _pick_triton, _rows_triton
+from lit_distill.losses.fused.chunks import _chunk_loop
+from lit_distill.losses.fused.spec import _Config
 
 
 class FusedKDParts(NamedTuple):
@@ -53,11 +51,13 @@ def fused_linear_kd(
     labels: Tensor | None = None,
     ignore_index: int = -100,
     chunk_size: int | None = None,
+    grad_chunk_size: int | None = None,
     student_bias: Tensor | None = None,
     teacher_bias: Tensor | None = None,
     ce_weight: float = 0.0,
     fp32_accumulation: bool | None = None,
     fp32_logits: bool = False,
+    overlap: bool = False,
     impl: str = "auto",
     return_parts: bool = False,
 ) -> Tensor | FusedKDParts:
@@ -83,6 +83,11 @@ def fused_linear_kd(
         ignore_index: label value of rows to leave out.
         chunk_size: tokens per chunk; ``None`` picks one from ``N``, ``V`` and free memory
             (:func:`auto_chunk_size`). Any value ``>= 1`` gives the same result.
+        grad_chunk_size: tokens per block of the backward matmuls (``dL/dh``, ``dL/dW``); ``None`` = one
+            chunk, with the gradient written over the student logits. Larger than ``chunk_size``, the
+            gradient gets its own ``[grad_chunk_size, V]`` buffer in the matmul dtype and several logits
+            chunks fill it: fewer passes over the ``[V, H]`` weight-gradient accumulator (and fewer roundings
+            of a bf16 one) for that memory. Any value gives the same result.
         student_bias: optional ``[V]`` student LM-head bias (gets a gradient).
         teacher_bias: optional ``[V]`` teacher LM-head bias.
         ce_weight: weight of the hard-label cross-entropy added to the divergence (``>= 0``).
@@ -95,6 +100,9 @@ def fused_linear_kd(
             (half-precision operands, float32 accumulation and output) instead of rounding them to
             the input dtype. More accurate than the direct formula on bf16 logits, twice the logit
             memory and traffic. ``False`` reproduces ``h @ W.T`` in the input dtype exactly.
+        overlap: compute the next chunk's logits on a second CUDA stream while this chunk's elementwise
+            kernel and backward matmuls run (two logits buffers, so the automatic chunk is half as long).
+            Experimental; the same result either way. Off the GPU only the buffer rotation happens.
         impl: elementwise backend: ``"auto"`` (the Triton kernel on CUDA when Triton is importable,
             else PyTorch), ``"triton"`` or ``"torch"``.
         return_parts: return :class:`FusedKDParts` ``(loss, kd, ce)`` instead of the loss alone.
@@ -113,10 +121,13 @@ def fused_linear_kd(
     check_divergence(divergence)
     check_beta(beta)
     check_temperature(temperature)
-    if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1):
-        raise ValueError(f"chunk_size must be an int >= 1 or None (automatic), got {chunk_size!r}.")
+    for name, rows in (("chunk_size", chunk_size), ("grad_chunk_size", grad_chunk_size)):
+        if rows is not None and (isinstance(rows, bool) or not isinstance(rows, int) or rows < 1):
+            raise ValueError(f"{name} must be an int >= 1 or None (automatic), got {rows!r}.")
     if not (isinstance(ce_weight, (int, float)) and math.isfinite(ce_weight) and ce_weight >= 0):
         raise ValueError(f"ce_weight must be a finite number >= 0, got {ce_weight!r}; 0 switches the CE term off.")
+    if not isinstance(overlap, bool):
+        raise ValueError(f"overlap must be True or False, got {overlap!r}.")
     if impl not in ("auto", "triton", "torch"):
         raise ValueError(f"impl must be 'auto', 'triton' or 'torch', got {impl!r}.")
     hs, ht, lab = _check_and_flatten(
@@ -141,8 +152,10 @@ def fused_linear_kd(
         temperature=float(temperature),
         ce_weight=float(ce_weight),
         chunk_size=chunk_size,
+        grad_chunk_size=grad_chunk_size,
         fp32_accumulation=fp32_logits if fp32_accumulation is None else bool(fp32_accumulation),
         fp32_logits=fp32_logits,
+        overlap=overlap,
         impl=impl,
         need=(
             grad_on and hs.requires_grad,
@@ -204,70 +217,3 @@ def _compute(hs, ws, bs, ht, wt, bt, labels, cfg: _Config, mm_dtypes: tuple[torc
         bs_m = None if bs is None else bs.detach().to(mm_s)
         bt_m = None if bt is None else bt.to(mm_t)
         return _chunk_loop(hs_m, ws_m, bs_m, ht_m, wt_m, bt_m, labels, cfg, hs, ws, bs, n, vocab, h_s, device)
-
-
-def _chunk_loop(hs_m, ws_m, bs_m, ht_m, wt_m, bt_m, labels, cfg, hs, ws, bs, n, vocab, h_s, device):
-    need_h, need_w, need_b = cfg.need
-    need_grad = any(cfg.need)
-    use_triton = _pick_triton(cfg.impl, device, hs_m.dtype, ht_m.dtype)
-    acc_dtype = torch.float64 if hs_m.dtype == torch.float64 else torch.float32
-    half = (torch.float16, torch.bfloat16)
-    ld_s = torch.float32 if cfg.fp32_logits and hs_m.dtype in half else hs_m.dtype
-    ld_t = torch.float32 if cfg.fp32_logits and ht_m.dtype in half else ht_m.dtype
-    esize = _esize(ld_s) + _esize(ld_t)
-    # Triton reads the two logit buffers and writes the gradient into the student one; the PyTorch
-    # path also holds about eight fp32 temporaries per element.
-    per_row = vocab * (esize if use_triton else esize + 8 * _esize(acc_dtype))
-    chunk = cfg.chunk_size or auto_chunk_size(n, vocab, per_row, device)
-    chunk = max(1, min(chunk, n))
-
-    # An fp32 accumulator costs nothing extra when the weight itself is fp32 (autocast, master weights).
-    wide = cfg.fp32_accumulation or ws.dtype in (torch.float32, torch.float64) or ws_m.dtype == torch.float64
-    w_acc = acc_dtype if wide else ws_m.dtype
-    grad_h = torch.empty(n, h_s, dtype=hs_m.dtype, device=device) if need_h else None
-    grad_w = torch.empty(vocab, h_s, dtype=w_acc, device=device) if need_w else None
-    grad_b = torch.zeros(vocab, dtype=acc_dtype, device=device) if need_b else None
-    kd_sum = torch.zeros((), dtype=acc_dtype, device=device)
-    ce_sum = torch.zeros((), dtype=acc_dtype, device=device)
-    inv_n = 1.0 / max(n, 1)
-    spec = _Spec.of(cfg, inv_n)
-    zs_buf = torch.empty(chunk, vocab, dtype=ld_s, device=device) if (use_triton and n) else None
-    zt_buf = torch.empty(chunk, vocab, dtype=ld_t, device=device) if (use_triton and n) else None
-    up_cache: dict = {}
-
-    for start in range(0, n, chunk):
-        stop = min(start + chunk, n)
-        h_c, lab_c = hs_m[start:stop], None if labels is None else labels[start:stop]
-        zs = _linear(h_c, ws_m, bs_m, ld_s, None if zs_buf is None else zs_buf[: stop - start], up_cache)
-        zt = _linear(ht_m[start:stop], wt_m, bt_m, ld_t, None if zt_buf is None else zt_buf[: stop - start], up_cache)
-        if use_triton:
-            # The kernel writes dL/dzs over the student logits (in the first half of each fp32 row
-            # when the logits are wider than the matmul dtype).
-            g = zs if ld_s == hs_m.dtype else zs.view(hs_m.dtype)[:, :vocab]
-            kd_c, ce_c = _rows_triton(zs, zt, lab_c, spec, need_grad, g=g)
-        else:
-            kd_c, ce_c, g = _rows_torch(zs, zt, lab_c, spec, need_grad)
-        kd_sum += kd_c
-        ce_sum += ce_c
-        if not need_grad:
-            continue
-        g = g.to(hs_m.dtype)
-        if need_h:
-            torch.mm(g, ws_m, out=grad_h[start:stop])
-        if need_w:
-            _accumulate_weight_grad(grad_w, g, h_c, first=start == 0)
-        if need_b:
-            grad_b += g.sum(0, dtype=acc_dtype)
-
-    zs = zt = g = zs_buf = zt_buf = None  # free the chunk buffers before the final casts allocate
-    kd = kd_sum.to(acc_dtype)
-    ce = ce_sum.to(acc_dtype)
-    loss = kd + cfg.ce_weight * ce if cfg.ce_weight > 0 else kd.clone()
-    if grad_w is not None and n == 0:
-        grad_w.zero_()
-    grads = (
-        None if grad_h is None else grad_h.to(hs.dtype),
-        None if grad_w is None else grad_w.to(ws.dtype),
-        None if grad_b is None else grad_b.to(bs.dtype),
-    )
-    return loss, kd, ce, grads

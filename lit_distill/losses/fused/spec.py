@@ -14,8 +14,10 @@ class _Config(NamedTuple):
     temperature: float
     ce_weight: float
     chunk_size: int | None
+    grad_chunk_size: int | None
     fp32_accumulation: bool
     fp32_logits: bool
+    overlap: bool
     impl: str
     need: tuple[bool, bool, bool]  # gradients wanted for student hidden, weight, bias
 

@@ -46,7 +46,9 @@ def _rows_triton(
 ) -> tuple:
     """Triton version of :func:`_rows_torch`; writes ``d(loss)/d zs`` into ``g`` (default: over ``zs``).
 
-    ``g`` may alias ``zs`` only as ``zs`` itself or as the first half of each row of a wider ``zs``.
+    ``g`` may alias ``zs`` only as ``zs`` itself or as the first half of each row of a wider ``zs``; otherwise it
+    is a separate ``[rows, V]`` buffer. ``launch`` overrides :data:`TRITON_CONFIG` (``BLOCK``, ``num_warps``,
+    ``programs_per_sm``, which may be fractional).
     """
     g = zs if g is None else g
     kernel = _triton_kernel()
@@ -56,9 +58,14 @@ def _rows_triton(
     ce_rows = torch.empty(rows, dtype=torch.float32, device=zs.device) if has_ce else loss_rows
     lab = labels if has_ce else loss_rows  # unused pointer when there is no CE term
     conf = {**TRITON_CONFIG[min(4, zs.element_size())], **launch}
+    # A gradient narrower than the logits and stored in the same rows must be written front to back.
+    narrowing = (
+        g.untyped_storage().data_ptr() == zs.untyped_storage().data_ptr() and g.element_size() < zs.element_size()
+    )
     if zs.device.type == "cuda":
         n_sm = torch.cuda.get_device_properties(zs.device).multi_processor_count
-        n_prog = max(1, min(rows, conf["programs_per_sm"] * n_sm))
+        # programs_per_sm below 1 leaves SMs idle, but fewer rows in flight stay in L2 between the passes.
+        n_prog = max(1, min(rows, round(conf["programs_per_sm"] * n_sm)))
     else:  # interpreter (tests)
         n_prog = max(1, min(rows, 3))
     if rows:
@@ -67,7 +74,7 @@ def _rows_triton(
             rows, vocab, zs.stride(0), zt.stride(0), g.stride(0), n_prog,
             1.0 / spec.temperature, spec.beta, spec.loss_scale, spec.grad_scale, spec.ce_grad_scale,
             DIV=spec.code, HAS_CE=has_ce, SAME_T=spec.temperature == 1.0, NEED_GRAD=need_grad,
-            REV2=not (need_grad and spec.code < 2 and g.element_size() < zs.element_size()),
+            REV2=not (need_grad and spec.code < 2 and narrowing),
             BLOCK=conf["BLOCK"], num_warps=conf["num_warps"],
         )  # fmt: skip
     kd = loss_rows.sum()

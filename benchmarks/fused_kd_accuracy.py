@@ -1,0 +1,69 @@
+"""Gradient accuracy of fused_linear_kd on bf16 inputs against a float64 direct formula, on the CPU.
+
+The errors are relative: ``||g - g64|| / ||g64||`` for the hidden-state and LM-head weight gradients, g64 being the
+float64 direct formula (full logits, autograd) on the same bf16 inputs. "bf16 floor" is g64 rounded to bf16, what
+any bf16 gradient costs; the target is 2.6e-3 (1.5x that floor). Rows: the default (bf16 logits, as ``h @ W.T``
+in bf16 gives them), ``fp32_logits=True`` (fp32 accumulation of the weight gradient follows), and fp32 logits
+with a bf16 weight-gradient accumulator over 2, 4 and 8 backward blocks. Rounding is the same on the GPU
+(fp32-accumulating matmuls, one rounding per stored result), so the GPU benchmark's errors at 8192 x 128256
+come out alike; these sizes run in about a minute on one CPU thread.
+
+    python benchmarks/fused_kd_accuracy.py [--tokens 1024 --vocab 16384]
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import time
+
+import torch
+
+from lit_distill.losses import functional as LF
+from lit_distill.losses.fused import fused_linear_kd
+
+
+def rel(a: torch.Tensor, ref: torch.Tensor) -> float:
+    return float((a.double() - ref).norm() / ref.norm())
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--tokens", type=int, default=1024)
+    ap.add_argument("--vocab", type=int, default=16384)
+    ap.add_argument("--hidden", default="256,512", help="student,teacher hidden sizes")
+    args = ap.parse_args()
+    n, vocab = args.tokens, args.vocab
+    h_s, h_t = (int(x) for x in args.hidden.split(","))
+    g = torch.Generator().manual_seed(0)
+
+    def rnd(*shape, scale=1.0):
+        return (torch.randn(*shape, generator=g) * scale).to(torch.bfloat16)
+
+    # Logit standard deviation about 2, as for a trained LM head (the GPU benchmark's inputs).
+    hs, ws = rnd(n, h_s), rnd(vocab, h_s, scale=2 / math.sqrt(h_s))
+    ht, wt = rnd(n, h_t), rnd(vocab, h_t, scale=2 / math.sqrt(h_t))
+    rows = {"default (bf16 logits)": {}, "fp32 logits": {"fp32_logits": True}}
+    for blocks in (2, 4, 8):
+        rows[f"fp32 logits, bf16 accumulation, {blocks} blocks"] = {
+            "fp32_logits": True, "fp32_accumulation": False, "chunk_size": -(-n // blocks)}  # fmt: skip
+    start = time.time()
+    print(f"N={n} H={h_s}/{h_t} V={vocab}, bf16 inputs, cpu x{torch.get_num_threads()} threads")
+    print("| divergence | variant | err h | err W | err h / floor | err W / floor |")
+    print("|---|---|---:|---:|---:|---:|")
+    for divergence in ("forward_kl", "reverse_kl", "jsd", "tvd"):
+        h64, w64 = hs.double().requires_grad_(), ws.double().requires_grad_()
+        LF.divergence(divergence, h64 @ w64.T, ht.double() @ wt.double().T, beta=0.5).backward()
+        floor = (rel(h64.grad.to(torch.bfloat16), h64.grad), rel(w64.grad.to(torch.bfloat16), w64.grad))
+        print(f"| {divergence} | bf16 floor | {floor[0]:.1e} | {floor[1]:.1e} | 1.00 | 1.00 |")
+        for name, kw in rows.items():
+            h, w = hs.clone().requires_grad_(), ws.clone().requires_grad_()
+            fused_linear_kd(h, w, ht, wt, divergence=divergence, beta=0.5, impl="torch", **kw).backward()
+            err = (rel(h.grad, h64.grad), rel(w.grad, w64.grad))
+            print(f"| {divergence} | {name} | {err[0]:.1e} | {err[1]:.1e} | {err[0] / floor[0]:.2f} | "
+                  f"{err[1] / floor[1]:.2f} |")  # fmt: skip
+    print(f"{time.time() - start:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
