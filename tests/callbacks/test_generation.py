@@ -33,6 +33,7 @@ model:
       init_args: {{block_size: 48, n_layer: 1, n_head: 2, n_embd: 16, tokenizer_id: bytes}}
     max_new_tokens: 5
     temperature: 0.0
+    allow_untrained: true  # a random GPT: the test checks the writer, not the text
 data:
   class_path: lit_distill.data.PromptDataModule
   init_args: {{prompt_chars: 20, response_chars: 16, batch_size: 2, max_prompts: 14, predict_split: all}}
@@ -53,7 +54,7 @@ def prompts_of(path: Path) -> list[str]:
 
 
 def test_two_processes_write_each_prompt_once_and_resume(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)  # predict saves its resolved config.yaml in the working directory
+    monkeypatch.chdir(tmp_path)  # whatever the run writes stays in tmp_path
     (tmp_path / "one.jsonl.yaml").write_text(CONFIG.format(out=str(tmp_path / "one.jsonl")))
     main(["predict", "--config", str(tmp_path / "one.jsonl.yaml"), "--trainer.devices=1"])  # in-process reference
     ddp = ["--trainer.devices=2", "--trainer.strategy=ddp"]
