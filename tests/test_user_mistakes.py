@@ -5,10 +5,7 @@ Two checks per case:
 
 * ``test_mistake_is_refused_naming_the_problem``: nonzero exit, and the message names the problem;
 * ``test_mistake_prints_one_line_and_leaves_nothing``: no traceback, the problem in the first line
-  (``assert_one_line_error``), and no new files. Cases in ``NEEDS_CLI_BRANCH`` fail this today for reasons that
-  belong to lit_distill/cli.py (raw tracebacks of Lightning/jsonargparse errors, ``config.yaml`` written by
-  LightningCLI's SaveConfigCallback before setup fails); they are strict xfails, so they turn into failures (and
-  the marker must go) once the CLI prints every error as one line and writes nothing for a failed run.
+  (``assert_one_line_error``), and no new files (no ``config.yaml``, no ``version_N`` folder).
 
 The API side of the matrix is tests/test_bad_inputs.py.
 """
@@ -25,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import yaml
 
 from lit_distill.cli import main
 
@@ -109,6 +107,22 @@ def write_file(path: str, text: str):
     return write
 
 
+def recipe_exporting_to(path: str):
+    """The user's copy of the quickstart whose ExportStudent writes to ``path``, a file the user already has.
+
+    (On the command line ``--trainer.callbacks.init_args.path`` would set the last callback, FitSummary.)
+    """
+
+    def write(work: Path) -> None:
+        recipe = yaml.safe_load((work / QUICK).read_text())
+        (export,) = [c for c in recipe["trainer"]["callbacks"] if c["class_path"].endswith(".ExportStudent")]
+        export["init_args"] = {"path": path}
+        (work / "my_recipe.yaml").write_text(yaml.safe_dump(recipe))
+        (work / path).write_text("user data")
+
+    return write
+
+
 def finished_generation(work: Path) -> None:
     out = work / "generated/text/teacher_responses.jsonl"
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -187,8 +201,8 @@ CASES = {
         "MLPP",
     ),
     "export over the user's file": (
-        write_file("mine.safetensors", "user data"),
-        ["fit", "--config", QUICK, "--trainer.callbacks.init_args.path=mine.safetensors"],
+        recipe_exporting_to("mine.safetensors"),
+        ["fit", "--config", "my_recipe.yaml"],
         "'mine.safetensors' exists; set overwrite: true",
     ),
     "resume from a checkpoint that does not exist": (
@@ -273,24 +287,6 @@ CASES = {
     ),
 }
 
-#: Cases whose one-line/no-files check depends on lit_distill/cli.py (helper `cli`): the reason for each.
-NEEDS_CLI_BRANCH = {
-    "teacher_checkpoint left out": "config.yaml written before setup fails",
-    "teacher trained again without overwrite": "config.yaml written before setup fails",
-    "class counts differ": "config.yaml written before setup fails",
-    "student input width wrong": "config.yaml written before setup fails",
-    "negative max_epochs": "MisconfigurationException prints a traceback",
-    "misspelled argument": "jsonargparse prints its usage before the error",
-    "config file missing": "jsonargparse prints its usage before the error",
-    "unknown class_path": "jsonargparse prints its usage before the error",
-    "resume from a checkpoint that does not exist": "Lightning's FileNotFoundError prints a traceback; config.yaml",
-    "text student vocabulary smaller than the tokenizer": "config.yaml written before setup fails",
-    "text student speaks another tokenizer": "config.yaml written before setup fails",
-    "sequence longer than the student's context": "config.yaml written before setup fails",
-    "cache top_k above the classes": "config.yaml written into the working directory (logger: false)",
-    "generation from an untrained model": "config.yaml written into the working directory (logger: false)",
-}
-
 
 @pytest.fixture(scope="module")
 def base(tmp_path_factory):
@@ -304,8 +300,7 @@ def base(tmp_path_factory):
     ):
         outcome = run_cli(work, [*args, *QUIET, "--trainer.logger=false"])
         assert outcome.code == 0, outcome.stderr[-3000:]
-    for stray in ("config.yaml",):  # written by LightningCLI into the working directory without a logger
-        (work / stray).unlink(missing_ok=True)
+    assert not (work / "config.yaml").exists()  # without a run-folder logger the CLI saves no config
     return work
 
 
@@ -336,15 +331,7 @@ def test_mistake_is_refused_naming_the_problem(case, outcomes):
     )
 
 
-@pytest.mark.parametrize(
-    "case",
-    [
-        pytest.param(c, marks=pytest.mark.xfail(strict=True, reason=f"cli branch: {NEEDS_CLI_BRANCH[c]}"))
-        if c in NEEDS_CLI_BRANCH
-        else c
-        for c in CASES
-    ],
-)
+@pytest.mark.parametrize("case", list(CASES))
 def test_mistake_prints_one_line_and_leaves_nothing(case, outcomes):
     outcome = outcomes(case)
     assert_one_line_error(outcome, CASES[case][2])
@@ -352,4 +339,4 @@ def test_mistake_prints_one_line_and_leaves_nothing(case, outcomes):
 
 
 def test_the_matrix_covers_about_thirty_mistakes():
-    assert len(CASES) >= 30 and set(NEEDS_CLI_BRANCH) <= set(CASES)
+    assert len(CASES) >= 30
