@@ -14,15 +14,15 @@ The models are random-init Llama pairs from ``llm_common`` (no download), built 
 Every rank reads its own synthetic ``batch x seq`` rows; tokens/s counts all ranks, after ``--warmup`` steps.
 Lightning's launcher re-executes this script once per device; rank 0 prints (and writes to ``--out``) one JSON row.
 
-``--cycle DIR`` (pair b): after the timed run the student is checkpointed (sharded) into DIR, a second fit resumes
-from that checkpoint for two more steps and compares its first loss with the uninterrupted run's next loss, and the
-student is exported as a Hugging Face folder and reloaded on the CPU.
+``--cycle DIR`` (pair b): after the timed run the student is checkpointed (sharded) into DIR/student.ckpt; a second
+process with ``--resume DIR/student.ckpt`` resumes from it for two more steps (from a differently initialised
+student, so a resume that loaded nothing would show the initial loss again), exports the student as a Hugging Face
+folder and reloads it on the CPU.
 """
 
 from __future__ import annotations
 
 import argparse
-import gc
 import sys
 import time
 import warnings
@@ -135,7 +135,7 @@ def resume_and_export(args, teacher: C.LlamaShape, student: C.LlamaShape, ckpt: 
     started = time.perf_counter()
     again = trainer(args, steps_done + 2, [clock])
     again.fit(resumed, data(args, teacher.vocab), ckpt_path=ckpt)
-    result = {"resume_fit_s": round(time.perf_counter() - started, 1)}
+    result = {"rank": again.global_rank, "resume_fit_s": round(time.perf_counter() - started, 1)}
     result["resumed_losses"] = [round(float(x), 5) for x in clock.losses]
     started = time.perf_counter()
     export_pretrained(resumed, folder / "student_hf", overwrite=True)
@@ -168,10 +168,17 @@ def main() -> None:
     parser.add_argument("--loss", choices=["fused", "full"], default="fused")
     parser.add_argument("--compile", action="store_true", help="torch.compile student and teacher in place")
     parser.add_argument("--cycle", default=None, help="folder: checkpoint, resume and export after the timed run")
+    parser.add_argument("--resume", default=None, help="checkpoint written by --cycle: resume for two steps, export")
     args = parser.parse_args()
     teacher, student = C.resolve_args(args)
     if args.accelerator == "cpu":
         torch.set_num_threads(1)
+    if args.resume:  # a new process, as a resumed job is: the first run's models are gone
+        steps_done = int(torch.load(Path(args.resume) / "meta.pt", weights_only=False)["global_step"])
+        result = resume_and_export(args, teacher, student, Path(args.resume), steps_done)
+        if result.pop("rank") == 0:
+            C.write_result({"run": name(args, args.devices) + ", resumed", **result}, args.out)
+        return
     module = build(args, teacher, student)
     clock = Clock(args.warmup)
     run = trainer(args, args.warmup + args.steps, [clock])
@@ -188,10 +195,7 @@ def main() -> None:
     rank, world, seconds, steps_done = run.global_rank, run.world_size, clock.seconds, run.global_step
     if args.cycle:
         ckpt, save_s = save(run, Path(args.cycle))
-        del module, run  # the resumed run builds its own models: free these first (a big teacher fits once)
-        gc.collect()
-        torch.cuda.empty_cache()
-        extra["cycle"] = {"save_s": round(save_s, 1), **resume_and_export(args, teacher, student, ckpt, steps_done)}
+        extra["cycle"] = {"checkpoint": str(ckpt), "save_s": round(save_s, 1), "steps_done": steps_done}
     if rank == 0:
         row = C.result_row(
             name(args, world),
