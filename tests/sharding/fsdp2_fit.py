@@ -17,6 +17,7 @@ from lit_distill import DistillationModule
 from lit_distill.data import TextDataModule
 from lit_distill.losses import TokenKD
 from lit_distill.models import GPT
+from lit_distill.sharding import FSDP2Strategy
 from lit_distill.sharding.state import full_state_dict
 
 
@@ -74,6 +75,12 @@ def main(out: Path) -> None:
     resumed_state = full_state_dict(resumed.student)
     exported = resumed.export_student(out / "student.safetensors")
 
+    whole = module()  # save_distributed_checkpoint=False: rank 0 writes one file with the gathered student
+    full_ckpt = ModelCheckpoint(dirpath=out / "full")
+    strategy = FSDP2Strategy(save_distributed_checkpoint=False)
+    trainer(out, max_steps=2, strategy=strategy, callbacks=[full_ckpt]).fit(whole, data())
+    whole_state = full_state_dict(whole.student)
+
     parity = module(optimizer=lambda p: torch.optim.SGD(p, lr=0.5))
     ids = torch.randint(0, 258, (8, 32), generator=torch.Generator().manual_seed(3))
     loader = DataLoader([{"input_ids": r, "labels": r} for r in ids], batch_size=4)
@@ -86,6 +93,7 @@ def main(out: Path) -> None:
         result["exported"] = str(exported)
         torch.save(resumed_state, out / "resumed.pt")
         torch.save(parity_state, out / "parity.pt")
+        torch.save(whole_state, out / "whole.pt")
         (out / "result.json").write_text(json.dumps(result))
 
 

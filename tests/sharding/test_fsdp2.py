@@ -86,3 +86,18 @@ def test_fsdp2_is_a_registered_strategy_name_with_its_plan():
         FSDP2Strategy(teacher="copy")
     with pytest.raises(ValueError, match="teacher_cpu_offload needs teacher='shard'"):
         FSDP2Strategy(teacher="replicate", teacher_cpu_offload=True)
+
+
+def test_a_full_checkpoint_is_one_file_of_the_gathered_student_without_the_teacher(run):
+    """``FSDP2Strategy(save_distributed_checkpoint=False)``: rank 0 writes one ordinary checkpoint file."""
+    from lit_distill.teacher import read_state_dict
+
+    (path,) = (run / "full").glob("*.ckpt")
+    assert path.is_file()
+    stored = read_state_dict(path)
+    assert stored and all(k.startswith("student.") for k in stored)
+    whole = torch.load(run / "whole.pt", weights_only=True)
+    for key, value in whole.items():
+        assert torch.equal(stored[f"student.{key}"], value), key
+    loaded = module(student_seed=5, student_checkpoint=str(path))
+    assert torch.equal(loaded.student.head.weight, whole["head.weight"])
