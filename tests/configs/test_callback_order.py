@@ -5,19 +5,17 @@ after the accuracy summary. A flag ``--trainer.callbacks.init_args.ARG`` sets AR
 only (jsonargparse), so a recipe that tells the user to add one keeps that callback last.
 """
 
-import re
 from pathlib import Path
 
 import pytest
 import yaml
 
 from lit_distill.cli import main
-from tests.test_cli import skip_unless_installed
+from tests.test_cli import rerun_flags, skip_unless_installed
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIGS = sorted((ROOT / "configs").rglob("*.yaml"))
 EXPORTS = {"ExportStudent", "ExportPretrained"}
-CALLBACK_FLAG = re.compile(r"^#.*--trainer\.callbacks\.init_args\.(\w+)=(\S+)", re.M)
 
 
 def callbacks_of(recipe: dict) -> list[dict]:
@@ -28,15 +26,11 @@ def callback_names(config: Path) -> list[str]:
     return [c["class_path"].rsplit(".", 1)[-1] for c in callbacks_of(yaml.safe_load(config.read_text()))]
 
 
-def documented_flags(config: Path) -> list[tuple[str, str]]:
-    return CALLBACK_FLAG.findall(config.read_text())
-
-
 def name_of(config: Path) -> str:
     return config.relative_to(ROOT).as_posix()
 
 
-DOCUMENTED = [c for c in CONFIGS if documented_flags(c)]
+DOCUMENTED = [c for c in CONFIGS if rerun_flags(c)]
 
 
 @pytest.mark.parametrize("config", [c for c in CONFIGS if c not in DOCUMENTED], ids=name_of)
@@ -50,12 +44,12 @@ def test_summary_is_listed_after_the_export(config):
 @pytest.mark.parametrize("config", DOCUMENTED, ids=name_of)
 def test_a_documented_callback_flag_reaches_its_callback(config, capsys):
     skip_unless_installed(name_of(config))
-    flags = [f"--trainer.callbacks.init_args.{arg}={value}" for arg, value in documented_flags(config)]
+    flags = [f"--trainer.callbacks.init_args.{arg}={value}" for arg, value in rerun_flags(config)]
     with pytest.raises(SystemExit) as exit_info:
         main(["fit", "--config", str(config), *flags, "--print_config"])
     assert exit_info.value.code in (None, 0), capsys.readouterr().err[-2000:]
     last = callbacks_of(yaml.safe_load(capsys.readouterr().out))[-1]
-    for arg, value in documented_flags(config):
+    for arg, value in rerun_flags(config):
         assert last["init_args"][arg] == yaml.safe_load(value), f"{config.name}: {arg} did not reach {last}"
 
 
