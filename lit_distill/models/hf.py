@@ -6,9 +6,7 @@ when a model is built, so the rest of lit-distill works without it.
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 from pathlib import Path
 from typing import Any, Literal
 
@@ -17,56 +15,13 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 
-from lit_distill.data.tokenizers import TINY_HINT, looks_local, tokenizer_fingerprint
+from lit_distill.data.tokenizers import looks_local, tokenizer_fingerprint
 from lit_distill.export import export_dir, export_then_wait, is_writer
 from lit_distill.models.gpt import GPT
+from lit_distill.models.hf_loading import build_from_config, import_transformers, missing_model_error
 from lit_distill.outputs import ModelOutput
 from lit_distill.sharding.state import full_state_dict, is_sharded
 from lit_distill.teacher import parse_dtype
-
-
-def _transformers() -> Any:
-    try:
-        import transformers
-    except ImportError as err:
-        raise ImportError("Hugging Face models need transformers: pip install 'lit-distill[hf]'.") from err
-    return transformers
-
-
-def _missing_model(path: str, err: Exception | None) -> FileNotFoundError:
-    if looks_local(path) and not Path(path).expanduser().exists():
-        hint = TINY_HINT if "hf_tiny" in path else ""
-        return FileNotFoundError(f"Hugging Face model directory {path!r} does not exist.{hint}")
-    offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0", "false", "False")
-    why = "the hub is offline (HF_HUB_OFFLINE=1) and it is not in the local cache" if offline else "download failed"
-    return FileNotFoundError(
-        f"cannot load Hugging Face model {path!r}: no such local directory, and {why}. Give a local folder "
-        f"(save_pretrained output), or fetch it once with network access. ({err})"
-    )
-
-
-def _build_from_config(
-    tf: Any, factory: Any, path: str | None, config: dict[str, Any] | None, dtype: str | None, trust: bool, empty: bool
-) -> nn.Module:
-    """A model from a config (``path``'s or the given one), on the meta device when ``empty``."""
-    from lit_distill.sharding.materialize import empty_parameters
-
-    if config is not None:
-        settings = dict(config)
-        model_type = settings.pop("model_type", None)
-        if model_type is None:
-            raise ValueError("HFCausalLM(config=...) needs a `model_type` entry (e.g. llama, gpt2, qwen2).")
-        cfg = tf.AutoConfig.for_model(model_type, **settings)
-    else:
-        try:
-            cfg = tf.AutoConfig.from_pretrained(path, trust_remote_code=trust)
-        except OSError as err:
-            raise _missing_model(str(path), err) from err
-    kwargs: dict[str, Any] = {"trust_remote_code": trust}
-    if dtype is not None:
-        kwargs["dtype"] = parse_dtype(dtype)
-    with empty_parameters() if empty else contextlib.nullcontext():
-        return factory.from_config(cfg, **kwargs)
 
 
 class HFCausalLM(nn.Module):
@@ -109,17 +64,17 @@ class HFCausalLM(nn.Module):
         empty_init: bool = False,
     ) -> None:
         super().__init__()
-        tf = _transformers()
+        tf = import_transformers()
         if auto_class not in ("causal_lm", "base"):
             raise ValueError(f"auto_class must be 'causal_lm' or 'base', got {auto_class!r}.")
         if (path is None) == (config is None):
             raise ValueError("give exactly one of `path` (a saved or hub model) and `config` (random weights).")
         if path is not None and looks_local(path) and not Path(path).expanduser().exists():
-            raise _missing_model(path, None)  # say so at once instead of after the hub client's retries
+            raise missing_model_error(path, None)  # say so at once instead of after the hub client's retries
         factory = tf.AutoModelForCausalLM if auto_class == "causal_lm" else tf.AutoModel
         self.path, self.auto_class, self.empty_init = path, auto_class, empty_init
         if config is not None or empty_init:
-            self.model = _build_from_config(tf, factory, path, config, dtype, trust_remote_code, empty_init)
+            self.model = build_from_config(tf, factory, path, config, dtype, trust_remote_code, empty_init)
         else:
             kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code}
             if dtype is not None:
@@ -127,7 +82,7 @@ class HFCausalLM(nn.Module):
             try:
                 self.model = factory.from_pretrained(path, **kwargs)
             except OSError as err:
-                raise _missing_model(path, err) from err
+                raise missing_model_error(path, err) from err
         self.model.train(self.training)  # from_pretrained returns eval mode; behave like any freshly built module
         self.has_weights = path is not None  # a config-built model is randomly initialised
         self.weights_source = path  # read by lit_distill.teacher.weights_source (None: random weights)
