@@ -73,3 +73,26 @@ def test_speed_issue_gpu_pieces_run_in_smoke_mode_and_summarise(tmp_path):
     assert "| smoke | jsd | fp32 logits |" in text and "fastest of all variants, smoke jsd" in text
     assert "module/hand" in text and "vs uncompiled hand loop" in text
     assert "loader '0'" in text and "loader '1p'" in text and "removing it alone" in text
+
+
+def test_llm_scale_smoke_trains_sharded_checkpoints_resumes_in_a_new_process_and_exports(tmp_path):
+    """The GPU commands of BENCHMARKS.md's LLM section, on 2 CPU processes: FSDP2 fit with a sharded checkpoint, then
+    a second process resumes from it (a student initialised differently must continue, not restart) and exports."""
+    flags = ["--smoke", "--strategy", "fsdp2", "--devices", "2", "--accelerator", "cpu"]
+    env = {"PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "PL_DISABLE_FORK": "1", "PATH": "/usr/bin:/bin"}
+    first = subprocess.run(
+        [sys.executable, "benchmarks/llm_scale.py", *flags, "--cycle", str(tmp_path)],
+        cwd=ROOT, capture_output=True, text=True, timeout=300, env=env,
+    )  # fmt: skip
+    assert first.returncode == 0, first.stderr[-2000:]
+    row = json.loads([line for line in first.stdout.splitlines() if line.startswith("{")][-1])
+    assert row["world_size"] == 2 and row["tokens_per_s"] > 0 and row["final_loss"] < row["first_loss"]
+    ckpt = row["cycle"]["checkpoint"]
+    resumed = subprocess.run(
+        [sys.executable, "benchmarks/llm_scale.py", *flags, "--resume", ckpt],
+        cwd=ROOT, capture_output=True, text=True, timeout=300, env=env,
+    )  # fmt: skip
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    result = json.loads([line for line in resumed.stdout.splitlines() if line.startswith("{")][-1])
+    assert abs(result["resumed_losses"][0] - row["final_loss"]) < abs(row["first_loss"] - row["final_loss"])
+    assert result["reloaded_params"] == row["student"]["params"]
