@@ -9,7 +9,7 @@ from typing import Any
 
 from torch import nn
 
-from lit_distill.checks import check_not_shared
+from lit_distill.checks import check_not_shared, check_teacher_weights
 from lit_distill.sharding.materialize import WeightSource, has_meta_parameters
 from lit_distill.teacher import freeze, load_weights, mark_weights, parse_dtype
 
@@ -75,7 +75,10 @@ def ddp_ignore_list(teacher: nn.Module) -> list[str]:
 
 
 class TeacherCheckpointing:
-    """Mixin (before ``LightningModule``) for a module with a ``teacher`` submodule and a ``save_teacher`` flag.
+    """Mixin (before ``LightningModule``) for a module with a ``teacher`` submodule and a ``save_teacher`` flag: the
+    teacher stays in eval mode, is left out of ``state_dict`` unless ``save_teacher``, is put back on
+    ``load_state_dict``, must come with trained weights (``allow_untrained_teacher`` opts out), and a student trained
+    here is marked as trained (it may teach another module).
 
     Example:
         >>> from lightning.pytorch import LightningModule
@@ -88,7 +91,29 @@ class TeacherCheckpointing:
     """
 
     teacher: nn.Module | None
+    student: nn.Module
     save_teacher: bool
+
+    def train(self, mode: bool = True) -> Any:
+        super().train(mode)
+        if self.teacher is not None:
+            self.teacher.eval()  # Lightning calls .train() on the whole module every epoch
+        return self
+
+    def check_teacher_weights(self) -> None:
+        """Refuse a teacher with no trained weights unless ``allow_untrained_teacher``; a checkpoint that stores
+        the teacher (``save_teacher``) counts once Lightning has loaded it (``ckpt_path``)."""
+        check_teacher_weights(self.teacher, getattr(self, "allow_untrained_teacher", False))
+
+    def on_validation_start(self) -> None:
+        self.check_teacher_weights()  # after Lightning restored ckpt_path (a save_teacher checkpoint holds it)
+
+    def on_test_start(self) -> None:
+        self.check_teacher_weights()
+
+    def on_train_end(self) -> None:
+        if self.trainer.global_step > 0:  # a model trained here may serve as the teacher of another module
+            mark_weights(self.student, f"training by {type(self).__name__}")
 
     def state_dict(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
         state = super().state_dict(*args, **kwargs)

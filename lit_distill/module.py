@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
 
@@ -22,18 +22,17 @@ from lit_distill.checks import (
     check_losses,
     check_models,
     check_teacher_placement,
-    check_teacher_weights,
     probe_first_batch,
 )
 from lit_distill.export import save_student
 from lit_distill.features import FeatureTaps, taps_for_losses
 from lit_distill.guard import NonFiniteGuard
-from lit_distill.losses.base import DistillationLoss
+from lit_distill.losses.base import DistillationLoss, weighted_sum
 from lit_distill.losses.logit import CrossEntropy, LogitKD
 from lit_distill.metrics import EvalMetrics
 from lit_distill.outputs import ModelOutput, as_model_output
 from lit_distill.sharding.configure import place_models, shard_adapters
-from lit_distill.teacher import mark_weights, parse_dtype
+from lit_distill.teacher import parse_dtype
 
 __all__ = ["DistillationModule", "TEACHER_PREFIX"]
 
@@ -134,13 +133,7 @@ class DistillationModule(TeacherCheckpointing, LightningModule):
         self._taps: dict[str, FeatureTaps] = {}
         self._probed = False
 
-    # ----------------------------------------------------------- frozen teacher
-    def train(self, mode: bool = True) -> DistillationModule:
-        super().train(mode)
-        if self.teacher is not None:
-            self.teacher.eval()  # Lightning calls .train() on the whole module every epoch
-        return self
-
+    # ------------------------------------------------------------------ guard
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self._guard.check()  # never write weights that a NaN loss has already touched
 
@@ -200,18 +193,7 @@ class DistillationModule(TeacherCheckpointing, LightningModule):
 
         Override in a subclass to combine terms differently (e.g. a schedule over the weights).
         """
-        terms: dict[str, Tensor] = {}
-        total: Tensor | None = None
-        for loss in self.losses:
-            value = loss(student_out, teacher_out, batch)
-            if isinstance(value, Mapping):
-                for key, term in value.items():
-                    terms[f"{loss.name}/{key}"] = term
-                value = sum(value.values())
-            terms[loss.name] = value
-            weighted = loss.weight * value
-            total = weighted if total is None else total + weighted
-        return total, terms
+        return weighted_sum(self.losses, student_out, teacher_out, batch)
 
     def shared_step(self, batch: Any) -> tuple[Tensor, dict[str, Tensor], ModelOutput, ModelOutput | None]:
         teacher_out = cached_teacher_output(batch)
@@ -272,21 +254,6 @@ class DistillationModule(TeacherCheckpointing, LightningModule):
         if stage in ("fit", "validate", "test") and not self.save_teacher:
             self.check_teacher_weights()  # with save_teacher a checkpoint may still bring them: on_*_start checks
         check_models(self.losses, self.student, self.teacher)
-
-    def on_train_end(self) -> None:
-        if self.trainer.global_step > 0:  # a model trained here may serve as the teacher of another module
-            mark_weights(self.student, f"training by {type(self).__name__}")
-
-    def check_teacher_weights(self) -> None:
-        """Refuse a teacher with no trained weights unless ``allow_untrained_teacher``; a checkpoint that stores
-        the teacher (``save_teacher``) counts once Lightning has loaded it (``ckpt_path``)."""
-        check_teacher_weights(self.teacher, self.allow_untrained_teacher)
-
-    def on_validation_start(self) -> None:
-        self.check_teacher_weights()  # after Lightning restored ckpt_path (a save_teacher checkpoint holds it)
-
-    def on_test_start(self) -> None:
-        self.check_teacher_weights()
 
     def on_fit_start(self) -> None:
         self.check_teacher_weights()

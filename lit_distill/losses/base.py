@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from torch import Tensor, nn
@@ -53,3 +54,31 @@ class DistillationLoss(nn.Module):
 
     def extra_repr(self) -> str:
         return f"name={self.name!r}, weight={self.weight}"
+
+
+def weighted_sum(
+    losses: Iterable[DistillationLoss], student_out: ModelOutput, teacher_out: ModelOutput | None, batch: Any
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """``(Σ weight_i · loss_i, {term name: unweighted value})``; a strategy that returns named terms adds each as
+    ``<name>/<term>`` and their sum as ``<name>``.
+
+    Example:
+        >>> import torch
+        >>> from lit_distill.losses import CrossEntropy
+        >>> total, terms = weighted_sum([CrossEntropy(weight=0.5)], ModelOutput(logits=torch.zeros(2, 3)), None,
+        ...                             (torch.zeros(2, 4), torch.tensor([0, 1])))
+        >>> sorted(terms), round(float(total), 4)
+        (['ce'], 0.5493)
+    """
+    terms: dict[str, Tensor] = {}
+    total: Tensor | None = None
+    for loss in losses:
+        value = loss(student_out, teacher_out, batch)
+        if isinstance(value, Mapping):
+            for key, term in value.items():
+                terms[f"{loss.name}/{key}"] = term
+            value = sum(value.values())
+        terms[loss.name] = value
+        weighted = loss.weight * value
+        total = weighted if total is None else total + weighted
+    return total, terms
