@@ -34,7 +34,8 @@ from lit_distill.generation.static_cache import (
     hf_vocab_limit,
     mark_static,
 )
-from lit_distill.models.gpt import GPT, filter_logits
+from lit_distill.models.gpt import GPT
+from lit_distill.models.next_token import filter_logits
 
 
 @dataclass(frozen=True)
