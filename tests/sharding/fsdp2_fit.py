@@ -32,6 +32,23 @@ def module(student_seed: int = 0, **kwargs) -> DistillationModule:
     return DistillationModule(student=gpt(16, student_seed), teacher=gpt(32, 100), **kwargs)
 
 
+def hf_teacher_module(folder: Path, rank: int) -> DistillationModule:
+    """A tiny Llama saved with save_pretrained (rank 0 writes it, the others wait), then read with empty_init."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from lit_distill.models.hf import HFCausalLM
+
+    if rank == 0 and not folder.exists():
+        torch.manual_seed(11)
+        config = LlamaConfig(vocab_size=258, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                             num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)  # fmt: skip
+        LlamaForCausalLM(config).save_pretrained(folder)
+    if torch.distributed.is_initialized():
+        torch.distributed.barrier()
+    teacher = HFCausalLM(path=str(folder), empty_init=True, tokenizer_id="bytes")
+    return DistillationModule(student=gpt(16, 0), teacher=teacher, losses=[TokenKD()])
+
+
 def trainer(root: Path, **kwargs) -> Trainer:
     kwargs = {
         "accelerator": "cpu", "devices": 2, "strategy": "fsdp2", "logger": False, "enable_progress_bar": False,
@@ -81,6 +98,15 @@ def main(out: Path) -> None:
     trainer(out, max_steps=2, strategy=strategy, callbacks=[full_ckpt]).fit(whole, data())
     whole_state = full_state_dict(whole.student)
 
+    # A teacher built empty from a Hugging Face folder: each rank reads only its rows of the safetensors file.
+    big = hf_teacher_module(out / "teacher_hf", run.global_rank)
+    trainer(out, max_steps=1, enable_checkpointing=False).fit(big, data())
+    layer_params = list(big.teacher.model.model.layers.parameters())  # the root (embedding, head) stays gathered
+    result["hf_teacher_sharded"] = all(
+        isinstance(p, DTensor) and p.to_local().shape[0] < p.shape[0] for p in layer_params
+    )
+    hf_loaded = full_state_dict(big.teacher)
+
     parity = module(optimizer=lambda p: torch.optim.SGD(p, lr=0.5))
     ids = torch.randint(0, 258, (8, 32), generator=torch.Generator().manual_seed(3))
     loader = DataLoader([{"input_ids": r, "labels": r} for r in ids], batch_size=4)
@@ -94,6 +120,7 @@ def main(out: Path) -> None:
         torch.save(resumed_state, out / "resumed.pt")
         torch.save(parity_state, out / "parity.pt")
         torch.save(whole_state, out / "whole.pt")
+        torch.save(hf_loaded, out / "hf_loaded.pt")
         (out / "result.json").write_text(json.dumps(result))
 
 

@@ -101,3 +101,15 @@ def test_a_full_checkpoint_is_one_file_of_the_gathered_student_without_the_teach
         assert torch.equal(stored[f"student.{key}"], value), key
     loaded = module(student_seed=5, student_checkpoint=str(path))
     assert torch.equal(loaded.student.head.weight, whole["head.weight"])
+
+
+def test_a_teacher_built_empty_is_filled_shard_by_shard_with_exactly_its_saved_weights(run):
+    """``HFCausalLM(path, empty_init=True)`` under fsdp2: sharded, and gathered back it equals the saved file."""
+    from safetensors.torch import load_file
+
+    assert json.loads((run / "result.json").read_text())["hf_teacher_sharded"]
+    loaded = torch.load(run / "hf_loaded.pt", weights_only=True)
+    saved = load_file(str(run / "teacher_hf" / "model.safetensors"))
+    assert {k.removeprefix("model.") for k in loaded} == set(saved)
+    for key, value in loaded.items():
+        assert torch.equal(value, saved[key.removeprefix("model.")]), key
