@@ -4,6 +4,7 @@ path that spares fused LM-head losses the ``[tokens, vocab]`` logits, and loggin
 
 from __future__ import annotations
 
+import functools
 import inspect
 from collections.abc import Iterable
 from typing import Any
@@ -75,9 +76,15 @@ def hidden_states(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any
     """The model's final hidden states, called through ``model(..., return_hidden=True)`` when its forward takes
     that flag, so the module's hooks run: under FSDP they gather its sharded embedding and LM head. Models that
     only define ``forward_hidden`` are called directly (fine unsharded)."""
-    if "return_hidden" in inspect.signature(model.forward).parameters:
+    if _takes_return_hidden(type(model)):
         return model(*args, return_hidden=True, **kwargs)
     return model.forward_hidden(*args, **kwargs)
+
+
+@functools.cache
+def _takes_return_hidden(cls: type) -> bool:
+    # Read once per class, not on every step: inspect.signature costs host time on the training hot path.
+    return "return_hidden" in inspect.signature(cls.forward).parameters
 
 
 def logging_step(trainer: Any) -> bool:

@@ -13,7 +13,7 @@ from torch import nn
 from lit_distill.sharding.blocks import blocks_of, find_block_classes
 from lit_distill.sharding.plan import ShardingPlan
 
-_MIXED = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
+_MIXED = {"bf16-mixed": torch.bfloat16}  # the one mixed precision Lightning's ModelParallelStrategy accepts
 
 
 def student_mixed_precision(precision: str) -> object:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -62,6 +63,7 @@ class WeightSource:
     def __init__(self, path: str | Path, prefix: str = "") -> None:
         self.path, self.prefix = Path(path), prefix
         self._files: dict[str, Path] = {}
+        self._open: dict[Path, Any] = {}
         self._tensors: Mapping[str, Tensor] | None = None
         if is_distributed_checkpoint(self.path):
             self._tensors = read_state_dict(self.path)
@@ -104,20 +106,23 @@ class WeightSource:
         key = self.prefix + name
         if self._tensors is not None:
             return tuple(self._tensors[key].shape)
-        from safetensors import safe_open
-
-        with safe_open(str(self._files[key]), framework="pt") as f:
-            return tuple(f.get_slice(key).get_shape())
+        return tuple(self._slice(key).get_shape())
 
     def read(self, name: str, index: tuple[slice, ...]) -> Tensor:
         """Rows/columns ``index`` of the tensor ``name`` (without the prefix)."""
         key = self.prefix + name
         if self._tensors is not None:
             return self._tensors[key][index]
+        return self._slice(key)[index]
+
+    def _slice(self, key: str) -> Any:
+        """A lazy view of ``key`` in its safetensors file; each file is opened once, not once per read."""
         from safetensors import safe_open
 
-        with safe_open(str(self._files[key]), framework="pt") as f:
-            return f.get_slice(key)[index]
+        file = self._files[key]
+        if file not in self._open:
+            self._open[file] = safe_open(str(file), framework="pt")
+        return self._open[file].get_slice(key)
 
 
 def _local_view(param: Tensor) -> tuple[Tensor, tuple[slice, ...]]:
