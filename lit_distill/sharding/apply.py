@@ -39,15 +39,14 @@ def shard_model(
     mp_policy: object = None,
     reshard_after_forward: bool = True,
     checkpointing: bool = False,
-    cpu_offload: bool = False,
 ) -> None:
     """``fully_shard`` each block of ``model`` (outermost first), then its root, over ``mesh``."""
-    from torch.distributed.fsdp import CPUOffloadPolicy, OffloadPolicy, fully_shard
+    from torch.distributed.fsdp import fully_shard
 
     classes = find_block_classes(model, plan.block_classes)
     if checkpointing:
         checkpoint_blocks(model, classes)
-    kwargs: dict = {"mesh": mesh, "offload_policy": CPUOffloadPolicy() if cpu_offload else OffloadPolicy()}
+    kwargs: dict = {"mesh": mesh}
     if mp_policy is not None:
         kwargs["mp_policy"] = mp_policy
     for block in blocks_of(model, classes):

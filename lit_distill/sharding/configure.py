@@ -50,7 +50,7 @@ def shard_pair(student: nn.Module, teacher: nn.Module | None, mesh: Any, plan: S
     )
     if teacher is not None and plan.teacher == "shard":
         # The teacher stores its own dtype already: no casting policy, and its gathered blocks are freed at once.
-        shard_model(teacher, mesh, plan, reshard_after_forward=True, cpu_offload=plan.teacher_cpu_offload)
+        shard_model(teacher, mesh, plan, reshard_after_forward=True)
 
 
 def shard_adapters(losses: nn.Module, mesh: Any, precision: str) -> None:

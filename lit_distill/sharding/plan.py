@@ -20,18 +20,13 @@ class ShardingPlan:
             them (less memory, about a third more student compute).
         reshard_after_forward: free the student's gathered blocks after forward and gather them again for
             backward (less memory, more communication).
-        teacher_cpu_offload: keep the teacher's shards in CPU memory between uses (needs pinned host memory;
-            for teachers that fit no device even sharded).
     """
 
     teacher: Literal["shard", "replicate"] = "shard"
     block_classes: tuple[str, ...] | None = None
     activation_checkpointing: bool = False
     reshard_after_forward: bool = True
-    teacher_cpu_offload: bool = False
 
     def __post_init__(self) -> None:
         if self.teacher not in ("shard", "replicate"):
             raise ValueError(f"teacher must be 'shard' or 'replicate', got {self.teacher!r}.")
-        if self.teacher_cpu_offload and self.teacher != "shard":
-            raise ValueError("teacher_cpu_offload needs teacher='shard' (a replicated teacher is not sharded).")

@@ -29,7 +29,6 @@ class FSDP2Strategy(ModelParallelStrategy):
         block_classes: transformer block class names to shard one by one; None finds them.
         activation_checkpointing: recompute student block activations in backward.
         reshard_after_forward: free gathered student blocks between forward and backward.
-        teacher_cpu_offload: keep teacher shards in host memory between uses.
         save_distributed_checkpoint: sharded checkpoint folders (True) or one full file written by rank 0.
         process_group_backend: ``"nccl"``/``"gloo"``; None picks by device.
         timeout: collective timeout.
@@ -48,7 +47,6 @@ class FSDP2Strategy(ModelParallelStrategy):
         block_classes: list[str] | None = None,
         activation_checkpointing: bool = False,
         reshard_after_forward: bool = True,
-        teacher_cpu_offload: bool = False,
         save_distributed_checkpoint: bool = True,
         process_group_backend: str | None = None,
         timeout: timedelta | None = default_pg_timeout,
@@ -65,7 +63,6 @@ class FSDP2Strategy(ModelParallelStrategy):
             block_classes=tuple(block_classes) if block_classes else None,
             activation_checkpointing=activation_checkpointing,
             reshard_after_forward=reshard_after_forward,
-            teacher_cpu_offload=teacher_cpu_offload,
         )
 
     def setup_environment(self) -> None:

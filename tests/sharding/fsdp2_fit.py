@@ -113,12 +113,31 @@ def main(out: Path) -> None:
     trainer(out, max_steps=1, enable_checkpointing=False, limit_train_batches=None).fit(parity, loader)
     parity_state = full_state_dict(parity.student)
 
+    # The plan's options change how the step runs, not what it computes: the same step, replicated teacher,
+    # recomputed student activations, student blocks kept gathered until backward.
+    planned = {}
+    for name, options in {
+        "replicate+checkpointing+kept": {"teacher": "replicate", "activation_checkpointing": True,
+                                         "reshard_after_forward": False},
+    }.items():  # fmt: skip
+        variant = module(optimizer=lambda p: torch.optim.SGD(p, lr=0.5))
+        strategy = FSDP2Strategy(**options)
+        trainer(out, max_steps=1, enable_checkpointing=False, limit_train_batches=None, strategy=strategy).fit(
+            variant, loader
+        )
+        planned[name] = full_state_dict(variant.student)
+        result["checkpoint_wrapped_blocks"] = sum(
+            type(m).__name__ == "CheckpointWrapper" for m in variant.student.modules()
+        )
+        result["replicated_teacher_plain"] = not any(isinstance(p, DTensor) for p in variant.teacher.parameters())
+
     if run.global_rank == 0:
         result["resume_max_diff"] = max(float((straight_state[k] - v).abs().max()) for k, v in resumed_state.items())
         result["resume_keys"] = sorted(resumed_state) == sorted(straight_state)
         result["exported"] = str(exported)
         torch.save(resumed_state, out / "resumed.pt")
         torch.save(parity_state, out / "parity.pt")
+        torch.save(planned, out / "planned.pt")
         torch.save(whole_state, out / "whole.pt")
         torch.save(hf_loaded, out / "hf_loaded.pt")
         (out / "result.json").write_text(json.dumps(result))
