@@ -412,6 +412,16 @@ def peak_memory_gib(device: torch.device) -> dict[str, float] | None:
     }
 
 
+def end_process_group() -> None:
+    """Every rank waits for the others, then the process group is torn down (left to interpreter exit, gloo's
+    threads can be destroyed while another rank still talks to them, and the process aborts after its work)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def gather(value: Any) -> list[Any]:
     """``value`` from every rank (a one-element list without a process group)."""
     import torch.distributed as dist

@@ -147,9 +147,7 @@ def run(args: argparse.Namespace) -> None:
     mode = f"fsdp2 x{world}" if args.fsdp else "single"
     C.report(args, f"hand loop, {mode}, {args.loss} loss", teacher_shape, student_shape, seconds, device,
              precision=args.precision, final_loss=round(float(loss.detach().float()), 5))  # fmt: skip
-    if dist.is_initialized():
-        dist.barrier()  # rank 0 may still be writing its report: tear down together
-        dist.destroy_process_group()
+    C.end_process_group()
 
 
 def main() -> None:

@@ -202,3 +202,4 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+    C.end_process_group()

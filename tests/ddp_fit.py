@@ -7,7 +7,7 @@ import torch
 from lightning.pytorch import Callback, Trainer, seed_everything
 from torch.utils.data import DataLoader
 
-from tests.helpers import digits_like, make_module
+from tests.helpers import digits_like, end_process_group, make_module
 
 
 class Watch(Callback):
@@ -88,3 +88,4 @@ def parity_step(out: str) -> dict:
 
 if __name__ == "__main__":
     main(sys.argv[1])
+    end_process_group()

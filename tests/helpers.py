@@ -43,3 +43,16 @@ def trainer(tmp_path, **kwargs):
     )
     defaults.update(kwargs)
     return Trainer(**defaults)
+
+
+def end_process_group() -> None:
+    """End a multi-process test script: every rank waits for the others, then the process group is torn down.
+
+    Left to interpreter exit, gloo's threads can be destroyed while another rank still talks to them, and the
+    process aborts ("terminate called without an active exception") after its work is done.
+    """
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()

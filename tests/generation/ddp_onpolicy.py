@@ -12,6 +12,7 @@ from lit_distill.data import PromptDataModule
 from lit_distill.generation import OnPolicyDistillationModule
 from lit_distill.losses import TokenKD
 from lit_distill.models import GPT
+from tests.helpers import end_process_group
 
 
 class Recording(OnPolicyDistillationModule):
@@ -55,3 +56,4 @@ def main(out: str) -> None:
 
 if __name__ == "__main__":
     main(sys.argv[1])
+    end_process_group()

@@ -19,6 +19,7 @@ from lit_distill.losses import TokenKD
 from lit_distill.models import GPT
 from lit_distill.sharding import FSDP2Strategy
 from lit_distill.sharding.state import full_state_dict
+from tests.helpers import end_process_group
 
 
 def gpt(width: int, seed: int) -> GPT:
@@ -145,3 +146,4 @@ def main(out: Path) -> None:
 
 if __name__ == "__main__":
     main(Path(sys.argv[1]))
+    end_process_group()
