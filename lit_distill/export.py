@@ -98,20 +98,47 @@ def _next_version(root: Path) -> Path:
     return root / f"version_{max(numbers, default=-1) + 1}"
 
 
-def export_then_wait(trainer: Trainer, export: Callable[[], Any], what: str) -> Any:
-    """Run ``export`` on every rank (a sharded student is gathered; rank 0 alone writes, see :func:`is_writer`),
-    then wait for all of them: once ``fit`` returns on any rank, the file exists.
+def run_together(section: Callable[[], Any], what: str, rank_zero_only: bool = False) -> Any:
+    """Run ``section`` (on every rank, or on rank 0 alone) and let every rank learn whether it failed anywhere.
 
-    An error is raised after the barrier, so the other ranks are not left waiting for the one that failed.
+    A rank that raises inside a section the others do not see would leave them waiting at their next collective
+    until the process group times out (30 minutes by default). Here every rank passes one all-gather of the
+    outcome after the section; if any rank failed, each rank raises: the failing rank its own error, the others a
+    ``RuntimeError`` whose first line names the failing rank and its error. Single-process runs just run it. Lightning's
+    strategies (DDP, FSDP2) all run over ``torch.distributed``, whose default group is the one used.
+
+    Args:
+        section: the work, e.g. writing a file; its return value is returned on the ranks that ran it.
+        what: a few words for the error message ("exporting the student").
+        rank_zero_only: run ``section`` on rank 0 only (the others return None).
+
+    Example:
+        >>> run_together(lambda: 42, "answering")
+        42
     """
+    import torch.distributed as dist
+
+    distributed = dist.is_available() and dist.is_initialized()
+    rank = dist.get_rank() if distributed else 0
     result, error = None, None
-    try:
-        result = export()
-    except Exception as err:  # noqa: BLE001 - re-raised below, once every rank has passed the barrier
-        error = err
-    trainer.strategy.barrier(what)
+    if rank == 0 or not rank_zero_only:
+        try:
+            result = section()
+        except Exception as err:  # noqa: BLE001 - re-raised below, once every rank knows
+            error = err
+    if not distributed:
+        if error is not None:
+            raise error
+        return result
+    mine = None if error is None else f"{type(error).__name__}: {(str(error).splitlines() or [''])[0]}"
+    outcomes: list[str | None] = [None] * dist.get_world_size()
+    dist.all_gather_object(outcomes, mine)
     if error is not None:
         raise error
+    failed = [(r, message) for r, message in enumerate(outcomes) if message is not None]
+    if failed:
+        r, message = failed[0]
+        raise RuntimeError(f"rank {r} failed while {what}: {message}")
     return result
 
 

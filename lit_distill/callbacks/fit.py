@@ -9,7 +9,7 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_info
 
-from lit_distill.export import export_dir, export_then_wait
+from lit_distill.export import export_dir, run_together
 
 
 class ExportStudent(Callback):
@@ -51,10 +51,8 @@ class ExportStudent(Callback):
         if trainer.fast_dev_run:
             return  # a smoke run leaves no artifacts, like Lightning's own checkpointing
         target = self._target or self.target(trainer)
-        path = export_then_wait(
-            trainer,
-            lambda: pl_module.export_student(target, self.include_adapters, self.overwrite),
-            "lit_distill_export_student",
+        path = run_together(
+            lambda: pl_module.export_student(target, self.include_adapters, self.overwrite), "exporting the student"
         )
         rank_zero_info(f"student weights written to {path}")
 

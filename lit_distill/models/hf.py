@@ -16,7 +16,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 
 from lit_distill.data.tokenizers import looks_local, tokenizer_fingerprint
-from lit_distill.export import export_dir, export_then_wait, is_writer
+from lit_distill.export import export_dir, is_writer, run_together
 from lit_distill.models.gpt import GPT
 from lit_distill.models.hf_loading import build_from_config, import_transformers, missing_model_error
 from lit_distill.outputs import ModelOutput
@@ -264,7 +264,7 @@ class ExportPretrained(Callback):
         if trainer.fast_dev_run:
             return
         folder = self._folder or self._target(trainer)
-        written = export_then_wait(
-            trainer, lambda: export_pretrained(pl_module, folder, overwrite=self.overwrite), "lit_distill_export"
+        written = run_together(
+            lambda: export_pretrained(pl_module, folder, overwrite=self.overwrite), "exporting the student"
         )
         rank_zero_info(f"student written to {written}")
