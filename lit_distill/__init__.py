@@ -5,11 +5,7 @@ from __future__ import annotations
 from importlib import import_module
 from typing import TYPE_CHECKING
 
-from lit_distill import _deprecated
-
 __version__ = "0.1.0"
-
-_deprecated.install()  # old module paths of moved modules keep importing for one release
 
 # Imported on first use, so that `lit-distill --help` and other light entry points do not pay for torch and
 # Lightning (seconds to import) before they need them.

@@ -6,13 +6,13 @@ Two batch shapes are understood:
 * a dict with ``input_ids`` (``[B, T]``) and optionally ``labels`` (``[B, T]``, aligned with
   ``input_ids``, ``-100`` where no loss is taken) and ``attention_mask`` (language models).
 
-Other shapes: override :meth:`DistillationModule.model_inputs` in a subclass.
+Other shapes: override :meth:`DistillationModule.split_batch` in a subclass.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 from torch import Tensor
 
@@ -22,31 +22,44 @@ from lit_distill.outputs import ModelOutput
 TEACHER_OUTPUTS_KEY = "teacher_outputs"
 
 
-def split_batch(batch: Any) -> tuple[tuple[Any, ...], dict[str, Any], Tensor | None]:
-    """Return ``(args, kwargs, targets)`` so that the model is called as ``model(*args, **kwargs)``."""
+class BatchParts(NamedTuple):
+    """A batch read for the models: called as ``model(*args, **kwargs)``; ``targets`` may be None."""
+
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+    targets: Tensor | None
+
+    @property
+    def size(self) -> int:
+        """The batch size: the length of the first model input."""
+        first = self.args[0]
+        return int(first.shape[0]) if isinstance(first, Tensor) else len(first)
+
+
+def split_batch(batch: Any) -> BatchParts:
+    """Return ``(args, kwargs, targets)`` so that the model is called as ``model(*args, **kwargs)``.
+
+    Example:
+        >>> split_batch({"input_ids": torch.ones(2, 3, dtype=torch.long)}).args[0].shape
+        torch.Size([2, 3])
+    """
     if isinstance(batch, Mapping):
         if "input_ids" not in batch:
             raise KeyError(
                 f"dict batch has keys {sorted(batch)}; expected 'input_ids' (and optionally 'labels', "
-                "'attention_mask'). Override DistillationModule.model_inputs for other layouts."
+                "'attention_mask'). Override DistillationModule.split_batch for other layouts."
             )
         kwargs = {"attention_mask": batch["attention_mask"]} if batch.get("attention_mask") is not None else {}
-        return (batch["input_ids"],), kwargs, batch.get("labels")
+        return BatchParts((batch["input_ids"],), kwargs, batch.get("labels"))
     if isinstance(batch, Tensor):
-        return (batch,), {}, None
+        return BatchParts((batch,), {}, None)
     if isinstance(batch, Sequence) and len(batch) >= 1:
         targets = batch[1] if len(batch) > 1 and isinstance(batch[1], Tensor) else None
-        return (batch[0],), {}, targets
+        return BatchParts((batch[0],), {}, targets)
     raise TypeError(
         f"cannot split a batch of type {type(batch).__name__}; use (inputs, targets) or a dict with "
-        "'input_ids', or override DistillationModule.model_inputs."
+        "'input_ids', or override DistillationModule.split_batch."
     )
-
-
-def batch_size_of(batch: Any) -> int:
-    args, _, _ = split_batch(batch)
-    first = args[0]
-    return int(first.shape[0]) if isinstance(first, Tensor) else len(first)
 
 
 def cached_teacher_output(batch: Any) -> ModelOutput | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterable
 from typing import Any
 
@@ -11,7 +12,6 @@ from torch import nn
 from lit_distill.batch import cached_teacher_output
 from lit_distill.guard import NonFiniteLossError
 from lit_distill.losses.base import DistillationLoss
-from lit_distill.teacher import weights_source
 
 
 def check_losses(losses: list[DistillationLoss], teacher: nn.Module | None) -> list[DistillationLoss]:
@@ -39,17 +39,22 @@ def check_losses(losses: list[DistillationLoss], teacher: nn.Module | None) -> l
     return losses
 
 
-def check_not_shared(student: nn.Module, teacher: nn.Module) -> None:
-    """Freezing the teacher must not freeze the student: no parameter may belong to both."""
-    if student is teacher:
-        raise ValueError("student and teacher are the same module object; build two separate models.")
-    teacher_ids = {id(p) for p in teacher.parameters()}
-    shared = [n for n, p in student.named_parameters() if id(p) in teacher_ids]
-    if shared:
+def check_fit_start(module: Any) -> None:
+    """What can only be checked once training starts: the teacher's placement and dtype, and that ``nan_policy:
+    skip`` runs on a strategy where every rank can skip an update together (not FSDP2's sharded backward)."""
+    check_teacher_placement(module.student, module.teacher, module.teacher_dtype)
+    from lightning.pytorch.strategies import ModelParallelStrategy  # fsdp2 is one
+
+    strategy = module.trainer.strategy
+    if module.nan_policy == "skip" and isinstance(strategy, ModelParallelStrategy):
         raise ValueError(
-            f"student shares {len(shared)} parameter(s) with the teacher (e.g. {shared[:3]}); freezing the "
-            "teacher would freeze them too. Copy the weights (copy.deepcopy) instead of sharing them."
+            f"nan_policy: skip is not supported with {type(strategy).__name__}: a sharded backward cannot be skipped "
+            "on every rank together. Use nan_policy: raise (the default), or --trainer.strategy ddp."
         )
+    student_side = [module.student, module.losses]
+    if module.teacher is not None and all(m.training for part in student_side for m in part.modules()):
+        # The frozen teacher is in eval mode on purpose; Lightning's warning would only alarm users.
+        warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode at the start of training")
 
 
 def check_teacher_placement(student: nn.Module, teacher: nn.Module | None, teacher_dtype: torch.dtype | None) -> None:
@@ -70,22 +75,6 @@ def check_teacher_placement(student: nn.Module, teacher: nn.Module | None, teach
             f"teacher_dtype is {teacher_dtype} but the teacher's weights are {teacher_param.dtype}, probably "
             "converted by a '-true' trainer precision; use a '-mixed' precision or set teacher_dtype to match."
         )
-
-
-def check_teacher_weights(teacher: nn.Module | None, allowed: bool = False) -> None:
-    """A teacher must come with trained weights (:func:`~lit_distill.teacher.weights_source`) unless ``allowed``.
-
-    Example:
-        >>> check_teacher_weights(nn.Linear(2, 2), allowed=True)
-    """
-    if teacher is None or allowed or weights_source(teacher):
-        return
-    raise ValueError(
-        f"the teacher ({type(teacher).__name__}) has no trained weights: it was built from its config and nothing "
-        "was loaded into it, so the student would learn from a random model. Set teacher_checkpoint (a .ckpt or "
-        ".safetensors of the trained teacher), use a model that loads its weights (HFCausalLM, SentenceEncoder with "
-        "path/package, GPT.from_pretrained), or set allow_untrained_teacher: true if a random teacher is what you want."
-    )
 
 
 def check_models(losses: Iterable[Any], student: nn.Module, teacher: nn.Module | None) -> None:
@@ -156,7 +145,7 @@ def probe_first_batch(module: Any) -> bool:
 def _probe_failure(module: Any, batch: Any, err: Exception) -> Exception:
     """Which part cannot take the first batch (an error from deep inside torch names none): teacher, student or the
     losses, with the batch's input shapes."""
-    args, _ = module.model_inputs(batch)
+    args = module.split_batch(batch).args
     shapes = ", ".join(str(tuple(a.shape)) for a in args if isinstance(a, torch.Tensor)) or "no tensor inputs"
     sides = [("student", module.student, module.forward_student)]
     if module.teacher is not None and cached_teacher_output(batch) is None:

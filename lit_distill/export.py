@@ -12,7 +12,7 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from torch import Tensor, nn
 
 from lit_distill.sharding.state import full_state_dict
-from lit_distill.teacher import load_weights
+from lit_distill.weights import load_weights
 
 
 class Distilled(Protocol):

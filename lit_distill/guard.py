@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import math
+import warnings
 from collections import deque
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -95,3 +97,27 @@ class NonFiniteGuard:
             "temperature, check the inputs and teacher outputs for NaN, or set `nan_policy: skip` to skip such "
             "batches."
         )
+
+
+def skip_everywhere(strategy: Any, step: int, rank: int, total: Tensor, terms: dict[str, Tensor]) -> bool:
+    """``nan_policy: skip``: whether this step's update is skipped, decided by all ranks together (one small
+    collective), so that every rank skips the same step: each then backpropagates :func:`zero_loss` (DDP's gradient
+    all-reduce runs on every rank as usual) and the module drops the gradients before the optimizer step.
+
+    The rank that saw the non-finite term says which, and rank 0 says that the batch was skipped.
+    """
+    finite = bool(torch.isfinite(total))
+    if strategy.reduce_boolean_decision(finite, all=True):
+        return False
+    if not finite:
+        bad = [name for name, value in terms.items() if not torch.isfinite(value).all()] or ["loss"]
+        warnings.warn(f"step {step}, rank {rank}: non-finite loss term(s) {bad}; skipping the batch.", stacklevel=2)
+    elif rank == 0:
+        warnings.warn(f"step {step}: a non-finite loss on another rank; batch skipped on every rank.", stacklevel=2)
+    return True
+
+
+def zero_loss(params: list[Tensor]) -> Tensor:
+    """A loss of 0 that reaches every parameter with a gradient of exactly 0 (``0 * NaN`` would be NaN), so a skipped
+    step's backward touches the same parameters on every rank as a normal step does."""
+    return torch.stack([(p * 0).sum() for p in params]).sum()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor, nn
 from torchmetrics import MeanMetric, Metric
@@ -33,6 +35,12 @@ class EvalMetrics(nn.ModuleDict):
     def named_metrics(self) -> list[tuple[str, Metric]]:
         return [(name, metric) for name, metric in self.items() if isinstance(metric, Metric)]
 
+    def log_to(self, module: Any, stage: str, batch_size: int) -> None:
+        """Log every metric that has seen data as ``<stage>/<name>`` through ``module.log`` (epoch-level, synced)."""
+        for name, metric in self.named_metrics():
+            if metric.update_called:
+                module.log(f"{stage}/{name}", metric, batch_size=batch_size, prog_bar=name == "student_acc")
+
     @torch.no_grad()
     def observe(self, student: Tensor | None, teacher: Tensor | None, targets: Tensor | None) -> None:
         if student is None:
@@ -63,3 +71,17 @@ class EvalMetrics(nn.ModuleDict):
             self["teacher_ppl"].update(logits_t, shifted)
             agree = logits_s[..., :vocab].argmax(-1) == logits_t[..., :vocab].argmax(-1)
             self["agreement"].update(agree[counted].float())
+
+
+def train_logging_step(trainer: Any, step: int) -> bool:
+    """Whether training terms are logged at ``step``: on the steps Lightning writes logs (``log_every_n_steps``),
+    since ``self.log`` costs host time that small GPU steps do not hide. Without a trainer: always."""
+    if trainer is None:
+        return True
+    return (step + 1) % max(trainer.log_every_n_steps, 1) == 0 or trainer.should_stop
+
+
+def monitors_train_metric(trainer: Any) -> bool:
+    """Whether a callback (``ModelCheckpoint``, ``EarlyStopping``, ...) monitors a ``train/`` metric: then training
+    terms are logged on every step, so that it never acts on a stale value."""
+    return any(str(getattr(c, "monitor", None) or "").startswith("train/") for c in trainer.callbacks)

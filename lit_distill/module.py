@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
@@ -11,28 +10,32 @@ from typing import Any, Literal
 import torch
 from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
-from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 
-import lit_distill.acceleration as accel
-from lit_distill.batch import batch_size_of, cached_teacher_output, split_batch
-from lit_distill.checkpointing import TEACHER_PREFIX, TeacherCheckpointing, ddp_ignore_list, load_student, load_teacher
+from lit_distill.batch import BatchParts, cached_teacher_output, split_batch
 from lit_distill.checks import (
     check_data_vocabulary,
+    check_fit_start,
     check_losses,
     check_models,
-    check_teacher_placement,
     probe_first_batch,
 )
 from lit_distill.export import save_student
 from lit_distill.features import FeatureTaps, taps_for_losses
-from lit_distill.guard import NonFiniteGuard
+from lit_distill.guard import NonFiniteGuard, skip_everywhere, zero_loss
 from lit_distill.losses.base import DistillationLoss, weighted_sum
 from lit_distill.losses.logit import CrossEntropy, LogitKD
-from lit_distill.metrics import EvalMetrics
-from lit_distill.outputs import ModelOutput, as_model_output
-from lit_distill.sharding.configure import place_models, shard_adapters
-from lit_distill.teacher import parse_dtype
+from lit_distill.metrics import EvalMetrics, monitors_train_metric, train_logging_step
+from lit_distill.outputs import ModelOutput, as_model_output, hidden_states
+from lit_distill.sharding.configure import (
+    compile_in_place,
+    place_models,
+    prepare_input,
+    shard_adapters,
+    to_channels_last,
+)
+from lit_distill.teacher import TEACHER_PREFIX, TeacherLifecycle, ddp_ignore_list, load_or_defer, load_teacher
+from lit_distill.weights import parse_dtype
 
 __all__ = ["DistillationModule", "TEACHER_PREFIX"]
 
@@ -41,17 +44,13 @@ def _adamw(params: Iterator[nn.Parameter]) -> torch.optim.Optimizer:
     return torch.optim.AdamW(params, lr=1e-3, weight_decay=0.01)
 
 
-class DistillationModule(TeacherCheckpointing, LightningModule):
+class DistillationModule(TeacherLifecycle, LightningModule):
     """Train ``student`` to match a frozen ``teacher`` through a weighted sum of loss strategies.
 
     One step: batch -> teacher (eval, no grad, own dtype) -> outputs; batch -> student -> outputs;
-    ``total = Σ weight_i · strategy_i(student_out, teacher_out, batch)``; each term is logged as
-    ``train/<name>`` and the total as ``train/loss``. Without a teacher it is plain supervised
-    training of the student (the baseline, and how a teacher is trained).
-
-    The teacher never enters the optimizer, stays in eval mode even when Lightning calls
-    ``.train()``, and is left out of checkpoints unless ``save_teacher=True``: on resume it is
-    reloaded from ``teacher_checkpoint``.
+    ``total = Σ weight_i · strategy_i(student_out, teacher_out, batch)``, each term logged as ``train/<name>``,
+    the total as ``train/loss``. Without a teacher it is plain supervised training (the baseline; how a teacher is
+    trained). The teacher's lifecycle (frozen, out of the optimizer and of checkpoints): :mod:`lit_distill.teacher`.
 
     Args:
         student: the model to train.
@@ -59,22 +58,20 @@ class DistillationModule(TeacherCheckpointing, LightningModule):
         losses: strategies (``class_path`` in YAML). Default: ``[LogitKD(temperature=4)]`` with a
             teacher, ``[CrossEntropy()]`` without.
         teacher_checkpoint: weights for the teacher (Lightning ``.ckpt`` or ``.safetensors``).
-        teacher_checkpoint_prefix: key prefix to strip; None guesses (``student.``/``model.``).
+        teacher_checkpoint_prefix: key prefix to strip; None: :func:`lit_distill.weights.resolve_prefix`.
         student_checkpoint: optional weights to start the student from.
         teacher_dtype: run the teacher in this dtype (``"bf16"``, ``"fp16"``, ...); None keeps it.
         save_teacher: also store the teacher's weights in checkpoints.
         optimizer: optimizer factory (``torch.optim.AdamW(lr=1e-3)`` by default).
         lr_scheduler: optional scheduler factory.
-        nan_policy: on a NaN/inf loss term, ``"raise"`` stops the run naming the step, the term and
-            its last finite value (checked without a per-step sync, and always before a checkpoint
-            is written); ``"skip"`` skips that batch's update on every rank (one sync per step).
-        compile: ``torch.compile`` student and teacher in place (state-dict keys unchanged); a dict
-            is passed to ``nn.Module.compile`` (``{mode: reduce-overhead}``: CUDA graphs, for small steps).
-        channels_last: store conv models and 4-D inputs in channels-last memory format (faster
-            convolutions with tensor cores).
-        allow_untrained_teacher: accept a teacher that has no trained weights (built from its config with
-            no ``teacher_checkpoint`` and not a pretrained model): for tests and experiments on random
-            teachers. Without it such a teacher is refused at setup, since the student would learn noise.
+        nan_policy: on a NaN/inf loss term, ``"raise"`` stops the run naming the step, the term and its last finite
+            value (no per-step sync; always checked before a checkpoint is written); ``"skip"`` skips that batch's
+            update on every rank together (one small collective per step).
+        compile: ``torch.compile`` student and teacher in place (state-dict keys unchanged); a dict is passed to
+            ``nn.Module.compile`` (``{mode: reduce-overhead}``: CUDA graphs, for small steps).
+        channels_last: conv models and 4-D inputs in channels-last memory format (faster on tensor cores).
+        allow_untrained_teacher: for recipes: accept a teacher built from the recipe's config with no weights loaded
+            (refused otherwise, before any compute). A teacher passed in Python is always taken as it is.
 
     Example:
         >>> from lit_distill.models import MLP
@@ -110,7 +107,7 @@ class DistillationModule(TeacherCheckpointing, LightningModule):
         self.losses = nn.ModuleList(check_losses(losses, teacher))
         prefix = teacher_checkpoint_prefix
         self._teacher_source = load_teacher(teacher, student, teacher_checkpoint, prefix, teacher_dtype)
-        self._student_source = load_student(student, student_checkpoint)
+        self._student_source = load_or_defer(student, student_checkpoint)
         self.teacher = teacher
         if teacher is not None:
             self._ddp_params_and_buffers_to_ignore = ddp_ignore_list(teacher)
@@ -118,50 +115,57 @@ class DistillationModule(TeacherCheckpointing, LightningModule):
         self.save_teacher = save_teacher
         self.optimizer_factory = optimizer
         self.scheduler_factory = lr_scheduler
-        self.val_metrics = EvalMetrics()
-        self.test_metrics = EvalMetrics()
+        self.val_metrics, self.test_metrics = EvalMetrics(), EvalMetrics()
         if nan_policy not in ("raise", "skip"):
             raise ValueError(f"nan_policy must be 'raise' or 'skip', got {nan_policy!r}.")
-        self.nan_policy = nan_policy
-        self._guard = NonFiniteGuard()
-        self.compile_models = compile
-        self.channels_last = channels_last
+        self.nan_policy, self._guard = nan_policy, NonFiniteGuard()
+        self.compile_models, self.channels_last = compile, channels_last
         self.allow_untrained_teacher = allow_untrained_teacher
         if channels_last:
-            accel.to_channels_last(student, teacher)
+            to_channels_last(student, teacher)
         self._configured = self._graph_steps = False
         self._taps: dict[str, FeatureTaps] = {}
-        self._probed = False
+        self._probed = self._monitored_train_metric = self._skipping = False
 
-    # ------------------------------------------------------------------ guard
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self._guard.check()  # never write weights that a NaN loss has already touched
 
     def on_train_epoch_end(self) -> None:
         self._guard.check()
 
-    # ----------------------------------------------------------------- forward
-    def model_inputs(self, batch: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:
-        """``(args, kwargs)`` for ``model(*args, **kwargs)``; override for other batch layouts."""
-        args, kwargs, _ = split_batch(batch)
-        return args, kwargs
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        if self._skipping:  # no gradient at all: the optimizer leaves every parameter and its state as they were
+            optimizer.zero_grad(set_to_none=True)
+
+    def split_batch(self, batch: Any) -> BatchParts:
+        """The batch layout, in one place: ``(args, kwargs, targets)``, models called as ``model(*args, **kwargs)``,
+        batch size ``len(args[0])``. Model calls, batch sizes, evaluation targets and the first-batch probe read the
+        batch through it: override it for other layouts (strategies get the batch as the data module made it)."""
+        return split_batch(batch)
 
     def _run(self, model: nn.Module, side: str, batch: Any, cast: torch.dtype | None = None) -> ModelOutput:
-        args, kwargs = self.model_inputs(batch)
+        args, kwargs, _ = self.split_batch(batch)
         if cast is not None or self.channels_last:
-            args = tuple(accel.prepare_input(a, cast, self.channels_last) for a in args)
+            args = tuple(prepare_input(a, cast, self.channels_last) for a in args)
         taps = self._taps.get(side)
         with taps.capture() if taps is not None else contextlib.nullcontext({}) as features:
             if self._use_hidden():
-                out = ModelOutput(hidden=accel.hidden_states(model, args, kwargs), head=model.get_output_embeddings())
+                out = ModelOutput(hidden=hidden_states(model, args, kwargs), head=model.get_output_embeddings())
             else:
                 out = as_model_output(model(*args, **kwargs))
         out.features.update(features)
         return out
 
     def _use_hidden(self) -> bool:
-        """Hand strategies hidden states + head instead of logits: in training only (evaluation keeps logits)."""
-        return self.training and accel.hidden_path(self.losses, self.student, self.teacher)
+        """Hand strategies hidden states + LM head instead of logits (fused LM-head losses never make the
+        ``[tokens, vocab]`` logits): in training only (evaluation keeps logits), when every strategy accepts hidden
+        states and both models (so not a cached teacher) expose ``forward_hidden`` and ``get_output_embeddings``."""
+        models = (self.student, self.teacher)
+        return (
+            self.training
+            and all(getattr(loss, "accepts_hidden", False) for loss in self.losses)
+            and all(hasattr(m, "forward_hidden") and hasattr(m, "get_output_embeddings") for m in models)
+        )
 
     def forward_student(self, batch: Any) -> ModelOutput:
         """Run the student on ``batch``; override to change how the student is called."""
@@ -171,10 +175,8 @@ class DistillationModule(TeacherCheckpointing, LightningModule):
     def forward_teacher(self, batch: Any) -> ModelOutput:
         """Run the frozen teacher (no grad, eval, its own dtype); override to change how it is called.
 
-        ``no_grad`` rather than ``inference_mode``: inference tensors cannot be saved for the student's
-        backward pass, and the losses multiply by teacher probabilities. With ``teacher_dtype`` set, the
-        teacher computes in exactly that dtype: autocast (``precision=bf16-mixed``) is switched off
-        around it rather than re-casting its matmuls.
+        ``no_grad``, not ``inference_mode``: the losses save teacher probabilities for the student's backward. With
+        ``teacher_dtype`` set, autocast is off around the teacher so it computes in exactly that dtype.
         """
         if self.teacher_dtype is None:
             return self._run(self.teacher, "teacher", batch)
@@ -185,14 +187,11 @@ class DistillationModule(TeacherCheckpointing, LightningModule):
         """The student's forward: a trained module predicts like its student."""
         return self.student(*args, **kwargs)
 
-    # ------------------------------------------------------------------ losses
     def compute_losses(
         self, student_out: ModelOutput, teacher_out: ModelOutput | None, batch: Any
     ) -> tuple[Tensor, dict[str, Tensor]]:
-        """Weighted sum of every strategy; returns ``(total, {term_name: unweighted value})``.
-
-        Override in a subclass to combine terms differently (e.g. a schedule over the weights).
-        """
+        """Weighted sum of every strategy, ``(total, {term_name: unweighted value})``; override in a subclass to
+        combine terms differently (e.g. a schedule over the weights)."""
         return weighted_sum(self.losses, student_out, teacher_out, batch)
 
     def shared_step(self, batch: Any) -> tuple[Tensor, dict[str, Tensor], ModelOutput, ModelOutput | None]:
@@ -203,37 +202,35 @@ class DistillationModule(TeacherCheckpointing, LightningModule):
         total, terms = self.compute_losses(student_out, teacher_out, batch)
         return total, terms, student_out, teacher_out
 
-    def training_step(self, batch: Any, batch_idx: int) -> Tensor | None:
+    def training_step(self, batch: Any, batch_idx: int) -> Tensor:
         if self._graph_steps:  # CUDA graphs: the last step's graph outputs may be overwritten from here on
             torch.compiler.cudagraph_mark_step_begin()
         total, terms, _, _ = self.shared_step(batch)
-        bs = batch_size_of(batch)
+        bs = self._batch_size(batch)
         if self.nan_policy == "skip":
-            finite = bool(torch.isfinite(total))
-            if not self.trainer.strategy.reduce_boolean_decision(finite, all=True):
-                bad = [name for name, value in terms.items() if not torch.isfinite(value).all()]
-                rank_zero_warn(f"step {self.global_step}: non-finite loss term(s) {bad or ['loss']}; batch skipped.")
+            self._skipping = skip_everywhere(self.trainer.strategy, self.global_step, self.global_rank, total, terms)
+            if self._skipping:
                 self.log("train/skipped_batches", 1.0, reduce_fx="sum", on_step=False, on_epoch=True, batch_size=bs)
-                return None
+                return zero_loss(self.trainable_parameters())
         else:
             self._guard.observe(self.global_step, {**terms, "loss": total})
-        if accel.logging_step(self._trainer):
+        if self._monitored_train_metric or train_logging_step(self._trainer, self.global_step):
             for name, value in terms.items():
                 self.log(f"train/{name}", value.detach(), batch_size=bs)
             self.log("train/loss", total.detach(), prog_bar=True, batch_size=bs)
         return total
 
+    def _batch_size(self, batch: Any) -> int:
+        return self.split_batch(batch).size
+
     def _eval_step(self, batch: Any, stage: str, metrics: EvalMetrics) -> None:
         total, terms, student_out, teacher_out = self.shared_step(batch)
-        bs = batch_size_of(batch)
-        for name, value in terms.items():
+        bs = self._batch_size(batch)
+        for name, value in {**terms, "loss": total}.items():
             self.log(f"{stage}/{name}", value, batch_size=bs, sync_dist=True)
-        self.log(f"{stage}/loss", total, batch_size=bs, sync_dist=True)
-        _, _, targets = split_batch(batch)
-        metrics.observe(student_out.logits, None if teacher_out is None else teacher_out.logits, targets)
-        for name, metric in metrics.named_metrics():
-            if metric.update_called:
-                self.log(f"{stage}/{name}", metric, batch_size=bs, prog_bar=name == "student_acc")
+        teacher_logits = None if teacher_out is None else teacher_out.logits
+        metrics.observe(student_out.logits, teacher_logits, self.split_batch(batch).targets)
+        metrics.log_to(self, stage, bs)
 
     def validation_step(self, batch: Any, batch_idx: int) -> None:
         self._eval_step(batch, "val", self.val_metrics)
@@ -246,22 +243,17 @@ class DistillationModule(TeacherCheckpointing, LightningModule):
         out = self.forward_student(batch)
         return out.logits if out.logits is not None else out.extra.get("embedding")
 
-    # ------------------------------------------------------------ setup/optim
     def setup(self, stage: str) -> None:
+        super().setup(stage)  # the teacher's trained-weights rule
         taps_for_losses(self.losses, {"student": self.student, "teacher": self.teacher}, self._taps)
         if stage in ("fit", "validate", "test"):
             check_data_vocabulary(self._trainer, self.student, self.teacher)
-        if stage in ("fit", "validate", "test") and not self.save_teacher:
-            self.check_teacher_weights()  # with save_teacher a checkpoint may still bring them: on_*_start checks
         check_models(self.losses, self.student, self.teacher)
 
     def on_fit_start(self) -> None:
-        self.check_teacher_weights()
-        check_teacher_placement(self.student, self.teacher, self.teacher_dtype)
-        student_side = [self.student, self.losses]
-        if self.teacher is not None and all(m.training for part in student_side for m in part.modules()):
-            # The frozen teacher is in eval mode on purpose; Lightning's warning would only alarm users.
-            warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode at the start of training")
+        super().on_fit_start()
+        self._monitored_train_metric = monitors_train_metric(self.trainer)  # then log train/* on every step
+        check_fit_start(self)
 
     def configure_model(self) -> None:
         """Place the models for the strategy (``fsdp2``: sharded; empty models: filled), then probe one batch.
@@ -278,7 +270,7 @@ class DistillationModule(TeacherCheckpointing, LightningModule):
         if mesh is not None:
             shard_adapters(self.losses, mesh, str(trainer.precision))
         if self.compile_models:
-            self._graph_steps = accel.compile_in_place((self.student, self.teacher), self.compile_models)
+            self._graph_steps = compile_in_place((self.student, self.teacher), self.compile_models)
         self._configured = True
 
     def teardown(self, stage: str) -> None:
@@ -288,9 +280,7 @@ class DistillationModule(TeacherCheckpointing, LightningModule):
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         """Student parameters plus trainable loss parts (adapters), never the teacher's."""
-        params = [p for p in self.student.parameters() if p.requires_grad]
-        params += [p for p in self.losses.parameters() if p.requires_grad]
-        return params
+        return [p for part in (self.student, self.losses) for p in part.parameters() if p.requires_grad]
 
     def configure_optimizers(self) -> Any:
         params = self.trainable_parameters()
@@ -301,10 +291,8 @@ class DistillationModule(TeacherCheckpointing, LightningModule):
             return optimizer
         return {"optimizer": optimizer, "lr_scheduler": self.scheduler_factory(optimizer)}
 
-    # ------------------------------------------------------------------ export
     def export_student(self, path: str | Path, include_adapters: bool = False, overwrite: bool = False) -> Path:
         """Write the student's weights (and, if asked, the loss adapters) as safetensors.
 
-        Returns the path. Refuses to replace an existing file unless ``overwrite=True``.
-        """
+        Returns the path. Refuses to replace an existing file unless ``overwrite=True``."""
         return save_student(self, path, include_adapters=include_adapters, overwrite=overwrite)

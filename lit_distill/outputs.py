@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import inspect
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -71,3 +73,17 @@ def as_model_output(raw: Any) -> ModelOutput:
         "a ModelOutput, or an object with a `logits` attribute, or override "
         "DistillationModule.forward_student/forward_teacher."
     )
+
+
+def hidden_states(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Tensor:
+    """The model's final hidden states, through ``model(..., return_hidden=True)`` when its forward takes that flag
+    so the module's hooks run (under FSDP they gather its sharded embedding and LM head); else ``forward_hidden``."""
+    if _takes_return_hidden(type(model)):
+        return model(*args, return_hidden=True, **kwargs)
+    return model.forward_hidden(*args, **kwargs)
+
+
+@functools.cache
+def _takes_return_hidden(cls: type) -> bool:
+    # Read once per class, not on every step: inspect.signature costs host time on the training hot path.
+    return "return_hidden" in inspect.signature(cls.forward).parameters

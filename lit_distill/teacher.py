@@ -1,213 +1,26 @@
-"""Loading weights into a model, and keeping a teacher frozen."""
+"""The frozen teacher: loaded and frozen at construction, kept in eval mode, left out of checkpoints unless asked
+(it is reloaded from where it came from), kept away from DDP's gradient machinery, and the trained-weights rule.
+
+The trained-weights rule: a model handed over in Python is trusted as it is (trained in the same script, filled
+with ``load_state_dict``, taken from a checkpoint, pretrained, or set by hand). A model that a recipe builds from its
+YAML config (the command line marks it, :func:`mark_built_from_config`) must get weights from somewhere lit-distill
+sees — a checkpoint option, a model that loads itself, or a checkpoint that holds it — or it is refused before any
+compute, unless the recipe opts in with ``allow_untrained_teacher: true``.
+"""
 
 from __future__ import annotations
 
-import pickle
-import re
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
-import torch
-from torch import Tensor, nn
+from torch import nn
 
-DTYPES: dict[str, torch.dtype] = {
-    "float32": torch.float32,
-    "fp32": torch.float32,
-    "32": torch.float32,
-    "bfloat16": torch.bfloat16,
-    "bf16": torch.bfloat16,
-    "float16": torch.float16,
-    "fp16": torch.float16,
-    "16": torch.float16,
-    "float64": torch.float64,
-    "64": torch.float64,
-}
+from lit_distill.sharding.materialize import WeightSource
+from lit_distill.weights import has_meta_parameters, load_weights, mark_weights, parse_dtype, weights_source
 
-
-def parse_dtype(name: str | torch.dtype | None) -> torch.dtype | None:
-    """``"bf16"``/``"bfloat16"``/``torch.bfloat16`` -> ``torch.bfloat16``; None stays None."""
-    if name is None or isinstance(name, torch.dtype):
-        return name
-    key = str(name).lower().removeprefix("torch.")
-    if key not in DTYPES:
-        raise ValueError(f"unknown dtype {name!r}; choose one of {sorted(set(DTYPES))}.")
-    return DTYPES[key]
-
-
-def producer_hint(path: Path, config_dir: str | Path = "configs", again: bool = False) -> str:
-    """Name the bundled recipe whose checkpoint callback writes ``path``, if any (" Create it first with: ...").
-
-    ``again``: the file exists but is unusable, so the command also asks to replace it.
-    """
-    configs = Path(config_dir)
-    if not configs.is_dir():
-        return ""
-    for config in sorted(configs.rglob("*.yaml")):
-        text = config.read_text(encoding="utf-8", errors="replace")
-        if f"dirpath: {path.parent.as_posix()}" in text and f"filename: {path.stem}" in text:
-            command = f"lit-distill fit --config {config.as_posix()}"
-            if again:
-                return f" Recreate it with: {command} --trainer.callbacks.init_args.overwrite=true"
-            return f" Create it first with: {command}"
-    return ""
-
-
-def is_distributed_checkpoint(path: str | Path) -> bool:
-    """A folder written by ``torch.distributed.checkpoint`` (``FSDP2Strategy``'s default checkpoint format)."""
-    return Path(path).is_dir() and (Path(path) / ".metadata").is_file()
-
-
-def read_distributed_weights(folder: str | Path, key_prefix: str = "state_dict.") -> dict[str, Tensor]:
-    """The model weights of a sharded checkpoint folder, whole, on the CPU, without a process group.
-
-    Only the entries under ``key_prefix`` (Lightning stores the module's state dict there) are read: the
-    optimizer states beside them are skipped, so a 7B student needs about 28 GB of host memory, not 84.
-    """
-    import torch.distributed.checkpoint as dcp
-    from torch.distributed.checkpoint import FileSystemReader
-
-    reader = FileSystemReader(str(folder))
-    metadata = reader.read_metadata()
-    state: dict[str, Tensor] = {}
-    for key, meta in metadata.state_dict_metadata.items():
-        if key.startswith(key_prefix) and hasattr(meta, "size"):
-            state[key] = torch.empty(meta.size, dtype=meta.properties.dtype)
-    if not state:
-        raise ValueError(f"sharded checkpoint {str(folder)!r} holds no weights under {key_prefix!r}.")
-    dcp.load(state, storage_reader=reader, no_dist=True)  # each rank reads for itself: no collective
-    return {k[len(key_prefix) :]: v for k, v in state.items()}
-
-
-def read_state_dict(path: str | Path, mmap: bool = False) -> dict[str, Tensor]:
-    """Read a state dict from a Lightning ``.ckpt``/torch file (``weights_only=True``), ``.safetensors``, or a
-    sharded checkpoint folder (``--trainer.strategy fsdp2``; read whole, without a process group).
-
-    Nothing is unpickled beyond tensors and plain containers, so an untrusted file cannot run code.
-    ``mmap``: map a torch file instead of reading it, so that only the tensors touched are read.
-    """
-    path = Path(path)
-    if is_distributed_checkpoint(path):
-        return read_distributed_weights(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist.{producer_hint(path)}")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        try:
-            return load_file(str(path))
-        except Exception as err:  # noqa: BLE001 - safetensors' own error type; re-raised with the path
-            raise ValueError(_damaged(path, err)) from err
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
-    except Exception as err:  # noqa: BLE001 - re-raised with the path and the reason
-        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(err))
-        if isinstance(err, pickle.UnpicklingError) and found:  # whole, but holds more than tensors and containers
-            raise ValueError(
-                f"could not read {str(path)!r} as a weights-only torch checkpoint: it holds a pickled "
-                f"{found.group(1)!r}. lit-distill never unpickles arbitrary objects; re-save the weights with "
-                "safetensors or torch.save(state_dict)."
-            ) from err
-        raise ValueError(_damaged(path, err)) from err  # zip, EOF or opcode errors of a cut or garbled file
-    if isinstance(obj, Mapping) and "state_dict" in obj:
-        obj = obj["state_dict"]
-    if not isinstance(obj, Mapping) or not all(isinstance(v, Tensor) for v in obj.values()):
-        raise ValueError(f"{str(path)!r} holds no state dict of tensors.")
-    return dict(obj)
-
-
-def _first_line(err: BaseException) -> str:
-    """The first sentence of an error message (torch's run on for lines), or its type when it has none."""
-    unpickler = re.search(r"WeightsUnpickler error:\s*(.+)", str(err))  # torch's own words come after advice
-    text = unpickler.group(1) if unpickler else (str(err).strip().splitlines() or [""])[0]
-    text = text.split(". ")[0].rstrip(".")
-    return f"{type(err).__name__}: {text}" if text and text != type(err).__name__ else type(err).__name__
-
-
-def _damaged(path: Path, err: BaseException) -> str:
-    return (
-        f"checkpoint {str(path)!r} is damaged or truncated ({path.stat().st_size:,} bytes; {_first_line(err)}): "
-        "it cannot be read at all. Copy it again from where it came from, or write it anew."
-        + producer_hint(path, again=True)
-    )
-
-
-def _strip_prefix(state: dict[str, Tensor], prefix: str | None, expected: set[str]) -> dict[str, Tensor]:
-    if prefix is None:
-        # A DistillationModule checkpoint stores its trained model under "student.": that is what
-        # a teacher trained with lit-distill's no-teacher baseline looks like.
-        if not (state.keys() & expected):
-            for candidate in ("student.", "model.", "teacher."):
-                stripped = {k[len(candidate) :]: v for k, v in state.items() if k.startswith(candidate)}
-                if stripped.keys() & expected:
-                    return stripped
-        return state
-    if not prefix:
-        return state
-    return {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
-
-
-def load_weights(model: nn.Module, path: str | Path, prefix: str | None = None, strict: bool = True) -> None:
-    """Load ``path`` into ``model``; a missing file or a key/shape mismatch is a clear error.
-
-    Args:
-        model: the module to fill (built from config beforehand).
-        path: ``.ckpt``/``.pt`` (Lightning or torch) or ``.safetensors``.
-        prefix: key prefix to strip (e.g. ``"student."``). None tries ``student.``, ``model.`` and
-            ``teacher.`` when the keys do not match as they are.
-        strict: refuse missing or unexpected keys.
-    """
-    state = read_state_dict(path)
-    own = model.state_dict()
-    state = _strip_prefix(state, prefix, set(own))
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    shapes = [
-        f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
-        for k in sorted(own.keys() & state.keys())
-        if state[k].shape != own[k].shape
-    ]
-    if shapes or (strict and (missing or unexpected)):
-        lines = [f"checkpoint {str(path)!r} does not fit {type(model).__name__}:"]
-        if missing:
-            lines.append(f"  missing keys ({len(missing)}): {missing[:8]}{' ...' if len(missing) > 8 else ''}")
-        if unexpected:
-            lines.append(
-                f"  unexpected keys ({len(unexpected)}): {unexpected[:8]}{' ...' if len(unexpected) > 8 else ''}"
-            )
-        if shapes:
-            lines.append(f"  shape mismatches: {shapes[:8]}")
-        lines.append("  Check that the model config matches the one the checkpoint was trained with.")
-        raise ValueError("\n".join(lines))
-    model.load_state_dict(state, strict=strict)
-    mark_weights(model, path)
-
-
-def mark_weights(model: nn.Module, source: str | Path) -> None:
-    """Record that ``model`` holds weights from ``source`` (a file or folder), for :func:`weights_source`."""
-    model.weights_source = str(source)
-
-
-def weights_source(model: nn.Module | None) -> str | None:
-    """Where ``model``'s weights came from, or None when it was built from its config and nothing was loaded.
-
-    Known sources: :func:`load_weights` (``teacher_checkpoint``), models that load themselves
-    (``HFCausalLM``, ``SentenceEncoder(path=...)``, ``GPT.from_pretrained``), any ``transformers`` model made by
-    ``from_pretrained``, and a teacher-cache stand-in (its outputs come from the cache).
-
-    Example:
-        >>> weights_source(nn.Linear(2, 2)) is None
-        True
-    """
-    if model is None:
-        return None
-    if getattr(model, "reads_from_batch", False):
-        return "the teacher cache"
-    source = getattr(model, "weights_source", None)
-    if source:
-        return str(source)
-    config = getattr(model, "config", None)
-    name = getattr(config, "_name_or_path", None) if not isinstance(config, Mapping) else None
-    return name if isinstance(name, str) and name else None
+TEACHER_PREFIX = "teacher."
+_FROM_CONFIG = "_lit_distill_built_from_config"
 
 
 def freeze(model: nn.Module) -> nn.Module:
@@ -215,3 +28,200 @@ def freeze(model: nn.Module) -> nn.Module:
     model.requires_grad_(False)
     model.eval()
     return model
+
+
+def load_or_defer(model: nn.Module, path: str | Path | None, prefix: str | None = None) -> WeightSource | None:
+    """Load ``path`` into ``model`` now; or, when ``model`` was built without memory (meta parameters), return the
+    source to fill it from once it is placed (shard by shard), marking the model as coming with those weights."""
+    if path is None:
+        return None
+    if not has_meta_parameters(model):
+        load_weights(model, path, prefix=prefix)
+        return None
+    source = WeightSource.matching(path, model, prefix)
+    mark_weights(model, path)
+    return source
+
+
+def load_teacher(
+    teacher: nn.Module | None,
+    student: nn.Module,
+    checkpoint: str | None = None,
+    prefix: str | None = None,
+    dtype: str | None = None,
+) -> WeightSource | None:
+    """Load ``teacher``'s weights from ``checkpoint`` (if given), check it shares nothing with the student, cast it
+    to ``dtype`` (if given) and freeze it. ``checkpoint`` without a teacher is an error.
+
+    A teacher built without memory (meta parameters, see :mod:`lit_distill.sharding`) is not loaded here: the
+    returned source is read later, shard by shard, once the teacher is placed (``configure_model``).
+
+    Example:
+        >>> teacher = nn.Linear(2, 1)
+        >>> load_teacher(teacher, nn.Linear(2, 1), dtype="bf16")
+        >>> teacher.weight.dtype, teacher.weight.requires_grad, teacher.training
+        (torch.bfloat16, False, False)
+    """
+    if checkpoint is not None and teacher is None:
+        raise ValueError("teacher_checkpoint is set but no teacher model is given; add `teacher:`.")
+    if teacher is None:
+        return None
+    deferred = load_or_defer(teacher, checkpoint, prefix)
+    check_not_shared(student, teacher)
+    target = parse_dtype(dtype)
+    if target is not None:
+        teacher.to(target)
+    freeze(teacher)
+    return deferred
+
+
+def check_not_shared(student: nn.Module, teacher: nn.Module) -> None:
+    """Freezing the teacher must not freeze the student: no parameter may belong to both."""
+    if student is teacher:
+        raise ValueError("student and teacher are the same module object; build two separate models.")
+    teacher_ids = {id(p) for p in teacher.parameters()}
+    shared = [n for n, p in student.named_parameters() if id(p) in teacher_ids]
+    if shared:
+        raise ValueError(
+            f"student shares {len(shared)} parameter(s) with the teacher (e.g. {shared[:3]}); freezing the "
+            "teacher would freeze them too. Copy the weights (copy.deepcopy) instead of sharing them."
+        )
+
+
+def ddp_ignore_list(teacher: nn.Module) -> list[str]:
+    """Names DDP should neither all-reduce nor broadcast: every rank loads the same teacher itself.
+
+    Example:
+        >>> ddp_ignore_list(nn.Linear(2, 1))
+        ['teacher.weight', 'teacher.bias']
+    """
+    return [TEACHER_PREFIX + k for k in teacher.state_dict()]
+
+
+# ------------------------------------------------------------------------------------------ trained-weights rule
+def mark_built_from_config(model: nn.Module | None) -> None:
+    """Record that ``model`` was built by a recipe from its config (the command line does this), so that the
+    trained-weights rule applies to it; a model made in Python is never marked."""
+    if model is not None:
+        setattr(model, _FROM_CONFIG, True)
+
+
+def require_trained(
+    model: nn.Module | None, role: str, allowed: bool, option: str, checkpoint_option: str = "teacher_checkpoint"
+) -> None:
+    """Refuse a model a recipe built from its config when nothing loaded weights into it (see the module docstring).
+
+    Args:
+        model: the teacher (or the model that generates).
+        role: its key in the recipe (``"teacher"``, ``"model"``).
+        allowed: the recipe's opt-in for random weights.
+        option: the name of that opt-in in the recipe, for the message.
+        checkpoint_option: the recipe key that loads its weights from a file, for the message.
+
+    Example:
+        >>> require_trained(nn.Linear(2, 2), "teacher", allowed=False, option="allow_untrained_teacher")
+    """
+    if model is None or allowed or not getattr(model, _FROM_CONFIG, False) or weights_source(model):
+        return
+    raise ValueError(
+        f"the {role} ({type(model).__name__}) is built from the recipe's config (model.init_args.{role}) and no "
+        f"weights are loaded into it, so it is a random model. Give it trained weights: {checkpoint_option} (a "
+        ".ckpt or .safetensors file), a model that loads its own (HFCausalLM path=..., SentenceEncoder path=..., "
+        f"GPT.from_pretrained), or set {option}: true if a random {role} is what you want."
+    )
+
+
+class TeacherLifecycle:
+    """Mixin (before ``LightningModule``) for a module with a ``teacher`` submodule and a ``save_teacher`` flag: the
+    teacher stays in eval mode, is left out of ``state_dict`` unless ``save_teacher``, is put back on
+    ``load_state_dict``, follows the trained-weights rule, and a student trained here counts as trained (it may
+    teach another module).
+
+    Example:
+        >>> from lightning.pytorch import LightningModule
+        >>> class Pair(TeacherLifecycle, LightningModule):
+        ...     def __init__(self):
+        ...         super().__init__()
+        ...         self.student, self.teacher, self.save_teacher = nn.Linear(2, 1), nn.Linear(2, 1), False
+        >>> sorted(Pair().state_dict())
+        ['student.bias', 'student.weight']
+    """
+
+    teacher: nn.Module | None
+    student: nn.Module
+    save_teacher: bool
+
+    def train(self, mode: bool = True) -> Any:
+        super().train(mode)
+        if self.teacher is not None:
+            self.teacher.eval()  # Lightning calls .train() on the whole module every epoch
+        return self
+
+    def check_teacher_weights(self) -> None:
+        """The trained-weights rule for the teacher (``allow_untrained_teacher`` opts out). It runs at ``setup``,
+        before any compute; with ``save_teacher`` a checkpoint (``ckpt_path``) may still bring the weights, so then it
+        runs once Lightning has restored it, at the start of fit, validation or test."""
+        require_trained(
+            self.teacher, "teacher", getattr(self, "allow_untrained_teacher", False), "allow_untrained_teacher"
+        )
+
+    def setup(self, stage: str) -> None:
+        if stage in ("fit", "validate", "test") and not self.save_teacher:
+            self.check_teacher_weights()
+
+    def on_fit_start(self) -> None:
+        if self.save_teacher:
+            self.check_teacher_weights()
+
+    def on_validation_start(self) -> None:
+        if self.save_teacher:
+            self.check_teacher_weights()
+
+    def on_test_start(self) -> None:
+        if self.save_teacher:
+            self.check_teacher_weights()
+
+    def on_train_end(self) -> None:
+        if self.trainer.global_step > 0:  # a model trained here may serve as the teacher of another module
+            mark_weights(self.student, f"training by {type(self).__name__}")
+
+    def state_dict(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        state = super().state_dict(*args, **kwargs)
+        if self.save_teacher:
+            return state
+        prefix = kwargs.get("prefix", args[1] if len(args) > 1 else "")
+        drop = prefix + TEACHER_PREFIX
+        for key in [k for k in state if k.startswith(drop)]:
+            del state[key]
+        return state
+
+    def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False):
+        has_teacher = any(k.startswith(TEACHER_PREFIX) for k in state_dict)
+        if self.teacher is not None and not has_teacher:
+            # The checkpoint left the teacher out; it was already reloaded from its own source.
+            state_dict = dict(state_dict)
+            state_dict.update({TEACHER_PREFIX + k: v for k, v in self.teacher.state_dict().items()})
+        trainer = getattr(self, "_trainer", None)  # set while Lightning restores --ckpt_path
+        check_same_model(state_dict, super().state_dict(keep_vars=True), strict, getattr(trainer, "ckpt_path", None))
+        result = super().load_state_dict(state_dict, strict=strict, assign=assign)
+        if self.teacher is not None and has_teacher:
+            mark_weights(self.teacher, "a checkpoint saved with save_teacher")
+        return result
+
+
+def check_same_model(state: Mapping[str, Any], own: Mapping[str, Any], strict: bool, source: Any = None) -> None:
+    """A checkpoint of another model (a teacher's, another student's) is named as such, with the first parameters
+    whose shapes differ, instead of torch's bare size-mismatch error."""
+    shapes = [
+        f"{k}: checkpoint {tuple(state[k].shape)} vs this run {tuple(own[k].shape)}"
+        for k in own.keys() & state.keys()
+        if hasattr(state[k], "shape") and hasattr(own[k], "shape") and tuple(state[k].shape) != tuple(own[k].shape)
+    ]
+    missing = sorted(own.keys() - state.keys()) if strict else []
+    if shapes or missing:
+        detail = f"shapes differ ({sorted(shapes)[:3]})" if shapes else f"it lacks {missing[:3]}"
+        raise ValueError(
+            f"the checkpoint{f' {str(source)!r}' if source else ''} belongs to a different model than this run's: "
+            f"{detail}. Resume with a checkpoint "
+            "written by this recipe (--ckpt_path), or load a teacher's weights with teacher_checkpoint instead."
+        )

@@ -11,7 +11,8 @@ from lit_distill.callbacks import ExportStudent, TeacherCheckpoint
 from lit_distill.data import DigitsDataModule, TextDataModule
 from lit_distill.losses import TokenKD
 from lit_distill.models import GPT, MLP
-from lit_distill.teacher import load_weights, read_state_dict
+from lit_distill.teacher import mark_built_from_config
+from lit_distill.weights import load_weights, read_state_dict
 from tests.helpers import loaders, make_module, trainer
 
 
@@ -22,6 +23,12 @@ def files_under(path: Path) -> set[Path]:
 def student_ckpt(path: Path, hidden=(32,)) -> Path:
     torch.save({"state_dict": {f"student.{k}": v for k, v in MLP(64, list(hidden), 10).state_dict().items()}}, path)
     return path
+
+
+def from_config(module):
+    """``module`` as the command line hands it over: its teacher built from the recipe's config."""
+    mark_built_from_config(module.teacher)
+    return module
 
 
 def fit_once(tmp_path, module, data=None, datamodule=None, **kw):
@@ -167,10 +174,10 @@ CASES = {
         ValueError,
         "'bytes' and the teacher 'gpt2-bpe'",
     ),
-    "teacher without trained weights": (
-        lambda tmp: fit_once(tmp, make_module(allow_untrained_teacher=False)),
+    "recipe teacher without trained weights": (
+        lambda tmp: fit_once(tmp, from_config(make_module(allow_untrained_teacher=False))),
         ValueError,
-        "the teacher (MLP) has no trained weights",
+        "the teacher (MLP) is built from the recipe's config (model.init_args.teacher) and no weights are loaded",
     ),
     "truncated teacher checkpoint": (
         lambda tmp: make_module(

@@ -43,7 +43,7 @@ def test_skip_policy_skips_the_bad_batch_and_keeps_training(tmp_path):
     module = make_module(nan_policy="skip")
     changed = BatchChanges()
     t = trainer(tmp_path, max_epochs=1, callbacks=[changed])
-    with pytest.warns(UserWarning, match=r"step 3: non-finite loss term\(s\) \['logit_kd', 'ce'\]; batch skipped"):
+    with pytest.warns(UserWarning, match=r"step 3, rank 0: non-finite loss term\(s\) \['logit_kd', 'ce'\]; skipping the batch"):
         t.fit(module, poisoned_loader(bad_batch=3))
     assert changed.moved == [True, True, True, False, True, True]  # only the poisoned batch left no trace
     assert all(torch.isfinite(p).all() for p in module.student.parameters())
@@ -65,3 +65,17 @@ class BatchChanges(Callback):
 def test_bad_policy_name():
     with pytest.raises(ValueError, match="nan_policy must be 'raise' or 'skip', got 'ignore'"):
         make_module(nan_policy="ignore")
+
+
+def test_skip_policy_is_refused_where_a_sharded_backward_cannot_be_skipped():
+    from types import SimpleNamespace
+
+    from lit_distill.checks import check_fit_start
+    from lit_distill.sharding import FSDP2Strategy
+
+    module = make_module(nan_policy="skip")
+    module.trainer = SimpleNamespace(strategy=FSDP2Strategy())
+    with pytest.raises(ValueError, match="nan_policy: skip is not supported with FSDP2Strategy.*nan_policy: raise"):
+        check_fit_start(module)
+    module.nan_policy = "raise"
+    check_fit_start(module)

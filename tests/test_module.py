@@ -177,55 +177,19 @@ def test_cnn_student_and_export(tmp_path):
         module.export_student(path)
 
 
-UNTRAINED = r"the teacher \(MLP\) has no trained weights.*teacher_checkpoint.*allow_untrained_teacher: true"
-
-
-@pytest.mark.parametrize("stage", ["fit", "validate", "test"])
-def test_a_teacher_without_weights_is_refused_before_any_step(in_tmp, stage):
-    module = make_module(allow_untrained_teacher=False)
-    train, val = loaders()
-    before = sorted(in_tmp.rglob("*"))
-    run = trainer(in_tmp, enable_checkpointing=True)
-    with pytest.raises(ValueError, match=UNTRAINED):
-        run.fit(module, train, val) if stage == "fit" else getattr(run, stage)(module, val)
-    assert module.trainer.global_step == 0 and sorted(in_tmp.rglob("*")) == before
-
-
-def test_teachers_that_came_with_weights_are_accepted(tmp_path):
-    train, val = loaders()
-    # A teacher trained in this process (the Python-API route: train it, then pass the object).
-    teacher_run = DistillationModule(student=MLP(64, [32], 10))
-    trainer(tmp_path, max_steps=2).fit(teacher_run, train, val)
-    trainer(tmp_path, max_steps=1).fit(make_module(teacher=teacher_run.student, allow_untrained_teacher=False), train)
-    # Loaded from a file: teacher_checkpoint, or lit_distill.teacher.load_weights by hand.
-    path = tmp_path / "teacher.safetensors"
-    teacher_run.export_student(path)
-    trainer(tmp_path, max_steps=1).fit(make_module(teacher=MLP(64, [32], 10), teacher_checkpoint=str(path)), train)
-    # Stored in a checkpoint with save_teacher: resuming from it brings the teacher back.
-    saver = make_module(teacher=MLP(64, [32], 10), save_teacher=True)
-    ckpt = ModelCheckpoint(dirpath=tmp_path / "ck", filename="with_teacher")
-    trainer(tmp_path, max_steps=1, callbacks=[ckpt], enable_checkpointing=True).fit(saver, train)
-    resumed = make_module(teacher=MLP(64, [32], 10), save_teacher=True, allow_untrained_teacher=False)
-    trainer(tmp_path, max_steps=2).fit(resumed, train, ckpt_path=str(tmp_path / "ck" / "with_teacher.ckpt"))
-    for key, value in saver.teacher.state_dict().items():
-        assert torch.equal(resumed.teacher.state_dict()[key], value)
-    with pytest.raises(ValueError, match=UNTRAINED):  # the same without the checkpoint: nothing brings weights
-        trainer(tmp_path, max_steps=1).fit(
-            make_module(teacher=MLP(64, [32], 10), save_teacher=True, allow_untrained_teacher=False), train
-        )
-
-
-def test_a_generation_model_without_weights_is_refused(tmp_path):
+def test_a_recipe_generation_model_without_weights_is_refused(tmp_path):
     from lightning.pytorch import Trainer
 
     from lit_distill.data import PromptDataModule
     from lit_distill.generation.predict import GenerationModule
     from lit_distill.models import GPT
+    from lit_distill.teacher import mark_built_from_config
 
     model = GPT(vocab_size=258, block_size=64, n_layer=1, n_head=2, n_embd=16, tokenizer_id="bytes")
+    mark_built_from_config(model)  # as the command line does for a recipe's model
     data = PromptDataModule(tokenizer="bytes", prompt_chars=16, batch_size=4, predict_split="val")
     run = Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, limit_predict_batches=1)
-    with pytest.raises(ValueError, match=r"\(GPT\) has no trained weights: set checkpoint.*allow_untrained: true"):
+    with pytest.raises(ValueError, match=r"the model \(GPT\) is built from the recipe's config.*allow_untrained: true"):
         run.predict(GenerationModule(model=model, max_new_tokens=4), datamodule=data)
     rows = run.predict(GenerationModule(model=model, max_new_tokens=4, allow_untrained=True), datamodule=data)
     assert rows and isinstance(rows[0][0]["response"], str)

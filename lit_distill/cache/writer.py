@@ -27,7 +27,7 @@ from lit_distill.cache.manifest import (
 from lit_distill.cache.shards import ShardWriter, encode_outputs, shard_problem
 from lit_distill.features import FeatureTaps
 from lit_distill.losses.sequence import tokenizer_id
-from lit_distill.teacher import parse_dtype
+from lit_distill.weights import parse_dtype
 
 __all__ = ["TeacherCacheWriter"]
 

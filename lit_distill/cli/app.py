@@ -15,6 +15,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lit_distill.cli.overrides import apply_loss_overrides, split_loss_overrides
 from lit_distill.cli.run_config import RunConfig, batches_done, discard_unstarted_run, run_folder_logger
 from lit_distill.module import DistillationModule
+from lit_distill.teacher import mark_built_from_config
 
 #: Option names of the parsers built last (for "did you mean" on an unknown option).
 VALID_KEYS: list[str] = []
@@ -51,6 +52,13 @@ class DistillCLI(LightningCLI):
             plain = [item.as_dict() if hasattr(item, "as_dict") else item for item in losses or []]
             changed = apply_loss_overrides(plain, overrides)
             self.config = parser.parse_args([*args, f"--model.init_args.losses={json.dumps(changed)}"])
+
+    def instantiate_classes(self) -> None:
+        super().instantiate_classes()
+        # Models the recipe built from its config fall under the trained-weights rule (lit_distill.teacher); models
+        # a user builds in Python do not.
+        for role in ("teacher", "student"):
+            mark_built_from_config(getattr(self.model, role, None))
 
     def _parse_ckpt_path(self) -> None:
         # LightningCLI would rebuild the model config from the checkpoint's hyperparameters. Ours leave out the

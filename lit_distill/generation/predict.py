@@ -17,7 +17,8 @@ from lit_distill.generation.fast_mode import FastMode, check_fast
 from lit_distill.generation.sampling import check_sampling, generate, left_pad, new_tokens
 from lit_distill.losses.logit import CrossEntropy
 from lit_distill.module import DistillationModule
-from lit_distill.teacher import load_weights, weights_source
+from lit_distill.teacher import require_trained
+from lit_distill.weights import load_weights
 
 
 class GenerationModule(DistillationModule):
@@ -109,12 +110,8 @@ class GenerationModule(DistillationModule):
     def setup(self, stage: str) -> None:
         super().setup(stage)
         check_vocabulary({"model": self.student}, self.tokenizer.vocab_size, self.tokenizer.tokenizer_id)
-        if stage == "predict" and not self.allow_untrained and weights_source(self.student) is None:
-            raise ValueError(
-                f"the model that writes the responses ({type(self.student).__name__}) has no trained weights: set "
-                "checkpoint (the trained teacher's .ckpt or .safetensors), use a pretrained model (HFCausalLM), "
-                "or set allow_untrained: true if random responses are what you want."
-            )
+        if stage == "predict":
+            require_trained(self.student, "model", self.allow_untrained, "allow_untrained", "checkpoint")
 
     def generation_settings(self) -> dict[str, Any]:
         """What decides the responses; the JSONL writer refuses to resume a file written with other settings."""

@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from lit_distill.data.tokenizers import MINILM_HINT, encoder_transformers
 from lit_distill.models.encoder_init import every_other, shrink, tiny_tokenizer
 from lit_distill.outputs import ModelOutput
-from lit_distill.teacher import parse_dtype
+from lit_distill.weights import parse_dtype
 
 
 def package_model_dir(package: str) -> Path:
@@ -170,7 +170,7 @@ class SentenceEncoder(nn.Module):
         if dropout is not None and not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must lie in [0, 1), got {dropout}.")
         pooling: dict[str, Any] = {"normalize": True, "max_seq_length": None}
-        self.weights_source: str | None = None  # read by lit_distill.teacher.weights_source; None: random weights
+        self.weights_source: str | None = None  # read by lit_distill.weights.weights_source; None: random weights
         if random_init is not None:
             fields = dict(random_init)
             self.tokenizer = tiny_tokenizer(int(fields.pop("vocab_size", 1000)))

@@ -282,7 +282,7 @@ class GPT(nn.Module):
     @classmethod
     def from_pretrained(cls, path: str | Path) -> GPT:
         """Rebuild a GPT written by :meth:`save_pretrained` (strict key and shape check)."""
-        from lit_distill.teacher import load_weights
+        from lit_distill.weights import load_weights
 
         folder = Path(path)
         if not (folder / "config.json").is_file():

@@ -21,7 +21,7 @@ from lit_distill.models.gpt import GPT
 from lit_distill.models.hf_loading import build_from_config, import_transformers, missing_model_error
 from lit_distill.outputs import ModelOutput
 from lit_distill.sharding.state import full_state_dict, is_sharded
-from lit_distill.teacher import parse_dtype
+from lit_distill.weights import parse_dtype
 
 
 class HFCausalLM(nn.Module):
@@ -84,8 +84,7 @@ class HFCausalLM(nn.Module):
             except OSError as err:
                 raise missing_model_error(path, err) from err
         self.model.train(self.training)  # from_pretrained returns eval mode; behave like any freshly built module
-        self.has_weights = path is not None  # a config-built model is randomly initialised
-        self.weights_source = path  # read by lit_distill.teacher.weights_source (None: random weights)
+        self.weights_source = path  # read by lit_distill.weights.weights_source (None: random weights)
         try:
             self.tokenizer = tf.AutoTokenizer.from_pretrained(path) if path is not None else None
         except (OSError, ValueError, TypeError):

@@ -11,7 +11,7 @@ from typing import Any
 from torch import nn
 
 from lit_distill.data.tokenizers import TINY_HINT, looks_local
-from lit_distill.teacher import parse_dtype
+from lit_distill.weights import parse_dtype
 
 
 def import_transformers() -> Any:

@@ -6,9 +6,10 @@ for one device are built on the meta device (:func:`empty_parameters`) and fille
 """
 
 from lit_distill.sharding.blocks import blocks_of, find_block_classes
-from lit_distill.sharding.materialize import WeightSource, empty_parameters, has_meta_parameters, materialize
+from lit_distill.sharding.materialize import WeightSource, empty_parameters, materialize
 from lit_distill.sharding.plan import ShardingPlan
 from lit_distill.sharding.strategy import FSDP2Strategy
+from lit_distill.weights import has_meta_parameters
 
 __all__ = [
     "FSDP2Strategy",

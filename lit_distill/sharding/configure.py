@@ -1,4 +1,5 @@
-"""What ``DistillationModule.configure_model`` does with big models: shard them (FSDP2) and fill empty ones."""
+"""What ``DistillationModule.configure_model`` does with the models: shard them (FSDP2), fill empty ones, and the
+speed settings that leave results and checkpoints unchanged (channels-last, ``torch.compile`` in place)."""
 
 from __future__ import annotations
 
@@ -8,8 +9,9 @@ import torch
 from torch import nn
 
 from lit_distill.sharding.apply import shard_model, shard_trainable, student_mixed_precision
-from lit_distill.sharding.materialize import WeightSource, has_meta_parameters, materialize
+from lit_distill.sharding.materialize import WeightSource, materialize
 from lit_distill.sharding.plan import ShardingPlan
+from lit_distill.weights import has_meta_parameters
 
 
 def sharding_plan(strategy: Any) -> ShardingPlan | None:
@@ -105,3 +107,50 @@ def place_models(
     fill_empty(student, device, student_source, "student")
     fill_empty(teacher, device, teacher_source, "teacher")
     return mesh
+
+
+def to_channels_last(*models: nn.Module | None) -> None:
+    """Store each model's 4-D parameters in channels-last format (faster convolutions with tensor cores)."""
+    for model in models:
+        if model is not None:
+            model.to(memory_format=torch.channels_last)
+
+
+def prepare_input(value: Any, cast: torch.dtype | None, channels_last: bool) -> Any:
+    """A floating-point tensor input cast to ``cast`` (if given) and, when 4-D, made channels-last (if asked).
+
+    Example:
+        >>> prepare_input(torch.zeros(1, 3, 4, 4), torch.float16, True).is_contiguous(memory_format=torch.channels_last)
+        True
+    """
+    if not isinstance(value, torch.Tensor) or not value.is_floating_point():
+        return value
+    if cast is not None:
+        value = value.to(cast)
+    if channels_last and value.ndim == 4:
+        value = value.contiguous(memory_format=torch.channels_last)
+    return value
+
+
+def compile_in_place(models: tuple[nn.Module | None, ...], compile: bool | dict[str, Any]) -> bool:
+    """``nn.Module.compile`` each model; a dict ``compile`` is passed as options (e.g. ``{"mode": "max-autotune"}``).
+
+    It works in place, so parameter names (and checkpoints) do not change. Returns :func:`uses_cuda_graphs`.
+    """
+    options = compile if isinstance(compile, dict) else {}
+    for model in models:
+        if model is not None:
+            model.compile(**options)
+    return uses_cuda_graphs(compile)
+
+
+def uses_cuda_graphs(compile: bool | dict[str, Any]) -> bool:
+    """Whether ``compile`` options make ``torch.compile`` record CUDA graphs (``mode`` ``reduce-overhead`` or
+    ``max-autotune``): replaying one graph per model instead of launching every kernel from Python is what small,
+    launch-bound steps need. The module then marks each training step's start for the graph trees.
+
+    Example:
+        >>> uses_cuda_graphs({"mode": "reduce-overhead"}), uses_cuda_graphs(True)
+        (True, False)
+    """
+    return isinstance(compile, dict) and compile.get("mode") in ("reduce-overhead", "max-autotune")

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from lit_distill.teacher import is_distributed_checkpoint, read_state_dict
+from lit_distill.weights import is_distributed_checkpoint, read_state_dict, resolve_prefix
 
 _register_parameter = nn.Module.register_parameter
 
@@ -46,11 +46,6 @@ def empty_parameters() -> Iterator[None]:
         nn.Module.register_parameter = _register_parameter  # type: ignore[method-assign]
 
 
-def has_meta_parameters(model: nn.Module | None) -> bool:
-    """Whether any parameter of ``model`` still lives on the meta device."""
-    return model is not None and any(p.is_meta for p in model.parameters())
-
-
 class WeightSource:
     """Named full-size tensors read lazily, so a rank reads only the rows of its own shard.
 
@@ -65,37 +60,28 @@ class WeightSource:
         self._files: dict[str, Path] = {}
         self._open: dict[Path, Any] = {}
         self._tensors: Mapping[str, Tensor] | None = None
-        if is_distributed_checkpoint(self.path):
-            self._tensors = read_state_dict(self.path)
-            return
         files = sorted(self.path.glob("*.safetensors")) if self.path.is_dir() else [self.path]
-        if self.path.is_dir() and not files:
-            raise FileNotFoundError(f"{str(self.path)!r} holds no *.safetensors weights.")
-        if files[0].suffix == ".safetensors":
-            from safetensors import safe_open
-
-            for file in files:
-                if not file.is_file():
-                    raise FileNotFoundError(f"weights file {str(file)!r} does not exist.")
-                with safe_open(str(file), framework="pt") as f:
-                    self._files.update({k: file for k in f.keys()})
-        else:
+        if is_distributed_checkpoint(self.path) or (files and files[0].suffix != ".safetensors"):
             self._tensors = read_state_dict(self.path, mmap=True)
+            return
+        if not files:
+            raise FileNotFoundError(f"{str(self.path)!r} holds no *.safetensors weights.")
+        from safetensors import safe_open
+
+        for file in files:
+            if not file.is_file():
+                raise FileNotFoundError(f"weights file {str(file)!r} does not exist.")
+            with safe_open(str(file), framework="pt") as f:
+                self._files.update({k: file for k in f.keys()})
 
     @classmethod
     def matching(cls, path: str | Path, model: nn.Module, prefix: str | None = None) -> WeightSource:
-        """A source for ``model``: with ``prefix`` None, the first of ``""``, ``student.``, ``model.``, ``teacher.``
-        under which the file holds every parameter of ``model`` (lit-distill checkpoints keep the student under
-        ``student.``)."""
-        source = cls(path, prefix or "")
-        if prefix is None:
-            wanted = {n for n, _ in model.named_parameters()}
-            for candidate in ("", "student.", "model.", "teacher."):
-                source.prefix = candidate
-                if wanted <= source.keys():
-                    break
-            else:
-                source.prefix = ""
+        """A source for ``model``, its key prefix chosen by :func:`lit_distill.weights.resolve_prefix`."""
+        source = cls(path)
+        names = source._tensors if source._tensors is not None else source._files
+        stored = {key: source._shape(key) for key in names}
+        wanted = {name: tuple(p.shape) for name, p in model.named_parameters()}
+        source.prefix = resolve_prefix(stored, wanted, prefix, path)
         return source
 
     def keys(self) -> set[str]:
@@ -103,7 +89,9 @@ class WeightSource:
         return {k[len(self.prefix) :] for k in names if k.startswith(self.prefix)}
 
     def shape(self, name: str) -> tuple[int, ...]:
-        key = self.prefix + name
+        return self._shape(self.prefix + name)
+
+    def _shape(self, key: str) -> tuple[int, ...]:
         if self._tensors is not None:
             return tuple(self._tensors[key].shape)
         return tuple(self._slice(key).get_shape())

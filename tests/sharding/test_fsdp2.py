@@ -60,7 +60,7 @@ def test_sharded_checkpoint_loads_as_student_checkpoint_on_one_cpu(run):
     again = module(student_seed=5, student_checkpoint=str(folder))
     first = module(student_seed=5)
     assert any(not torch.equal(a, b) for a, b in zip(again.student.parameters(), first.student.parameters()))
-    from lit_distill.teacher import read_state_dict
+    from lit_distill.weights import read_state_dict
 
     stored = read_state_dict(folder)
     assert torch.equal(again.student.head.weight, stored["student.head.weight"])
@@ -88,7 +88,7 @@ def test_fsdp2_is_a_registered_strategy_name_with_its_plan():
 
 def test_a_full_checkpoint_is_one_file_of_the_gathered_student_without_the_teacher(run):
     """``FSDP2Strategy(save_distributed_checkpoint=False)``: rank 0 writes one ordinary checkpoint file."""
-    from lit_distill.teacher import read_state_dict
+    from lit_distill.weights import read_state_dict
 
     (path,) = (run / "full").glob("*.ckpt")
     assert path.is_file()
