@@ -123,6 +123,7 @@ def probe_first_batch(module: Any) -> bool:
     batch = module.trainer.strategy.batch_to_device(batch, device)
     was_training = module.training
     module.eval()  # a shape check must not move BatchNorm statistics
+    module._probing = True  # ... but it takes the training step's path (hidden states for fused losses)
     try:
         with torch.no_grad():
             total, terms, _, _ = module.shared_step(batch)
@@ -132,6 +133,7 @@ def probe_first_batch(module: Any) -> bool:
         raise _probe_failure(module, batch, err) from err
     finally:
         module.train(was_training)
+        module._probing = False
     bad = [name for name, value in terms.items() if not torch.isfinite(value).all()]
     if bad:
         raise NonFiniteLossError(

@@ -193,3 +193,12 @@ def test_a_recipe_generation_model_without_weights_is_refused(tmp_path):
         run.predict(GenerationModule(model=model, max_new_tokens=4), datamodule=data)
     rows = run.predict(GenerationModule(model=model, max_new_tokens=4, allow_untrained=True), datamodule=data)
     assert rows and isinstance(rows[0][0]["response"], str)
+
+
+def test_the_default_optimizer_is_fused_adamw_on_cuda_parameters_only():
+    from lit_distill.module import _adamw
+
+    cpu = _adamw([torch.nn.Parameter(torch.zeros(2))])
+    assert isinstance(cpu, torch.optim.AdamW) and not cpu.defaults["fused"]
+    if torch.cuda.is_available():
+        assert _adamw([torch.nn.Parameter(torch.zeros(2, device="cuda"))]).defaults["fused"]

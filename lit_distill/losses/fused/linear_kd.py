@@ -138,12 +138,11 @@ def fused_linear_kd(
 
     # Leave ignored rows out before any matmul: prompt/padding tokens cost nothing.
     if lab is not None:
-        keep = lab != ignore_index
-        if ce_weight > 0:
-            _check_label_range(lab[keep], student_weight.shape[0], ignore_index)
-        if not bool(keep.all()):
-            idx = keep.nonzero().squeeze(1)
+        idx = (lab != ignore_index).nonzero().squeeze(1)  # the step's one host sync: the kept rows' count
+        if idx.numel() < lab.numel():
             hs, ht, lab = hs.index_select(0, idx), ht.index_select(0, idx), lab.index_select(0, idx)
+        if ce_weight > 0:
+            _check_label_range(lab, student_weight.shape[0], ignore_index)
 
     grad_on = torch.is_grad_enabled()
     cfg = _Config(
@@ -193,9 +192,11 @@ class _FusedLinearKD(torch.autograd.Function):
             grads, ctx.grads = ctx.grads, None
         else:  # a second backward through the same graph (retain_graph=True, gradcheck): recompute
             grads = _compute(*ctx.saved_tensors, ctx.cfg, ctx.mm_dtypes)[3]
-        # Skip the pass over the [V, H] weight gradient in the common case of an unscaled loss.
-        if not bool(grad_loss == 1):
-            grads = tuple(None if g is None else g.mul_(grad_loss.to(g.dtype)) for g in grads)
+        # Scaled on the device without asking whether grad_loss is 1: that question is a host sync in the middle of
+        # the backward pass, which empties the GPU's queue; one fused multiply over the gradients costs less.
+        present = [g for g in grads if g is not None]
+        if present:
+            torch._foreach_mul_(present, grad_loss)
         return (*grads, None, None, None, None, None)
 
 
