@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from lit_distill.data.tokenizers import looks_local, tokenizer_fingerprint
 from lit_distill.export import export_dir, is_writer, run_together
 from lit_distill.models.gpt import GPT
-from lit_distill.models.hf_loading import build_from_config, import_transformers, missing_model_error
+from lit_distill.models.hf_loading import apply_kernels, build_from_config, import_transformers, missing_model_error
 from lit_distill.outputs import ModelOutput
 from lit_distill.sharding.state import full_state_dict, is_sharded
 from lit_distill.weights import parse_dtype
@@ -45,6 +45,8 @@ class HFCausalLM(nn.Module):
         empty_init: build the model without memory (parameters on the meta device) and load the weights of
             ``path`` later, on the device, only the shard each rank owns under ``--trainer.strategy fsdp2``
             (whole on each device otherwise). For models that do not fit one device or one host's memory.
+        kernels: ``"liger"`` runs RMSNorm, SwiGLU and rotary embeddings as fused Triton kernels (CUDA only; see
+            :func:`~lit_distill.models.hf_loading.apply_kernels`): a faster eager step for Llama-family models.
 
     Example (YAML)::
 
@@ -62,6 +64,7 @@ class HFCausalLM(nn.Module):
         trust_remote_code: bool = False,
         config: dict[str, Any] | None = None,
         empty_init: bool = False,
+        kernels: Literal["liger"] | None = None,
     ) -> None:
         super().__init__()
         tf = import_transformers()
@@ -84,6 +87,8 @@ class HFCausalLM(nn.Module):
             except OSError as err:
                 raise missing_model_error(path, err) from err
         self.model.train(self.training)  # from_pretrained returns eval mode; behave like any freshly built module
+        apply_kernels(self.model, kernels)
+        self.kernels = kernels
         self.weights_source = path  # read by lit_distill.weights.weights_source (None: random weights)
         try:
             self.tokenizer = tf.AutoTokenizer.from_pretrained(path) if path is not None else None
@@ -124,6 +129,8 @@ class HFCausalLM(nn.Module):
         Fused losses call ``model(..., return_hidden=True)`` rather than ``forward_hidden`` so that the call goes
         through the module's hooks: under FSDP those gather the sharded embedding and LM head.
         """
+        if self.kernels is not None and not input_ids.is_cuda:
+            raise ValueError(f"kernels: {self.kernels} runs on CUDA only; the inputs are on {input_ids.device.type}.")
         if self.auto_class == "base":
             return ModelOutput(hidden=self.forward_hidden(input_ids, attention_mask))
         if return_hidden:

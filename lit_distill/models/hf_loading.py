@@ -58,3 +58,36 @@ def build_from_config(
         kwargs["dtype"] = parse_dtype(dtype)
     with empty_parameters() if empty else contextlib.nullcontext():
         return factory.from_config(cfg, **kwargs)
+
+
+#: The fused kernel sets a model can run with, and what each needs.
+KERNELS = ("liger",)
+
+
+def apply_kernels(model: nn.Module, kernels: str | None) -> None:
+    """Swap a ``transformers`` model's RMSNorm, SwiGLU MLP and rotary embedding for fused Triton kernels.
+
+    ``"liger"``: Liger-Kernel's (``pip install 'lit-distill[liger]'``; CUDA only). In eager mode an HF Llama spends
+    about a third of its GPU time in the small elementwise kernels of exactly these layers; ``compile`` fuses them
+    too, so this is for runs that do not compile. The LM head and the loss stay lit-distill's: fused token KD reads
+    the hidden states and the head itself. Liger patches the model's ``transformers`` module, so every model of
+    that family in the process gets its rotary kernel.
+    """
+    if kernels is None:
+        return
+    if kernels not in KERNELS:
+        raise ValueError(f"kernels must be one of {list(KERNELS)} or null, got {kernels!r}.")
+    try:
+        from liger_kernel.transformers.monkey_patch import MODEL_TYPE_TO_APPLY_LIGER_FN
+    except ImportError as err:
+        raise ImportError(
+            "kernels: liger needs the liger-kernel package (pip install 'lit-distill[liger]'; it runs on CUDA only)."
+        ) from err
+    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    apply = MODEL_TYPE_TO_APPLY_LIGER_FN.get(model_type)
+    if apply is None:
+        raise ValueError(
+            f"Liger-Kernel has no kernels for model type {model_type!r} (it covers "
+            f"{sorted(MODEL_TYPE_TO_APPLY_LIGER_FN)}); leave kernels unset for this model."
+        )
+    apply(model=model, rope=True, rms_norm=True, swiglu=True, cross_entropy=False, fused_linear_cross_entropy=False)
