@@ -7,16 +7,17 @@
 # Raw JSON rows and logs go to OUT_DIR; the last lines printed are the rows' summaries.
 set -u
 out=${1:?OUT_DIR}; stage=${2:?stage}
-mkdir -p "$out"
+out=$(mkdir -p "$out" && cd "$out" && pwd)
 export PYTHONUNBUFFERED=1 NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
 here=$(cd "$(dirname "$0")/.." && pwd)
+cd "$here" && export PYTHONPATH="$here${PYTHONPATH:+:$PYTHONPATH}"  # the scripts run as modules of benchmarks/
 run() {  # name, timeout, command...
   local name=$1 limit=$2; shift 2
   echo "[$(date +%T)] $name: $*"
   timeout "$limit" "$@" >"$out/$name.log" 2>&1 || echo "[$(date +%T)] $name FAILED (exit $?): $(tail -n 3 "$out/$name.log" | tr '\n' ' ')"
   grep -h '^{"run"' "$out/$name.log" >"$out/$name.json" 2>/dev/null || true
 }
-S="python3 $here/benchmarks/llm_scale.py"
+S="python3 -m benchmarks.scale.llm_scale"
 case $stage in
 a)
   nvidia-smi topo -m >"$out/topology.txt" 2>&1
@@ -24,7 +25,7 @@ a)
   CUDA_VISIBLE_DEVICES=1 run a_single_full 240 $S --pair a --strategy single --loss full &
   wait
   CUDA_VISIBLE_DEVICES=0 run a_single_fused_compiled 300 $S --pair a --strategy single --loss fused --compile &
-  [ -n "${WITH_GENERATION:-}" ] && CUDA_VISIBLE_DEVICES=1 run generation_speed 300 python3 $here/benchmarks/generation_speed.py --out "$out/generation_speed_raw.json" &
+  [ -n "${WITH_GENERATION:-}" ] && CUDA_VISIBLE_DEVICES=1 run generation_speed 300 python3 -m benchmarks.speed.generation_speed --out "$out/generation_speed_raw.json" &
   wait
   run a_ddp2 180 $S --pair a --strategy ddp --devices 2
   run a_fsdp2x2 180 $S --pair a --strategy fsdp2 --devices 2
@@ -38,18 +39,18 @@ b)
   CUDA_VISIBLE_DEVICES=0 run a_single_fused_compiled_2 300 $S --pair a --strategy single --loss fused --compile
   ;;
 one)  # one H200 (nvidia-h200): TRL vs ours on pair (a) in one run, the hand loop, and the FSDP2 cycle on one GPU
-  run trl_a_1gpu 150 python3 $here/benchmarks/trl_gkd.py --pair a
+  run trl_a_1gpu 150 python3 -m benchmarks.scale.trl_gkd --pair a
   run a_single_fused 100 $S --pair a --strategy single --loss fused
   run a_single_fused_compiled 160 $S --pair a --strategy single --loss fused --compile
-  run loop_a_1gpu 90 python3 $here/benchmarks/llm_loop.py --pair a
+  run loop_a_1gpu 90 python3 -m benchmarks.scale.llm_loop --pair a
   run b40_fsdp2x1_cycle 220 $S --pair b --teacher-layers 40 --strategy fsdp2 --devices 1 --warmup 1 --steps 3 --cycle /tmp/llm_b
   ;;
 trl)
-  CUDA_VISIBLE_DEVICES=0 run trl_a_1gpu 300 python3 $here/benchmarks/trl_gkd.py --pair a &
-  CUDA_VISIBLE_DEVICES=1 run loop_a_1gpu 240 python3 $here/benchmarks/llm_loop.py --pair a &
+  CUDA_VISIBLE_DEVICES=0 run trl_a_1gpu 300 python3 -m benchmarks.scale.trl_gkd --pair a &
+  CUDA_VISIBLE_DEVICES=1 run loop_a_1gpu 240 python3 -m benchmarks.scale.llm_loop --pair a &
   wait
-  run trl_a_ddp2 300 torchrun --nproc_per_node 2 $here/benchmarks/trl_gkd.py --pair a
-  run loop_a_fsdp2 240 torchrun --nproc_per_node 2 $here/benchmarks/llm_loop.py --pair a --fsdp
+  run trl_a_ddp2 300 torchrun --nproc_per_node 2 -m benchmarks.scale.trl_gkd --pair a
+  run loop_a_fsdp2 240 torchrun --nproc_per_node 2 -m benchmarks.scale.llm_loop --pair a --fsdp
   ;;
 esac
 # At most 8 files come back from the device: keep the rows in one file and the logs in another.

@@ -18,7 +18,7 @@ cd "$(dirname "$0")/.."
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 export TOKENIZERS_PARALLELISM=false
 
-run() {  # name, seconds, script and arguments
+run() {  # name, seconds, then python's arguments (-m module ...)
     local name=$1 limit=$2
     shift 2
     echo "== $name: $*"
@@ -28,16 +28,16 @@ run() {  # name, seconds, script and arguments
 }
 
 if [ "$mode" = "--smoke" ]; then
-    run fused 300 benchmarks/fused_kd_variants.py --smoke --out "$out"
-    run teacher_cache 300 benchmarks/teacher_cache.py --case text --epochs 2 --repeats 1 --top-k 32 --threads 1 \
+    run fused 300 -m benchmarks.speed.fused_kd_variants --smoke --out "$out"
+    run teacher_cache 300 -m benchmarks.speed.teacher_cache --case text --epochs 2 --repeats 1 --top-k 32 --threads 1 \
         --loaders 0,1p
-    run step_overhead 300 benchmarks/step_overhead.py --suite smoke --out "$out"
+    run step_overhead 300 -m benchmarks.speed.step_overhead --smoke --out "$out"
 else
     "$py" -c 'import torch; print("torch", torch.__version__, "GPUs", torch.cuda.device_count())'
-    run fused 200 benchmarks/fused_kd_variants.py --out "$out"
-    run teacher_cache 120 benchmarks/teacher_cache.py --case text-gpu --device cuda --precision bf16-mixed \
+    run fused 200 -m benchmarks.speed.fused_kd_variants --out "$out"
+    run teacher_cache 120 -m benchmarks.speed.teacher_cache --case text-gpu --device cuda --precision bf16-mixed \
         --top-k 32 --epochs 4 --repeats 2 --loaders 0,2p
-    run step_overhead 240 benchmarks/step_overhead.py --suite gpu --steps 50 --warmup 10 --repeats 3 \
+    run step_overhead 240 -m benchmarks.speed.step_overhead --suite gpu --steps 50 --warmup 10 --repeats 3 \
         --compile-repeats 1 --out "$out"
 fi
-"$py" benchmarks/speed_summary.py "$out" | tee "$out/summary.txt"
+"$py" -m benchmarks.speed.speed_summary "$out" | tee "$out/summary.txt"

@@ -5,7 +5,8 @@ topic's first prose paragraph as the assistant's answer; where the topic has a s
 asks for more and the assistant answers with it (two assistant turns). Answers are cut at a sentence end near
 ``--answer-chars``. Nothing is downloaded; the file is committed, so recipes do not depend on the Python version.
 
-    python scripts/make_pydoc_chat.py   # -> examples/pydoc_chat.jsonl
+    python scripts/make_pydoc_chat.py           # -> examples/pydoc_chat.jsonl
+    python scripts/make_pydoc_chat.py --smoke   # the same conversations into a temporary file; prints the count
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 
 SYSTEM = "You answer questions about Python from its reference documentation, briefly."
@@ -60,15 +63,19 @@ def conversations(answer_chars: int = 220) -> list[dict]:
     return rows
 
 
-def main() -> None:
+def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="examples/pydoc_chat.jsonl")
     parser.add_argument("--answer-chars", type=int, default=220)
-    args = parser.parse_args()
+    parser.add_argument("--smoke", action="store_true", help="write into a temporary folder (the committed file stays)")
+    args = parser.parse_args(argv)
     rows = conversations(args.answer_chars)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
-    print(f"wrote {len(rows)} conversations to {args.out}")
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp, "pydoc_chat.jsonl") if args.smoke else Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+        print(f"wrote {len(rows)} conversations to {out}")
+    print(json.dumps({"conversations": len(rows), "turns": sum(len(r["messages"]) for r in rows)}))
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ text so that distilling from it means something.
     python scripts/make_tiny_hf_models.py                      # -> checkpoints/text/hf_tiny/{tokenizer,teacher,student}
     python scripts/make_tiny_hf_models.py --teacher-steps 300  # the teacher also learns the pydoc text briefly
     python scripts/make_tiny_hf_models.py --chat               # -> checkpoints/text/hf_tiny_chat/... (ChatML template)
+    python scripts/make_tiny_hf_models.py --smoke              # both kinds, 2 teacher steps, in a temporary folder
 
 ``--chat`` gives the tokenizer two more special tokens, ``<|im_start|>`` and ``<|im_end|>`` (its eos: the end of a
 turn), and a ChatML chat template, as instruct models ship them.
@@ -16,6 +17,9 @@ turn), and a ChatML chat template, as instruct models ship them.
 from __future__ import annotations
 
 import argparse
+import json
+import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -122,14 +126,21 @@ def make(
     return out
 
 
-def main() -> None:
+def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default=None, help=f"output folder (default {DEFAULT_OUT}, with --chat {CHAT_OUT})")
     parser.add_argument("--chat", action="store_true", help="a tokenizer with a ChatML chat template")
     parser.add_argument("--vocab-size", type=int, default=500, help="BPE vocabulary size (incl. 2 special tokens)")
     parser.add_argument("--teacher-steps", type=int, default=0, help="next-token training steps for the teacher")
     parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args()
+    parser.add_argument("--smoke", action="store_true", help="plain and chat models, 2 teacher steps, in a temp folder")
+    args = parser.parse_args(argv)
+    if args.smoke:  # both kinds, briefly, where nothing of the user's is touched (unless --out says where)
+        with tempfile.TemporaryDirectory() as tmp:
+            root = Path(args.out or tmp)
+            made = [make(root / kind, args.vocab_size, 2, args.seed, chat=kind == "chat") for kind in ("plain", "chat")]
+            print(json.dumps({str(m.name): sorted(p.name for p in m.iterdir()) for m in made}))
+        return
     out = args.out or (CHAT_OUT if args.chat else DEFAULT_OUT)
     print(f"wrote {make(out, args.vocab_size, args.teacher_steps, args.seed, chat=args.chat)}")
 

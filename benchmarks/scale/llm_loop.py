@@ -1,9 +1,10 @@
 """Token KD of a Llama pair in a plain PyTorch loop (no Lightning): the baseline for the Lightning path.
 
-    python benchmarks/llm_loop.py --pair a --out loop_a_1gpu.json                                # 1 GPU
-    torchrun --nproc_per_node 2 benchmarks/llm_loop.py --pair a --fsdp --out loop_a_fsdp2.json   # FSDP2, 2 GPUs
-    torchrun --nproc_per_node 2 benchmarks/llm_loop.py --pair b --fsdp --out loop_b_fsdp2.json   # 70B teacher
-    python -m torch.distributed.run --nproc_per_node 2 benchmarks/llm_loop.py --smoke --fsdp      # CPU, gloo
+    python -m benchmarks.scale.llm_loop --pair a --out loop_a_1gpu.json                            # 1 GPU
+    torchrun --nproc_per_node 2 -m benchmarks.scale.llm_loop --pair a --fsdp --out loop_a_fsdp2.json   # FSDP2 x2
+    torchrun --nproc_per_node 2 -m benchmarks.scale.llm_loop --pair b --fsdp --out loop_b_fsdp2.json   # 70B teacher
+    python -m benchmarks.scale.llm_loop --smoke                                  # CPU, one process, toy pair
+    python -m torch.distributed.run --nproc_per_node 2 -m benchmarks.scale.llm_loop --smoke --fsdp   # CPU, gloo
 
 One step: the frozen teacher's final hidden states (no grad, bf16 weights), the student's, then forward
 KL(teacher || student) at T=1 over every next-token position, from the two LM heads through
@@ -14,7 +15,8 @@ Single process: student fp32 under bf16 autocast (Lightning's ``bf16-mixed``). `
 shard, the student with bf16 compute / fp32 master weights and gradient reduction, the teacher in bf16
 with no gradients; its LM head stays replicated so the loss can read the whole weight. Every rank
 reads its own ``batch x seq`` random rows. Rank 0 prints (and writes to ``--out``) one JSON row:
-tokens/s over all ranks after the warm-up steps, FLOPs/token and MFU (llm_common), peak memory per rank.
+tokens/s over all ranks after the warm-up steps, FLOPs/token and MFU (benchmarks/_lib/llm.py), peak memory per
+rank.
 """
 
 from __future__ import annotations
@@ -22,21 +24,19 @@ from __future__ import annotations
 import argparse
 import os
 import socket
-import sys
-import warnings
-from pathlib import Path
+from collections.abc import Sequence
 
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import llm_common as C  # noqa: E402
-
-from lit_distill.losses import functional as LF  # noqa: E402
-
-warnings.filterwarnings("ignore", message=".*TypedStorage.*")
+from benchmarks._lib.llm import LlamaShape, count_params, llama
+from benchmarks._lib.results import add_model_args, end_process_group, report, resolve_args
+from benchmarks._lib.synthetic import synthetic_batch
+from benchmarks._lib.timing import Clock, reset_peak_memory
+from benchmarks._lib.trainers import parse, parser, quiet
+from lit_distill.losses import functional as LF
 
 
 class StudentKD(nn.Module):
@@ -80,11 +80,11 @@ def setup_distributed(args: argparse.Namespace, device_type: str) -> tuple[int, 
     return dist.get_rank(), dist.get_world_size()
 
 
-def check_fits(teacher: C.LlamaShape, student: C.LlamaShape, device: torch.device) -> None:
+def check_fits(teacher: LlamaShape, student: LlamaShape, device: torch.device) -> None:
     """Refuse a single-device run whose weights and optimizer state alone exceed the GPU."""
     if device.type != "cuda":
         return
-    need = 2 * C.count_params(teacher.config())["total"] + 16 * C.count_params(student.config())["total"]
+    need = 2 * count_params(teacher.config())["total"] + 16 * count_params(student.config())["total"]
     have = torch.cuda.get_device_properties(device).total_memory
     if need > have:
         raise SystemExit(
@@ -95,32 +95,34 @@ def check_fits(teacher: C.LlamaShape, student: C.LlamaShape, device: torch.devic
 
 
 def build(args, teacher_shape, student_shape, device) -> tuple[nn.Module, StudentKD]:
+    """The teacher (bf16 under ``--precision bf16``) and the student wrapped with the loss; student first, then
+    teacher, from the same seed as trl_gkd.py, so both baselines start from the same weights."""
     torch.manual_seed(args.seed)
-    low = torch.bfloat16 if args.precision == "bf16" else torch.float32
-    t_cfg, s_cfg = teacher_shape.config(), student_shape.config()
+    low = "bf16" if args.precision == "bf16" else None
     if not args.fsdp:
         check_fits(teacher_shape, student_shape, device)
-        student = C.causal_lm(s_cfg, device)  # student first, then teacher: the same init as trl_gkd.py
-        teacher = C.causal_lm(t_cfg, device, low).eval().requires_grad_(False)
-        return teacher, StudentKD(student, teacher.lm_head, args.loss)
+        student = llama(student_shape, device)
+        teacher = llama(teacher_shape, device, low).model.eval().requires_grad_(False)
+        return teacher, StudentKD(student.model, teacher.lm_head, args.loss)
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
-    teacher = C.causal_lm(t_cfg, "meta", low).eval().requires_grad_(False)
-    for layer in teacher.model.layers:
+    student, teacher = llama(student_shape, None), llama(teacher_shape, None, low)  # empty: sharded, then filled
+    t_model = teacher.model.eval().requires_grad_(False)
+    for layer in t_model.model.layers:
         fully_shard(layer)
-    fully_shard(teacher.model)  # embedding and final norm; lm_head stays whole on every rank
-    kd = StudentKD(C.causal_lm(s_cfg, "meta"), teacher.lm_head, args.loss)
-    policy = MixedPrecisionPolicy(param_dtype=low, reduce_dtype=torch.float32)
+    fully_shard(t_model.model)  # embedding and final norm; lm_head stays whole on every rank
+    kd = StudentKD(student.model, t_model.lm_head, args.loss)
+    policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16 if low else torch.float32, reduce_dtype=torch.float32)
     for layer in kd.student.model.layers:
         fully_shard(layer, mp_policy=policy)
     fully_shard(kd, mp_policy=policy)
-    C.materialize(teacher, device)
-    C.materialize(kd, device)
-    return teacher, kd
+    teacher.materialize_weights(device)
+    student.materialize_weights(device)
+    return t_model, kd
 
 
 def run(args: argparse.Namespace) -> None:
-    teacher_shape, student_shape = C.resolve_args(args)
+    teacher_shape, student_shape = resolve_args(args)
     device_type = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     if args.precision is None:
         args.precision = "bf16" if device_type == "cuda" else "fp32"
@@ -129,13 +131,14 @@ def run(args: argparse.Namespace) -> None:
     teacher, kd = build(args, teacher_shape, student_shape, device)
     optimizer = torch.optim.AdamW(kd.student.parameters(), lr=1e-3, weight_decay=0.01)
     autocast = torch.autocast(device.type, torch.bfloat16, enabled=args.precision == "bf16" and not args.fsdp)
-    timer = C.StepTimer(args.warmup, device)
-    C.reset_peak_memory(device)
+    clock = Clock(device)
+    reset_peak_memory(device)
     for step in range(args.warmup + args.steps):
-        batch = C.synthetic_batch(args.batch_size, args.seq_len, teacher_shape.vocab, args.seed,
+        batch = synthetic_batch(args.batch_size, args.seq_len, teacher_shape.vocab, args.seed,
                                   start=(step * world + rank) * args.batch_size)  # fmt: skip
         ids, labels = (batch[k].to(device, non_blocking=True) for k in ("input_ids", "labels"))
-        timer.step_start(step)
+        if step == args.warmup:
+            clock.mark("start")
         with torch.no_grad():
             t_hidden = teacher.model(input_ids=ids, use_cache=False).last_hidden_state
         with autocast:
@@ -143,21 +146,23 @@ def run(args: argparse.Namespace) -> None:
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-    seconds = timer.stop()
+    clock.mark("end")
     mode = f"fsdp2 x{world}" if args.fsdp else "single"
-    C.report(args, f"hand loop, {mode}, {args.loss} loss", teacher_shape, student_shape, seconds, device,
-             precision=args.precision, final_loss=round(float(loss.detach().float()), 5))  # fmt: skip
-    C.end_process_group()
+    report(args, f"hand loop, {mode}, {args.loss} loss", teacher_shape, student_shape, clock.ms("start", "end") / 1e3,
+           device, precision=args.precision, final_loss=round(float(loss.detach().float()), 5))  # fmt: skip
+    end_process_group()
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    C.add_model_args(parser)
-    parser.add_argument("--fsdp", action="store_true", help="FSDP2 per decoder layer (launch with torchrun)")
-    parser.add_argument("--loss", choices=["fused", "full"], default="fused", help="fused LM-head KD or full logits")
-    parser.add_argument("--device", choices=["auto", "cuda", "cpu"], default="auto")
-    parser.add_argument("--precision", choices=["bf16", "fp32"], default=None, help="default: bf16 on CUDA, else fp32")
-    run(parser.parse_args())
+def main(argv: Sequence[str] | None = None) -> None:
+    p = parser(__doc__)
+    add_model_args(p)
+    p.add_argument("--fsdp", action="store_true", help="FSDP2 per decoder layer (launch with torchrun)")
+    p.add_argument("--loss", choices=["fused", "full"], default="fused", help="fused LM-head KD or full logits")
+    p.add_argument("--device", choices=["auto", "cuda", "cpu"], default="auto")
+    p.add_argument("--precision", choices=["bf16", "fp32"], default=None, help="default: bf16 on CUDA, else fp32")
+    args = parse(p, argv, device="cpu")
+    quiet()
+    run(args)
 
 
 if __name__ == "__main__":

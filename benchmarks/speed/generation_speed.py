@@ -1,6 +1,6 @@
 """Sampling speed at LLM size: lit-distill's fast sampler vs transformers' default ``generate``, and one on-policy step.
 
-The random-init Llama pair (a) of ``llm_common`` (no download), bf16, one GPU, as lit-distill's ``HFCausalLM``:
+The random-init Llama pair (a) of ``benchmarks/_lib/llm.py`` (no download), bf16, one GPU, as ``HFCausalLM``:
 
 * teacher 1.50B: hidden 2048, 16 layers, 32 heads / 8 KV heads, FFN 8192, vocab 128256, untied LM head;
 * student 0.38B: hidden 1024, 8 layers, 16 heads / 4 KV heads, FFN 4096, vocab 128256, untied LM head.
@@ -19,8 +19,8 @@ The table prints last; ``--out`` gets the raw numbers (written after every stage
 measured). ``--smoke`` runs the same code on tiny models on CPU in well under a minute; there the compiled step is
 traced by ``torch.compile`` with the ``aot_eager`` backend (no code generation) and CUDA graphs do not exist.
 
-    python benchmarks/generation_speed.py --out generation_speed.json          # one H200: ~3 min with compiles
-    python benchmarks/generation_speed.py --smoke --out /tmp/generation_speed.json
+    python -m benchmarks.speed.generation_speed --out generation_speed.json   # one H200: ~3 min with compiles
+    python -m benchmarks.speed.generation_speed --smoke
 """
 
 from __future__ import annotations
@@ -31,16 +31,17 @@ import platform
 import statistics
 import time
 import traceback
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import llm_common as C  # noqa: E402 - benchmarks/ is the script's folder
 import torch
 import transformers
-from common import quiet_trainer  # noqa: E402
-from lightning.pytorch import Callback
 from torch.utils.data import DataLoader
 
+from benchmarks._lib.llm import PAIRS, llama
+from benchmarks._lib.timing import Clock, FitClock
+from benchmarks._lib.trainers import parse, parser, print_json, quiet, quiet_trainer
 from lit_distill.generation import fast_mode, generate, left_pad, new_tokens
 from lit_distill.generation.onpolicy import OnPolicyDistillationModule
 from lit_distill.models.hf import HFCausalLM
@@ -51,10 +52,9 @@ TARGETS = {8: 5.0, 64: 3.0}  # issue: >= 5x transformers' default generate at ba
 PAD = 0
 
 
-def parse_args() -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", required=True, help="write the raw results (JSON) here")
-    p.add_argument("--smoke", action="store_true", help="tiny models on CPU, aot_eager tracing: the same code paths")
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    p = parser(__doc__)
+    p.add_argument("--out", default=None, help="write the raw results (JSON) here, also after every stage")
     p.add_argument("--repeats", type=int, default=None, help="measured runs per cell (default 3; smoke 1)")
     p.add_argument("--batches", type=int, nargs="+", default=None, help="sampling batch sizes (default 8 64)")
     p.add_argument("--skip-step", action="store_true", help="only the sampling table, no on-policy step")
@@ -63,7 +63,7 @@ def parse_args() -> argparse.Namespace:
         action="store_true",
         help="also time generate(cache_implementation='static'), transformers' own compiled route",
     )
-    return p.parse_args()
+    return parse(p, argv)
 
 
 def prompts(batch: int, lengths: tuple[int, int], vocab: int, device: torch.device) -> tuple[torch.Tensor, ...]:
@@ -92,48 +92,30 @@ def time_sampling(model: HFCausalLM, ids: torch.Tensor, mask: torch.Tensor, new:
             seed=next(seed), fast=fast,
         )  # fmt: skip
 
-    C.sync(ids.device)
-    start = time.perf_counter()
+    clock = Clock(ids.device)
+    clock.mark("call")
     run()
-    C.sync(ids.device)
-    warmup, runs = time.perf_counter() - start, []
+    clock.mark("done")
+    runs = []
     for _ in range(repeats):
-        start = time.perf_counter()
+        clock.mark("call")
         out = run()
-        C.sync(ids.device)
+        clock.mark("done")
         tokens = sum(len(r) for r in new_tokens(out, ids.shape[1], eos, keep_eos=True))
-        runs.append(tokens / (time.perf_counter() - start))
+        runs.append(1000.0 * tokens / clock.ms("call", "done"))
+    warmup = clock.ms("call", "done", index=0) / 1000.0
     new_part = out[:, ids.shape[1] :]
     # A sampler replaying stale buffers repeats itself; T=1 samples of a random model almost never do.
     repeats_share = float((new_part[:, 1:] == new_part[:, :-1]).float().mean())
     return {"warmup_s": warmup, "tokens_per_s": runs, "median": statistics.median(runs), "repeats": repeats_share}
 
 
-class Clock:
-    """Named time marks: CUDA events on GPU (no sync inside the step), perf_counter on CPU."""
+class StepSplit(FitClock):
+    """Times each training step and, inside it, the module's sampling and teacher forward (CUDA events on GPU)."""
 
-    def __init__(self, device: torch.device) -> None:
-        self.cuda, self.marks = device.type == "cuda", {}
-
-    def mark(self, name: str) -> None:
-        if self.cuda:
-            self.marks[name] = torch.cuda.Event(enable_timing=True)
-            self.marks[name].record()
-        else:
-            self.marks[name] = time.perf_counter()
-
-    def ms(self, a: str, b: str) -> float:
-        if self.cuda:
-            torch.cuda.synchronize()
-            return self.marks[a].elapsed_time(self.marks[b])
-        return 1000 * (self.marks[b] - self.marks[a])
-
-
-class StepSplit(Callback):
-    """Times each training step and, inside it, the module's sampling and teacher forward."""
-
-    def __init__(self, module: OnPolicyDistillationModule, clock: Clock) -> None:
-        self.clock, self.steps = clock, []
+    def __init__(self, module: OnPolicyDistillationModule, device: torch.device) -> None:
+        super().__init__(warmup=None, per_step=True, clock=Clock(device, events=True))
+        self.rows: list[dict[str, float]] = []
         for name in ("sample_batch", "forward_teacher"):
             setattr(module, name, self._timed(getattr(module, name), name))
 
@@ -146,22 +128,16 @@ class StepSplit(Callback):
 
         return wrapper
 
-    def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int) -> None:
-        self.clock.mark("step_start")
-
     def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
         self.clock.mark("step_end")
-        c = self.clock
-        total, sampling = c.ms("step_start", "step_end"), c.ms("sample_batch_start", "sample_batch_end")
-        teacher = c.ms("forward_teacher_start", "forward_teacher_end")
-        self.steps.append(
-            {
-                "total_ms": total,
-                "sampling_ms": sampling,
-                "teacher_ms": teacher,
-                "student_update_ms": total - sampling - teacher,
-            }
-        )
+        total = self.clock.ms("step", "step_end")  # the latest of each mark: this step's
+        sampling = self.clock.ms("sample_batch_start", "sample_batch_end")
+        teacher = self.clock.ms("forward_teacher_start", "forward_teacher_end")
+        self.rows.append(
+            {"total_ms": total, "sampling_ms": sampling, "teacher_ms": teacher,
+             "student_update_ms": total - sampling - teacher}
+        )  # fmt: skip
 
 
 def onpolicy_step(student: HFCausalLM, teacher: HFCausalLM, cfg: dict, device: torch.device, smoke: bool) -> dict:
@@ -196,7 +172,7 @@ def onpolicy_step(student: HFCausalLM, teacher: HFCausalLM, cfg: dict, device: t
         optimizer=lambda params: torch.optim.AdamW(params, lr=1e-5),
         allow_untrained_teacher=True,  # step time does not depend on what the teacher knows
     )
-    split = StepSplit(module, Clock(device))
+    split = StepSplit(module, device)
     # "32-true" on bf16 weights computes what "bf16-true" does, without switching torch's default dtype, which the
     # compiled step guards on: the step reuses the sampling table's compiled graph instead of compiling again.
     trainer = quiet_trainer(
@@ -208,12 +184,10 @@ def onpolicy_step(student: HFCausalLM, teacher: HFCausalLM, cfg: dict, device: t
         callbacks=[split],
     )
     trainer.fit(module, train_dataloaders=loader)
-    measured = split.steps[1:]
+    steps = split.rows
     keys = ("total_ms", "sampling_ms", "teacher_ms", "student_update_ms")
-    result = {k: statistics.median(s[k] for s in measured) for k in keys}
-    result.update(
-        batch=batch, new_tokens=new, steps=split.steps, sampling_share=result["sampling_ms"] / result["total_ms"]
-    )
+    result = {k: statistics.median(s[k] for s in steps[1:]) for k in keys}
+    result.update(batch=batch, new_tokens=new, steps=steps, sampling_share=result["sampling_ms"] / result["total_ms"])
     return result
 
 
@@ -225,8 +199,20 @@ def diagnostics() -> dict:
     }
 
 
-def main() -> None:
-    args = parse_args()
+def main(argv: Sequence[str] | None = None) -> None:
+    args = parse_args(argv)
+    quiet()
+    compile_settings = dict(fast_mode.DEFAULT_COMPILE)
+    torch._dynamo.utils.counters.clear()  # the diagnostics count this run's graphs only
+    try:
+        measure(args)
+    finally:  # leave the library's settings as they were: the smoke test calls main() in the test process
+        fast_mode.DEFAULT_COMPILE.clear()
+        fast_mode.DEFAULT_COMPILE.update(compile_settings)
+        torch._logging.set_logs()
+
+
+def measure(args: argparse.Namespace) -> None:
     cfg = SMOKE if args.smoke else FULL
     repeats = args.repeats or cfg["repeats"]
     device = torch.device("cpu" if args.smoke or not torch.cuda.is_available() else "cuda")
@@ -236,16 +222,16 @@ def main() -> None:
         fast_mode.DEFAULT_COMPILE.update(backend="aot_eager", mode=None)
         torch.set_num_threads(1)  # tiny models on a shared CPU: one thread is the faster
     torch._logging.set_logs(perf_hints=True)  # prints why CUDA graphs were skipped, if they are
-    out = Path(args.out)
+    out = Path(args.out) if args.out else None
     report: dict[str, Any] = {
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
         "torch": torch.__version__, "transformers": transformers.__version__, "smoke": args.smoke,
         "compile": dict(fast_mode.DEFAULT_COMPILE), "sampling": [], "errors": [],
     }  # fmt: skip
     t0 = time.perf_counter()
-    teacher_shape, student_shape = C.PAIRS[cfg["pair"]]
+    teacher_shape, student_shape = PAIRS[cfg["pair"]]
     torch.manual_seed(0)
-    student = C.lit_lm(student_shape.config(), device, torch.bfloat16)
+    student = llama(student_shape, device, "bf16")
     report["student_params"] = sum(p.numel() for p in student.parameters())
     print(
         f"[{time.perf_counter() - t0:5.0f} s] student {report['student_params'] / 1e9:.3f}B on {report['device']}, "
@@ -275,10 +261,11 @@ def main() -> None:
                 )
         report["sampling"].append(row)
         report["diagnostics"] = diagnostics()
-        out.write_text(json.dumps(report, indent=2))
+        if out:
+            out.write_text(json.dumps(report, indent=2))
     if not args.skip_step:
         try:
-            teacher = C.lit_lm(teacher_shape.config(), device, torch.bfloat16)
+            teacher = llama(teacher_shape, device, "bf16")
             report["teacher_params"] = sum(p.numel() for p in teacher.parameters())
             report["onpolicy_step"] = onpolicy_step(student, teacher, cfg, device, args.smoke)
             print(f"[{time.perf_counter() - t0:5.0f} s] on-policy step done", flush=True)
@@ -287,8 +274,10 @@ def main() -> None:
             print(f"FAILED on-policy step: {type(err).__name__}: {err}\n{traceback.format_exc()}", flush=True)
     report["diagnostics"] = diagnostics()
     report["total_s"] = time.perf_counter() - t0
-    out.write_text(json.dumps(report, indent=2))
+    if out:
+        out.write_text(json.dumps(report, indent=2))
     print_table(report, cfg)
+    print_json(report)
 
 
 def print_table(report: dict, cfg: dict) -> None:

@@ -17,7 +17,8 @@ student's own samples (T=1, up to 64 tokens; lower = the student writes what the
 (unique byte 4-grams / all 4-grams of those samples: a collapse into repetition would lower the NLL and this
 together), and ``val ppl`` on the reference continuations.
 
-    python benchmarks/onpolicy_after_sft.py --teacher /tmp/teacher --json benchmarks/results/onpolicy_after_sft.json
+    python -m benchmarks.quality.onpolicy_after_sft --teacher /tmp/teacher --json OUT.json
+    python -m benchmarks.quality.onpolicy_after_sft --smoke       # 1 seed, a few steps, every variant: seconds
 """
 
 from __future__ import annotations
@@ -26,12 +27,15 @@ import argparse
 import json
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-from generation_kd import STUDENT, evaluate, optimizer, prepare, summary, trainer, write_teacher_responses
 from lightning.pytorch import seed_everything
 
+from benchmarks._lib.pydoc_gpt import STUDENT, evaluate, prepare, trainer, write_teacher_responses
+from benchmarks._lib.timing import mean_std_text
+from benchmarks._lib.trainers import adamw, parse, parser, print_json
 from lit_distill import CrossEntropy, DistillationModule
 from lit_distill.data import PromptDataModule
 from lit_distill.generation import OnPolicyDistillationModule
@@ -39,8 +43,8 @@ from lit_distill.losses import TokenKD
 from lit_distill.models import GPT
 
 
-def parse_args() -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    p = parser(__doc__)
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--teacher", default=None, help="teacher folder (GPT.save_pretrained); trained and saved if absent")
     p.add_argument("--teacher-steps", type=int, default=1200, help="when the teacher is trained here")
@@ -56,7 +60,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--accelerator", default="cpu")
     p.add_argument("--json", default=None)
-    return p.parse_args()
+    return parse(p, argv, seeds=1, teacher_steps=2, sft_steps=2, steps=2, max_new_tokens=4, divergence="reverse_kl")
 
 
 def variants(args: argparse.Namespace) -> list[str]:
@@ -69,7 +73,7 @@ def variants(args: argparse.Namespace) -> list[str]:
 def sft_student(seed: int, args: argparse.Namespace) -> dict[str, torch.Tensor]:
     seed_everything(seed, verbose=False)
     student = GPT(**STUDENT)
-    module = DistillationModule(student=student, losses=[CrossEntropy()], optimizer=optimizer(args.lr))
+    module = DistillationModule(student=student, losses=[CrossEntropy()], optimizer=adamw(args.lr))
     trainer(args.accelerator, max_steps=args.sft_steps).fit(module, datamodule=PromptDataModule(batch_size=16, seed=0))
     return {k: v.clone() for k, v in student.state_dict().items()}
 
@@ -77,7 +81,7 @@ def sft_student(seed: int, args: argparse.Namespace) -> dict[str, torch.Tensor]:
 def stage2(variant: str, start: dict, teacher: GPT, seed: int, args: argparse.Namespace) -> DistillationModule:
     student = GPT(**STUDENT)
     student.load_state_dict(start)
-    lr = optimizer(args.stage2_lr)
+    lr = adamw(args.stage2_lr)
     if variant in ("SFT", "seq-KD"):
         return DistillationModule(student=student, losses=[CrossEntropy()], optimizer=lr)
     on_policy = variant == "on-policy"
@@ -94,8 +98,8 @@ def stage2(variant: str, start: dict, teacher: GPT, seed: int, args: argparse.Na
     )
 
 
-def main() -> None:
-    args = parse_args()
+def main(argv: Sequence[str] | None = None) -> None:
+    args = parse_args(argv)
     start = time.perf_counter()
     teacher, val, teacher_ref = prepare(args)
     print(f"teacher: {teacher_ref}", flush=True)
@@ -135,17 +139,17 @@ def main() -> None:
     print(f"{'teacher':24s} {teacher_ref['teacher_nll']:>24.3f} {teacher_ref['distinct4']:>16.3f}")
     for variant, rows in results.items():
         print(
-            f"{variant:24s} {summary([r['teacher_nll'] for r in rows]):>24s} "
-            f"{summary([r['distinct4'] for r in rows]):>16s} {summary([r['val_ppl'] for r in rows]):>16s}"
+            f"{variant:24s} {mean_std_text([r['teacher_nll'] for r in rows]):>24s} "
+            f"{mean_std_text([r['distinct4'] for r in rows]):>16s} {mean_std_text([r['val_ppl'] for r in rows]):>16s}"
         )
     base = results["SFT"]
     for variant in names[1:]:
         wins = sum(r["teacher_nll"] < b["teacher_nll"] for r, b in zip(results[variant], base))
         print(f"{variant}: lower teacher NLL than same-steps SFT in {wins}/{len(base)} seeds")
+    result = {"args": vars(args), "teacher": teacher_ref, "students": results}
     if args.json:
-        Path(args.json).write_text(
-            json.dumps({"args": vars(args), "teacher": teacher_ref, "students": results}, indent=2)
-        )
+        Path(args.json).write_text(json.dumps(result, indent=2))
+    print_json(result)
 
 
 if __name__ == "__main__":

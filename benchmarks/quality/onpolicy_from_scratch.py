@@ -7,21 +7,22 @@ positions where the student's most likely next byte is a space) and the first gr
 unigram perplexity of the references (a model that ignores context) is printed as the floor of a context-free
 student.
 
-    python benchmarks/onpolicy_from_scratch.py --teacher /tmp/teacher
+    python -m benchmarks.quality.onpolicy_from_scratch --teacher /tmp/teacher
+    python -m benchmarks.quality.onpolicy_from_scratch --smoke      # a few steps per variant: seconds
 """
 
 from __future__ import annotations
 
 import argparse
 import collections
-import logging
 import math
-import warnings
+from collections.abc import Sequence
 
 import torch
-from generation_kd import STUDENT, optimizer, train_teacher, trainer
 from lightning.pytorch import seed_everything
 
+from benchmarks._lib.pydoc_gpt import STUDENT, train_teacher, trainer
+from benchmarks._lib.trainers import adamw, parse, parser, print_json, quiet
 from lit_distill import CrossEntropy, DistillationModule
 from lit_distill.data import PromptDataModule
 from lit_distill.generation import IGNORE_INDEX, OnPolicyDistillationModule, generate, prompts_from_batch
@@ -36,14 +37,15 @@ VARIANTS = {
 }
 
 
-def parse_args() -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    p = parser(__doc__)
     p.add_argument("--teacher", default=None, help="teacher folder (GPT.save_pretrained); trained and saved if absent")
     p.add_argument("--teacher-steps", type=int, default=1200)
     p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--steps", type=int, default=None, help="steps per variant (default: --epochs over the prompts)")
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--accelerator", default="cpu")
-    return p.parse_args()
+    return parse(p, argv, teacher_steps=2, steps=2)
 
 
 @torch.no_grad()
@@ -79,22 +81,21 @@ def unigram_ppl(val: PromptDataModule) -> float:
     return math.exp(-sum(math.log((train[b] + 1) / total) for b in test) / len(test))
 
 
-def main() -> None:
-    args = parse_args()
-    torch.set_num_threads(1)
-    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
-    warnings.filterwarnings("ignore", ".*does not have many workers.*|.*LeafSpec.*|.*modules in eval mode.*")
+def main(argv: Sequence[str] | None = None) -> None:
+    args = parse_args(argv)
+    quiet(threads=1)
     teacher = train_teacher(args).eval()
     val = PromptDataModule(batch_size=32, seed=0)
     val.setup()
-    steps = args.epochs * math.ceil(len(val.splits["train"]) / 16)
+    steps = args.steps or args.epochs * math.ceil(len(val.splits["train"]) / 16)
     print(f"byte unigram perplexity of the held-out references: {unigram_ppl(val):.2f}; {steps} steps per variant")
-    print(f"teacher: {inspect(teacher, teacher, val)}")
+    results = {"unigram_ppl": unigram_ppl(val), "steps": steps, "teacher": inspect(teacher, teacher, val)}
+    print(f"teacher: {results['teacher']}")
     for name, kd in VARIANTS.items():
         seed_everything(1, verbose=False)
         student = GPT(**STUDENT)
         if kd is None:
-            module = DistillationModule(student=student, losses=[CrossEntropy()], optimizer=optimizer(args.lr))
+            module = DistillationModule(student=student, losses=[CrossEntropy()], optimizer=adamw(args.lr))
         else:
             module = OnPolicyDistillationModule(
                 student=student,
@@ -102,10 +103,12 @@ def main() -> None:
                 losses=[TokenKD(divergence=kd[0], beta=0.5)],
                 lmbda=kd[1],
                 seed=1,
-                optimizer=optimizer(args.lr),
+                optimizer=adamw(args.lr),
             )
         trainer(args.accelerator, max_steps=steps).fit(module, datamodule=PromptDataModule(batch_size=16, seed=0))
-        print(f"{name:45s} {inspect(student, teacher, val)}", flush=True)
+        results[name] = inspect(student, teacher, val)
+        print(f"{name:45s} {results[name]}", flush=True)
+    print_json(results)
 
 
 if __name__ == "__main__":

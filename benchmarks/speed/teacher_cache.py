@@ -1,9 +1,11 @@
 """Distillation throughput with the live teacher vs its offline cache: same student, data and losses, one process.
 
-    python benchmarks/teacher_cache.py --case digits                      # CPU, the quickstart's MLPs
-    python benchmarks/teacher_cache.py --case text                        # CPU, small GPTs on pydoc text
-    python benchmarks/teacher_cache.py --case text-gpu --device cuda      # GPU, a 12-layer GPT teacher
-    python benchmarks/teacher_cache.py --case text-gpu --device cuda --precision bf16-mixed --top-k 32 --loaders 0,2p
+    python -m benchmarks.speed.teacher_cache --case digits                    # CPU, the quickstart's MLPs
+    python -m benchmarks.speed.teacher_cache --case text                      # CPU, small GPTs on pydoc text
+    python -m benchmarks.speed.teacher_cache --case text-gpu --device cuda    # GPU, a 12-layer GPT teacher
+    python -m benchmarks.speed.teacher_cache --case text-gpu --device cuda --precision bf16-mixed --top-k 32 \
+        --loaders 0,2p
+    python -m benchmarks.speed.teacher_cache --smoke                          # digits, 2 epochs, both loaders
 
 Writes the cache once (``Trainer.predict`` + ``TeacherCacheWriter``, timed), then fits the student for
 ``--epochs`` with the live teacher and from the cache, alternating ``--repeats`` times. A training
@@ -19,28 +21,26 @@ vs top-k logits), and the reader's time per batch. The last printed line is JSON
 
 from __future__ import annotations
 
-import argparse
 import functools
-import json
 import statistics
 import tempfile
 import time
-import warnings
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
-from lightning.pytorch import Callback, Trainer, seed_everything
+from lightning.pytorch import Trainer, seed_everything
 from torch.utils.flop_counter import FlopCounterMode
 
+from benchmarks._lib.timing import Clock, FitClock
+from benchmarks._lib.trainers import parse, parser, print_json, quiet, quiet_trainer
 from lit_distill import CrossEntropy, DistillationModule, LogitKD
 from lit_distill.batch import split_batch
 from lit_distill.cache import CachedTeacher, CacheReader, TeacherCacheWriter
 from lit_distill.data import CachedTeacherDataModule, DigitsDataModule, TextDataModule
 from lit_distill.models import MLP
 from lit_distill.models.gpt import GPT
-
-warnings.filterwarnings("ignore")
 
 CASES = {
     # name: (data, teacher, student, batch size, loss temperature)
@@ -68,34 +68,6 @@ CASES = {
 }
 
 
-class EpochClock(Callback):
-    """Samples per second of each training epoch: wall clock, and this process's CPU time (summed over threads).
-
-    On a CPU shared with other jobs the wall clock also counts their time; CPU time does not.
-    """
-
-    def __init__(self) -> None:
-        self.rates: list[float] = []
-        self.cpu_rates: list[float] = []
-
-    def _sync(self, pl_module) -> None:
-        if pl_module.device.type == "cuda":
-            torch.cuda.synchronize(pl_module.device)
-
-    def on_train_epoch_start(self, trainer, pl_module) -> None:
-        self._sync(pl_module)
-        self.samples, self.start, self.cpu_start = 0, time.perf_counter(), time.process_time()
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        args, _, _ = split_batch(batch)
-        self.samples += int(args[0].shape[0])
-
-    def on_train_epoch_end(self, trainer, pl_module) -> None:
-        self._sync(pl_module)
-        self.rates.append(self.samples / (time.perf_counter() - self.start))
-        self.cpu_rates.append(self.samples / (time.process_time() - self.cpu_start))
-
-
 def with_loader(data, setting: str):
     """``data`` with ``setting`` applied to its training loader: ``"<workers>"`` plus ``p`` for pinned memory."""
     data.num_workers = int(setting.rstrip("p"))
@@ -113,19 +85,14 @@ def teacher_share(teacher, data, args, live_rate: float, batch_size: int, steps:
     kwargs = {k: v.to(device) for k, v in kwargs.items()}
     model = teacher.to(device).eval()
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.precision.startswith("bf16"))
-    times = []
+    clock = Clock(device)
     with torch.no_grad(), autocast:
-        for i in range(steps + 3):
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            start = time.perf_counter()
+        for _ in range(steps + 3):
+            clock.mark("call")
             model(*inputs, **kwargs)
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            if i >= 3:
-                times.append(time.perf_counter() - start)
+            clock.mark("done")
     model.cpu()
-    teacher_ms = 1000 * statistics.median(times)
+    teacher_ms = statistics.median(clock.between("call", "done")[3:])
     step_ms = 1000 * batch_size / live_rate
     share = teacher_ms / step_ms
     bound = round(1 / (1 - share), 3) if share < 1 else None
@@ -147,17 +114,8 @@ def reader_ms(cache_dir: str, data, rounds: int = 20) -> float:
 
 
 def trainer(args, **kwargs) -> Trainer:
-    return Trainer(
-        accelerator=args.device,
-        devices=1,
-        precision=args.precision,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        limit_val_batches=0,
-        **kwargs,
+    return quiet_trainer(
+        accelerator=args.device, precision=args.precision, num_sanity_val_steps=0, limit_val_batches=0, **kwargs
     )
 
 
@@ -173,24 +131,21 @@ def forward_flops(model, data, device: str) -> int:
     return counter.get_total_flops()
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--case", choices=sorted(CASES), default="digits")
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--precision", default="32-true")
-    parser.add_argument("--epochs", type=int, default=4)
-    parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--batch-size", type=int, default=None)
-    parser.add_argument("--top-k", type=int, default=None, help="cache the top-k logits instead of all")
-    parser.add_argument("--dtype", default=None, help="cache dtype: fp32, fp16, bf16 (default: writer's)")
-    parser.add_argument("--cache-dir", default=None, help="default: a temporary folder, deleted afterwards")
-    parser.add_argument(
-        "--threads", type=int, default=None, help="torch CPU threads (1 avoids spin-waits on a busy CPU)"
-    )
-    parser.add_argument("--loaders", default="0", help="comma list of loader settings: workers, 'p' = pinned memory")
-    args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+def main(argv: Sequence[str] | None = None) -> None:
+    p = parser(__doc__)
+    p.add_argument("--case", choices=sorted(CASES), default="digits")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--precision", default="32-true")
+    p.add_argument("--epochs", type=int, default=4)
+    p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--top-k", type=int, default=None, help="cache the top-k logits instead of all")
+    p.add_argument("--dtype", default=None, help="cache dtype: fp32, fp16, bf16 (default: writer's)")
+    p.add_argument("--cache-dir", default=None, help="default: a temporary folder, deleted afterwards")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (1 avoids spin-waits on a busy CPU)")
+    p.add_argument("--loaders", default="0", help="comma list of loader settings: workers, 'p' = pinned memory")
+    args = parse(p, argv, case="digits", epochs=2, repeats=1, top_k=3, threads=1, loaders="0,1p")
+    quiet(args.threads)
 
     make_data, make_teacher, make_student, default_bs, temperature = CASES[args.case]
     batch_size = args.batch_size or default_bs
@@ -239,15 +194,15 @@ def main() -> None:
         cpu_rates: dict[str, list[float]] = {"live": [], "cached": []}
         for _ in range(args.repeats):
             for mode in ("live", "cached"):
-                clock = EpochClock()
+                clock = FitClock(warmup=None, per_epoch=True)
                 if mode == "live":
                     fit_module, fit_data = module(teacher), base
                 else:
                     fit_module = module(CachedTeacher())
                     fit_data = CachedTeacherDataModule(base, cache_dir, splits=["train"])
                 trainer(args, max_epochs=args.epochs, callbacks=[clock]).fit(fit_module, datamodule=fit_data)
-                rates[mode] += clock.rates[1:]
-                cpu_rates[mode] += clock.cpu_rates[1:]
+                rates[mode] += clock.epoch_rates()[1:]
+                cpu_rates[mode] += clock.epoch_rates(cpu=True)[1:]
         live, cached = statistics.median(rates["live"]), statistics.median(rates["cached"])
         cpu_live, cpu_cached = statistics.median(cpu_rates["live"]), statistics.median(cpu_rates["cached"])
         workers, pinned = int(setting.rstrip("p")), setting.endswith("p")
@@ -274,7 +229,7 @@ def main() -> None:
     print(f"\nlive teacher forward alone: {limit['teacher_forward_ms']:.2f} ms per batch of a "
           f"{limit['live_step_ms']:.2f} ms live step ({limit['teacher_share']:.0%}): removing it alone gives "
           f"{bound}; cache reader {limit['reader_ms_per_batch']:.2f} ms per batch")  # fmt: skip
-    print(json.dumps(result))
+    print_json(result)
     if tmp is not None:
         tmp.cleanup()
 

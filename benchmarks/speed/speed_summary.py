@@ -1,14 +1,18 @@
 """The short table at the end of ``benchmarks/run_speed_gpu.sh``: each speed target of the fused loss, the training
-step and the top-k teacher cache next to what the run measured, read from the raw outputs in a folder.
+step and the top-k teacher cache next to what the run measured, read from the raw outputs in a folder
+(``fused.txt``, ``step_overhead.txt``, ``teacher_cache.txt``: each benchmark's printed output).
 
-    python benchmarks/speed_summary.py OUT_DIR
+    python -m benchmarks.speed.speed_summary OUT_DIR
+    python -m benchmarks.speed.speed_summary --smoke      # the working directory; what is missing says so
 """
 
 from __future__ import annotations
 
 import json
-import sys
+from collections.abc import Sequence
 from pathlib import Path
+
+from benchmarks._lib.trainers import parse, parser
 
 
 def last_json(path: Path) -> dict | None:
@@ -86,8 +90,10 @@ def cache_lines(out: Path) -> list[str]:
     return lines
 
 
-def main() -> None:
-    out = Path(sys.argv[1] if len(sys.argv) > 1 else ".")
+def main(argv: Sequence[str] | None = None) -> None:
+    p = parser(__doc__)
+    p.add_argument("out", nargs="?", default=".", help="the folder of raw outputs")
+    out = Path(parse(p, argv).out)
     print("\n".join(["", *fused_lines(out), "", *step_lines(out), "", *cache_lines(out)]))
 
 

@@ -1,6 +1,7 @@
 """Does the teacher's soft signal help? The same small student on digits, with and without KD.
 
-    python benchmarks/digits_kd_vs_scratch.py --seeds 5 [--plot benchmarks/results/digits_kd_vs_scratch.png]
+    python -m benchmarks.quality.digits_kd_vs_scratch --seeds 5 [--plot benchmarks/results/digits_kd_vs_scratch.png]
+    python -m benchmarks.quality.digits_kd_vs_scratch --smoke     # 1 seed, 2 epochs, the plot drawn and dropped
 
 Trains the teacher once (no KD), then per seed the student from scratch (hard labels) and with
 Hinton KD (soft targets at temperature T plus a small hard-label term). Test accuracy on the held-out
@@ -9,20 +10,19 @@ digits split. The last printed line is JSON.
 
 from __future__ import annotations
 
-import argparse
-import json
-import statistics
+import tempfile
 import time
-import warnings
+from collections.abc import Sequence
+from pathlib import Path
 
 import torch
-from lightning.pytorch import Callback, Trainer, seed_everything
+from lightning.pytorch import Callback, seed_everything
 
+from benchmarks._lib.timing import mean_std
+from benchmarks._lib.trainers import adamw, parse, parser, print_json, quiet, quiet_trainer
 from lit_distill import CrossEntropy, DistillationModule, LogitKD
 from lit_distill.data import DigitsDataModule
 from lit_distill.models import MLP
-
-warnings.filterwarnings("ignore")
 
 
 class ValCurve(Callback):
@@ -36,44 +36,32 @@ class ValCurve(Callback):
 
 def fit(module: DistillationModule, data: DigitsDataModule, epochs: int, val_every: int) -> tuple[float, list[float]]:
     curve = ValCurve()
-    trainer = Trainer(
-        accelerator="cpu",
-        max_epochs=epochs,
-        check_val_every_n_epoch=val_every,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        callbacks=[curve],
-    )
+    trainer = quiet_trainer(accelerator="cpu", max_epochs=epochs, check_val_every_n_epoch=val_every, callbacks=[curve])
     trainer.fit(module, data)
     test = trainer.test(module, data, verbose=False)[0]
     return test["test/student_acc"], curve.acc
 
 
-def adamw(lr: float):
-    return lambda params: torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seeds", type=int, default=5)
-    parser.add_argument("--epochs", type=int, default=100)
-    parser.add_argument("--teacher-epochs", type=int, default=40)
-    parser.add_argument("--student-hidden", type=int, nargs="*", default=[32])
-    parser.add_argument("--temperature", type=float, default=4.0)
-    parser.add_argument("--alpha", type=float, default=0.9, help="weight of the KD term; 1-alpha on hard labels")
-    parser.add_argument("--lr", type=float, default=3e-3)
-    parser.add_argument(
+def main(argv: Sequence[str] | None = None) -> None:
+    p = parser(__doc__)
+    p.add_argument("--seeds", type=int, default=5)
+    p.add_argument("--epochs", type=int, default=100)
+    p.add_argument("--teacher-epochs", type=int, default=40)
+    p.add_argument("--student-hidden", type=int, nargs="*", default=[32])
+    p.add_argument("--temperature", type=float, default=4.0)
+    p.add_argument("--alpha", type=float, default=0.9, help="weight of the KD term; 1-alpha on hard labels")
+    p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument(
         "--train-samples",
         type=int,
         default=150,
         help="labelled samples the student sees (0 = the whole training split)",
     )
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--val-every", type=int, default=5, help="validate every N epochs (the plotted curve)")
-    parser.add_argument("--plot", default=None, help="PNG path for validation accuracy per epoch")
-    args = parser.parse_args()
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--val-every", type=int, default=5, help="validate every N epochs (the plotted curve)")
+    p.add_argument("--plot", default=None, help="PNG path for validation accuracy per epoch")
+    args = parse(p, argv, seeds=1, epochs=2, teacher_epochs=1, val_every=1)
+    quiet()
 
     start = time.time()
     seed_everything(0)
@@ -105,15 +93,13 @@ def main() -> None:
         curves["kd"].append(curve)
         print(f"seed {seed}: scratch {scratch[-1]:.4f}  kd {kd[-1]:.4f}", flush=True)
 
-    def std(xs: list[float]) -> float:
-        return statistics.stdev(xs) if len(xs) > 1 else 0.0
-
+    (scratch_mean, scratch_std), (kd_mean, kd_std) = mean_std(scratch), mean_std(kd)
     result = {
         "teacher_acc": teacher_acc,
-        "scratch_acc_mean": statistics.mean(scratch),
-        "scratch_acc_std": std(scratch),
-        "kd_acc_mean": statistics.mean(kd),
-        "kd_acc_std": std(kd),
+        "scratch_acc_mean": scratch_mean,
+        "scratch_acc_std": scratch_std,
+        "kd_acc_mean": kd_mean,
+        "kd_acc_std": kd_std,
         "seeds": args.seeds,
         "student_hidden": args.student_hidden,
         "student_params": sum(p.numel() for p in MLP(64, args.student_hidden, 10).parameters()),
@@ -128,7 +114,10 @@ def main() -> None:
     }
     if args.plot:
         plot(args.plot, teacher_curve, curves, args.val_every)
-    print(json.dumps(result))
+    elif args.smoke:  # the plotting code runs too, into a folder that is then removed
+        with tempfile.TemporaryDirectory() as tmp:
+            plot(str(Path(tmp) / "curves.png"), teacher_curve, curves, args.val_every)
+    print_json(result)
 
 
 def plot(path: str, teacher_curve: list[float], curves: dict[str, list[list[float]]], every: int) -> None:

@@ -16,26 +16,28 @@ configurations that keep fewer rows in flight (so a row stays in L2 between the 
 the elementwise kernel overlaps a logits GEMM on a second CUDA stream (optionally with cuBLAS SMs carved out).
 A summary table and a JSON line come last.
 
-GPU:       python benchmarks/fused_kd_variants.py --out DIR
-CPU smoke: python benchmarks/fused_kd_variants.py --smoke
+GPU:       python -m benchmarks.speed.fused_kd_variants --out DIR
+CPU smoke: python -m benchmarks.speed.fused_kd_variants --smoke   (the kernel probes need CUDA or TRITON_INTERPRET=1)
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-from fused_kd_loss import FS, FT, FU, LF, cell, floor_fn, log, make_inputs, peak_extra, profile_ours, rel, sync, timed
+
+from benchmarks._lib.fused import FT, FU, floor_fn, kernel_spec, log, make_inputs, profile_ours, reference, rel, table
+from benchmarks._lib.timing import median_ms, peak_extra_gib, sync
+from benchmarks._lib.trainers import parse, parser, print_json
 
 SHAPES = [("llama", 8192, 2048, 4096, 128256), ("qwen", 8192, 896, 3584, 151936)]  # the first one is probed
 SMOKE_SHAPES = [("smoke", 96, 32, 48, 1000)]
 DIVERGENCES = ["forward_kl", "reverse_kl", "jsd", "tvd"]
-GiB = float(1 << 30)
 
 
 def variants(first_shape: bool, divergence: str, smoke: bool, tuned: dict | None) -> dict[str, dict]:
@@ -62,19 +64,6 @@ def variants(first_shape: bool, divergence: str, smoke: bool, tuned: dict | None
     return out
 
 
-def reference(hs, ws, ht, wt, divergence, chunk=512):
-    """float64 direct formula on the same (bf16) inputs, any divergence; chunked only to bound memory."""
-    h64, w64 = hs.detach().double().requires_grad_(), ws.detach().double().requires_grad_()
-    ht64, wt64 = ht.double(), wt.double()
-    n = hs.shape[0]
-    for s in range(0, n, chunk):
-        zs = h64[s : s + chunk] @ w64.T
-        with torch.no_grad():
-            zt = ht64[s : s + chunk] @ wt64.T
-        (LF.divergence(divergence, zs, zt, beta=0.5) * (zs.shape[0] / n)).backward()
-    return h64.grad, w64.grad
-
-
 def measure(hs, ws, ht, wt, divergence, kw, reps, floor_ms, ref) -> dict:
     launch = kw.pop("_launch", None)
     default_launch = dict(FU.TRITON_CONFIG[2])
@@ -96,12 +85,12 @@ def _measure(hs, ws, ht, wt, divergence, kw, reps, floor_ms, ref) -> dict:
 
     step()  # warm-up: Triton compiles, cuBLAS picks its kernels
     clear()
-    ms = timed(step, reps, 1, before=clear)
+    ms = median_ms(step, reps, 1, before=clear)
     clear()
-    mem = peak_extra(step)
+    mem = peak_extra_gib(step)
     row = {"ms": ms, "x_floor": ms / floor_ms, "peak_gib": mem}
     if ref is not None:
-        row.update(err_h=rel(hs.grad, ref[0]), err_w=rel(ws.grad, ref[1]))
+        row.update(err_h=rel(hs.grad, ref[1]), err_w=rel(ws.grad, ref[2]))
     clear()
     return row
 
@@ -111,7 +100,7 @@ def run_shape(args, name, n, hs_dim, ht_dim, vocab, first, rows):
     hs, ws, ht, wt, _ = make_inputs(n, hs_dim, ht_dim, vocab, dev)
     shape = f"{name} N={n} H={hs_dim}/{ht_dim} V={vocab}"
     fl_step, bufs = floor_fn(hs, ws, ht, wt)
-    floor_ms = timed(fl_step, args.reps, 2)
+    floor_ms = median_ms(fl_step, args.reps, 2)
     del bufs, fl_step
     log(f"\n=== {shape}: matmul floor {floor_ms:.2f} ms")
     rows.append({"shape": shape, "divergence": "-", "variant": "matmul floor", "ms": floor_ms, "x_floor": 1.0})
@@ -125,7 +114,7 @@ def run_shape(args, name, n, hs_dim, ht_dim, vocab, first, rows):
     for divergence in DIVERGENCES:
         t0 = time.time()
         ref = reference(hs, ws, ht, wt, divergence)
-        floors = (rel(ref[0].to(torch.bfloat16), ref[0]), rel(ref[1].to(torch.bfloat16), ref[1]))
+        floors = (rel(ref[1].to(torch.bfloat16), ref[1]), rel(ref[2].to(torch.bfloat16), ref[2]))
         log(f"{divergence}: float64 reference {time.time() - t0:.1f}s; bf16 rounding floor h {floors[0]:.1e} "
             f"W {floors[1]:.1e}")  # fmt: skip
         for vname, kw in variants(first, divergence, args.smoke, tuned).items():
@@ -170,14 +159,6 @@ LAUNCHES = [  # (BLOCK, num_warps, programs_per_sm): the default first; then few
 ]  # fmt: skip
 
 
-def _spec(divergence, rows):
-    cfg = FS._Config(
-        divergence=divergence, beta=0.5, temperature=1.0, ce_weight=0.0, chunk_size=None, grad_chunk_size=None,
-        fp32_accumulation=False, fp32_logits=False, overlap=False, impl="triton", need=(True, True, False),
-    )  # fmt: skip
-    return FS._Spec.of(cfg, 1.0 / rows)
-
-
 def kernel_probes(hs, ws, ht, wt, vocab, rows_out, shape, smoke=False):
     """One bf16 chunk: the kernel under several launch configurations, then kernel + GEMM on two streams. Returns the
     fastest configuration per divergence (the variants then run the whole loss with it)."""
@@ -188,11 +169,11 @@ def kernel_probes(hs, ws, ht, wt, vocab, rows_out, shape, smoke=False):
     log(f"\nkernel on one [{n}, {vocab}] bf16 chunk (default config first):")
     best = {}
     for divergence in ("forward_kl", "jsd"):
-        spec = _spec(divergence, n)
+        spec = kernel_spec(divergence, n)
         for block, warps, pps in LAUNCHES[:2] if smoke else LAUNCHES:
             conf = {"BLOCK": block, "num_warps": warps, "programs_per_sm": pps}
             try:
-                ms = timed(
+                ms = median_ms(
                     lambda c=conf, p=spec: FT._rows_triton(zs, zt, None, p, True, **c), 5, 1, lambda: zs.copy_(zs0)
                 )
             except Exception as err:  # noqa: BLE001
@@ -215,7 +196,7 @@ def overlap_probe(hs, ws, ht, wt, zs, zs0, zt, n, best, rows_out, shape):
     """Does the elementwise kernel overlap a teacher-logits GEMM on another stream? Times: each alone, both on one
     stream, both on two streams (with cuBLAS SMs carved out for the kernel where torch offers it)."""
     out = torch.empty_like(zt)
-    spec = _spec("jsd", n)
+    spec = kernel_spec("jsd", n)
     side = torch.cuda.Stream()
     h_t = ht[:n]
 
@@ -238,15 +219,15 @@ def overlap_probe(hs, ws, ht, wt, zs, zs0, zt, n, best, rows_out, shape):
         carveouts += [16, 32]
     log("\noverlap of the JSD kernel with a teacher-logits GEMM (same chunk):")
     configs = {"default": {}, "fastest jsd": best.get("jsd", (0, {}))[1]}
-    t_gemm = timed(gemm, 5, 1)
+    t_gemm = median_ms(gemm, 5, 1)
     for cname, conf in configs.items():
-        t_kern = timed(lambda c=conf: FT._rows_triton(zs, zt, None, spec, True, **c), 5, 1, lambda: zs.copy_(zs0))
-        seq = timed(lambda c=conf: both_one_stream(c), 5, 1, lambda: zs.copy_(zs0))
+        t_kern = median_ms(lambda c=conf: FT._rows_triton(zs, zt, None, spec, True, **c), 5, 1, lambda: zs.copy_(zs0))
+        seq = median_ms(lambda c=conf: both_one_stream(c), 5, 1, lambda: zs.copy_(zs0))
         for carve in carveouts:
             if carve is not None:
                 torch._C._set_sm_carveout_experimental(carve)
             try:
-                conc = timed(lambda c=conf: both_two_streams(c), 5, 1, lambda: zs.copy_(zs0))
+                conc = median_ms(lambda c=conf: both_two_streams(c), 5, 1, lambda: zs.copy_(zs0))
             finally:
                 if carve is not None:
                     torch._C._set_sm_carveout_experimental(None)
@@ -260,32 +241,12 @@ def overlap_probe(hs, ws, ht, wt, zs, zs0, zt, n, best, rows_out, shape):
 
 
 # ------------------------------------------------------------------------------------------ report
-def summary(rows) -> str:
-    f = cell
-    lines = [
-        "| shape | divergence | variant | ms | × floor | peak extra GiB | grad err h | grad err W |",
-        "|---|---|---|---:|---:|---:|---:|---:|",
-    ]
-    for r in rows:
-        if r["variant"].startswith(("kernel", "overlap")):
-            continue
-        if "error" in r:
-            lines.append(f"| {r['shape']} | {r['divergence']} | {r['variant']} | {r['error']} | | | | |")
-            continue
-        lines.append(
-            f"| {r['shape']} | {r['divergence']} | {r['variant']} | {f(r, 'ms', '.2f')} | {f(r, 'x_floor', '.3f')} "
-            f"| {f(r, 'peak_gib', '.2f')} | {f(r, 'err_h', '.1e')} | {f(r, 'err_w', '.1e')} |"
-        )
-    return "\n".join(lines)
-
-
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--smoke", action="store_true", help="tiny shape, CPU allowed")
+def main(argv: Sequence[str] | None = None) -> None:
+    ap = parser(__doc__)
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--shapes", default="", help="comma-separated indices into the shape list")
-    ap.add_argument("--out", default=None, help="folder for rows.json")
-    args = ap.parse_args()
+    ap.add_argument("--out", default=None, help="folder for fused_kd_variants_rows.json")
+    args = parse(ap, argv)
     start = time.time()
     cuda = torch.cuda.is_available()
     if cuda:
@@ -305,10 +266,11 @@ def main() -> None:
             if r["x_floor"] < best.get(key, {"x_floor": math.inf})["x_floor"]:
                 best[key] = r
     log(f"\n{dev_name}, torch {torch.__version__}, total {time.time() - start:.0f}s\n")
-    log(summary(rows))
+    whole_loss = [r for r in rows if not r["variant"].startswith(("kernel", "overlap"))]
+    log(table(whole_loss, ("shape", "divergence", "variant")))
     log("\nfastest variant per shape and divergence: " + "; ".join(
         f"{k[0].split()[0]} {k[1]}: {v['variant']} {v['x_floor']:.3f}x" for k, v in best.items()))  # fmt: skip
-    print(json.dumps({"device": dev_name, "torch": torch.__version__, "rows": rows}), flush=True)
+    print_json({"device": dev_name, "torch": torch.__version__, "rows": rows})
 
 
 if __name__ == "__main__":

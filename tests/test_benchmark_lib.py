@@ -1,22 +1,19 @@
-"""The LLM benchmark harness (benchmarks/llm_common.py, llm_loop.py, trl_gkd.py): sizes, FLOPs, data, CPU smoke runs."""
-
-import json
-import subprocess
-import sys
-from pathlib import Path
+"""The benchmarks' shared helpers (benchmarks/_lib): model sizes, FLOPs, synthetic data, the library-built random
+pairs, the clock on a Lightning fit, and the hand loop's loss against the module's. The scripts themselves run in
+tests/test_benchmark_scripts.py."""
 
 import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from benchmarks._lib import llm as C
+from benchmarks._lib.synthetic import SyntheticTokenData, SyntheticTokens, synthetic_batch, synthetic_row
+from benchmarks._lib.timing import FitClock, mean_std_text
+from benchmarks.scale import llm_loop
 from lit_distill import DistillationModule
 from lit_distill.losses import TokenKD
+from lit_distill.models import MLP
 from tests.helpers import trainer
-
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "benchmarks"))
-import llm_common as C  # noqa: E402
-import llm_loop  # noqa: E402
 
 transformers = pytest.importorskip("transformers")
 
@@ -52,7 +49,7 @@ def test_the_stated_pair_sizes_are_the_built_sizes():
     stated = {("a", 0): 1_498_482_688, ("a", 1): 384_320_512, ("b", 0): 70_553_706_496, ("b", 1): 1_235_814_400}
     for (pair, side), params in stated.items():
         config = C.PAIRS[pair][side].config()
-        model = C.causal_lm(config, "meta")  # no storage: the 70B teacher is built in ~0.1 s
+        model = C.llama(C.PAIRS[pair][side], device=None)  # left empty: the 70B teacher is built in ~0.1 s
         assert sum(p.numel() for p in model.parameters()) == params == C.count_params(config)["total"]
     assert C.pair_shapes("b", teacher_layers=2, student_layers=3)[0].layers == 2
     with pytest.raises(ValueError, match="teacher_layers must be >= 1"):
@@ -62,9 +59,10 @@ def test_the_stated_pair_sizes_are_the_built_sizes():
 def test_flops_per_token_equal_the_flop_counter_on_real_models():
     teacher_shape, student_shape = tiny(layers=3, hidden=48, heads=6, kv_heads=3), tiny()
     t_cfg, s_cfg = teacher_shape.config("eager"), student_shape.config("eager")  # eager: attention as matmuls
-    teacher, student = C.causal_lm(t_cfg), C.causal_lm(s_cfg)
+    teacher = C.llama(teacher_shape, attn_implementation="eager").model
+    student = C.llama(student_shape, attn_implementation="eager").model
     batch, seq = 2, 24
-    ids = C.synthetic_batch(batch, seq, 97)["input_ids"]
+    ids = synthetic_batch(batch, seq, 97)["input_ids"]
     with FlopCounterMode(display=False) as count_student:
         student(ids).logits.float().pow(2).mean().backward()
     with FlopCounterMode(display=False) as count_teacher, torch.no_grad():
@@ -85,37 +83,38 @@ def test_mfu_against_the_datasheet_peak():
 
 
 def test_synthetic_tokens_are_seeded_rows_with_labels_equal_to_inputs():
-    data = C.SyntheticTokenData(batch_size=4, seq_len=16, vocab=50, seed=3)
+    data = SyntheticTokenData(batch_size=4, seq_len=16, vocab=50, seed=3)
     batch = next(iter(data.train_dataloader()))
     assert set(batch) == {"input_ids", "labels"} and batch["input_ids"].shape == (4, 16)
     assert torch.equal(batch["labels"], batch["input_ids"])
     assert 0 <= int(batch["input_ids"].min()) and int(batch["input_ids"].max()) < 50
-    assert torch.equal(batch["input_ids"], C.synthetic_batch(4, 16, 50, seed=3)["input_ids"])
-    assert torch.equal(data.dataset[2]["input_ids"], C.synthetic_row(2, 16, 50, seed=3))  # row = f(seed, index)
-    assert not torch.equal(batch["input_ids"], C.synthetic_batch(4, 16, 50, seed=4)["input_ids"])
-    masked = C.SyntheticTokens(2, 16, 50, attention_mask=True)[0]
+    assert torch.equal(batch["input_ids"], synthetic_batch(4, 16, 50, seed=3)["input_ids"])
+    assert torch.equal(data.dataset[2]["input_ids"], synthetic_row(2, 16, 50, seed=3))  # row = f(seed, index)
+    assert not torch.equal(batch["input_ids"], synthetic_batch(4, 16, 50, seed=4)["input_ids"])
+    masked = SyntheticTokens(2, 16, 50, attention_mask=True)[0]
     assert masked["attention_mask"].sum() == 16
 
 
-def test_materialize_gives_a_meta_model_storage_and_a_llama_init():
-    config = tiny().config()
-    model = C.materialize(C.causal_lm(config, "meta"), "cpu", std=0.02)
-    reference = C.causal_lm(config)
-    assert not any(p.is_meta for p in model.parameters())
-    assert torch.equal(model.model.norm.weight, torch.ones(32))
-    assert torch.equal(model.model.rotary_emb.inv_freq, reference.model.rotary_emb.inv_freq)
-    assert model.lm_head.weight.std().item() == pytest.approx(0.02, rel=0.1)
-    out = model(C.synthetic_batch(2, 8, 97)["input_ids"]).logits
-    assert torch.isfinite(out).all()
+def test_random_pairs_are_built_by_the_library_and_filled_like_a_llama_init():
+    """``llama()`` builds through ``HFCausalLM(config=..., empty_init=True)`` and fills with the library's own init:
+    norm scales 1, matrices N(0, 0.02), rotary buffers as a normally built model has them."""
+    model = C.llama(tiny(), "cpu")
+    reference = transformers.LlamaForCausalLM(tiny().config())
+    assert not any(p.is_meta for p in model.parameters()) and model.tokenizer_id == C.TOKENIZER_ID
+    assert torch.equal(model.model.model.norm.weight, torch.ones(32))
+    assert torch.equal(model.model.model.rotary_emb.inv_freq, reference.model.rotary_emb.inv_freq)
+    assert model.model.lm_head.weight.std().item() == pytest.approx(0.02, rel=0.1)
+    assert torch.isfinite(model(synthetic_batch(2, 8, 97)["input_ids"])).all()
+    assert C.llama(tiny(), "cpu", "bf16").model.lm_head.weight.dtype == torch.bfloat16
 
 
 @pytest.mark.parametrize("loss", ["fused", "full"])
 def test_hand_loop_loss_equals_the_distillation_module_loss(loss):
     """The baseline optimises what DistillationModule + TokenKD(forward_kl) does, on the same models and batch."""
     torch.manual_seed(0)
-    student, teacher = C.lit_lm(tiny().config()), C.lit_lm(tiny(layers=3).config())
+    student, teacher = C.llama(tiny()), C.llama(tiny(layers=3))
     module = DistillationModule(student, teacher, losses=[TokenKD("forward_kl", fused=loss == "fused")])
-    batch = C.synthetic_batch(2, 16, 97)
+    batch = synthetic_batch(2, 16, 97)
     module.train()
     total, _, _, _ = module.shared_step(batch)
     kd = llm_loop.StudentKD(student.model, teacher.model.lm_head, loss)
@@ -124,67 +123,26 @@ def test_hand_loop_loss_equals_the_distillation_module_loss(loss):
     assert kd(batch["input_ids"], batch["labels"], t_hidden).item() == pytest.approx(total.item(), rel=1e-5)
 
 
-def test_lit_lm_pair_trains_in_a_lightning_fit(tmp_path):
+def test_random_pair_trains_in_a_lightning_fit(tmp_path):
     torch.manual_seed(0)
-    student, teacher = C.lit_lm(tiny().config()), C.lit_lm(tiny(layers=3).config())
+    student, teacher = C.llama(tiny()), C.llama(tiny(layers=3))
     before = student.model.lm_head.weight.detach().clone()
     module = DistillationModule(student, teacher, losses=[TokenKD("forward_kl")], allow_untrained_teacher=True)
-    trainer(tmp_path, max_steps=2).fit(module, datamodule=C.SyntheticTokenData(batch_size=2, seq_len=16, vocab=97))
+    trainer(tmp_path, max_steps=2).fit(module, datamodule=SyntheticTokenData(batch_size=2, seq_len=16, vocab=97))
     assert module.trainer.global_step == 2
     assert not torch.equal(before, student.model.lm_head.weight)
 
 
-def run_script(argv, capsys, monkeypatch, main):
-    monkeypatch.setattr(sys, "argv", argv)
-    main()
-    return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+def test_fit_clock_marks_the_window_the_steps_and_the_epochs(tmp_path):
+    """Five steps with two of warm-up: three timed steps; every step marked; samples counted per epoch."""
+    x, y = torch.randn(40, 4), torch.randint(0, 3, (40,))
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=8)
+    clock = FitClock(warmup=2, per_step=True, per_epoch=True)
+    module = DistillationModule(MLP(4, [8], 3), optimizer=lambda p: torch.optim.SGD(p, lr=0.1))
+    trainer(tmp_path, max_steps=5, callbacks=[clock]).fit(module, train_dataloaders=loader)
+    assert clock.timed_steps == 3 and len(clock.losses) == 5 and clock.seconds > 0
+    assert len(clock.step_ms()) == 4 and clock.epoch_samples == [40] and len(clock.epoch_rates(cpu=True)) == 1
 
 
-def test_hand_loop_smoke_fused_and_full_logits_agree(tmp_path, capsys, monkeypatch):
-    rows = {}
-    for loss in ("fused", "full"):
-        out = tmp_path / f"{loss}.json"
-        argv = ["llm_loop.py", "--smoke", "--device", "cpu", "--loss", loss, "--steps", "2", "--out", str(out)]
-        rows[loss] = run_script(argv, capsys, monkeypatch, llm_loop.main)
-        assert json.loads(out.read_text()) == rows[loss]
-    row = rows["fused"]
-    assert row["tokens"] == 2 * 2 * 32 and row["world_size"] == 1 and row["tokens_per_s"] > 0
-    assert row["flops_per_token"]["total"] == row["flops_per_token"]["student"] + row["flops_per_token"]["teacher"]
-    assert row["final_loss"] > 0
-    assert rows["full"]["final_loss"] == pytest.approx(row["final_loss"], rel=1e-4)
-
-
-def test_hand_loop_refuses_to_overwrite_its_output(tmp_path, monkeypatch):
-    out = tmp_path / "result.json"
-    out.write_text("keep")
-    monkeypatch.setattr(sys, "argv", ["llm_loop.py", "--smoke", "--device", "cpu", "--out", str(out)])
-    with pytest.raises(SystemExit, match="exists; pass --overwrite"):
-        llm_loop.main()
-    assert out.read_text() == "keep"
-
-
-def test_hand_loop_fsdp2_on_two_cpu_processes(tmp_path):
-    out = tmp_path / "fsdp.json"
-    run = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "benchmarks/llm_loop.py", "--smoke",
-         "--fsdp", "--device", "cpu", "--out", str(out)],
-        cwd=ROOT, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
-    assert run.returncode == 0, run.stderr[-3000:]
-    row = json.loads(out.read_text())
-    assert row["world_size"] == 2 and row["run"].startswith("hand loop, fsdp2 x2")
-    assert row["tokens"] == 2 * 2 * 2 * 32 and len(row["peak_gib_per_rank"]) == 2
-    assert 0 < row["final_loss"] < 10
-
-
-def test_trl_gkd_smoke(tmp_path):
-    pytest.importorskip("trl", reason="TRL is no lit-distill dependency; benchmarks/trl_gkd.py needs trl==1.16")
-    out = tmp_path / "trl.json"
-    run = subprocess.run(
-        [sys.executable, "benchmarks/trl_gkd.py", "--smoke", "--cpu", "--out", str(out)],
-        cwd=ROOT, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
-    assert run.returncode == 0, run.stderr[-3000:]
-    row = json.loads(out.read_text())
-    assert "GKDTrainer" in row["run"] and row["tokens"] == 2 * 2 * 32 and row["tokens_per_s"] > 0
-    assert 0 < row["train_loss"] < 10
+def test_mean_std_text():
+    assert mean_std_text([1.0, 2.0, 3.0]) == "2.000 ± 1.000" and mean_std_text([2.5]) == "2.500"

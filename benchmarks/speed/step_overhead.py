@@ -1,8 +1,8 @@
 """What does DistillationModule + Trainer.fit cost over the training loop an expert writes by hand?
 
-    python benchmarks/step_overhead.py --suite gpu      # resnet50 -> resnet18 and tiny GPT, on CUDA
-    python benchmarks/step_overhead.py --suite cpu      # digits MLPs on the CPU
-    python benchmarks/step_overhead.py --suite smoke    # both CPU cases, a few steps, CUDA-graph path included
+    python -m benchmarks.speed.step_overhead --suite gpu   # resnet50 -> resnet18 and tiny GPT, on CUDA
+    python -m benchmarks.speed.step_overhead --suite cpu   # digits MLPs and tiny GPT on the CPU
+    python -m benchmarks.speed.step_overhead --smoke       # the GPU suite's plan on the CPU, tiny: checks the script
 
 Both sides run in one process on the same synthetic batch (already on the device), the same
 models, dtypes, loss (0.9 * KD at T=4 + 0.1 * hard-label CE) and optimizer. Step times come from
@@ -17,65 +17,20 @@ the uncompiled hand loop (resnet), CUDA-graph module vs the eager hand loop (tin
 
 from __future__ import annotations
 
-import argparse
 import copy
 import json
 import statistics
-import time
-import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from lightning.pytorch import Callback, Trainer
-from torch.utils.data import DataLoader, IterableDataset
+from torch.utils.data import DataLoader
 
-from lit_distill import CrossEntropy, DistillationModule, LogitKD
+from benchmarks._lib.step_cases import RepeatBatch, build_module, digits_case, gpt_case, resnet_case
+from benchmarks._lib.timing import Clock, FitClock
+from benchmarks._lib.trainers import parse, parser, print_json, quiet, quiet_trainer
 from lit_distill.losses import functional as LF
-
-warnings.filterwarnings("ignore")
-
-
-class Clock:
-    """Per-step wall times: CUDA events on the stream, or perf_counter on the CPU."""
-
-    def __init__(self, device: torch.device) -> None:
-        self.cuda = device.type == "cuda"
-        self.marks: list = []
-
-    def mark(self) -> None:
-        if self.cuda:
-            event = torch.cuda.Event(enable_timing=True)
-            event.record()
-            self.marks.append(event)
-        else:
-            self.marks.append(time.perf_counter())
-
-    def step_ms(self, warmup: int) -> list[float]:
-        if self.cuda:
-            torch.cuda.synchronize()
-            times = [a.elapsed_time(b) for a, b in zip(self.marks, self.marks[1:])]
-        else:
-            times = [1000 * (b - a) for a, b in zip(self.marks, self.marks[1:])]
-        return times[warmup:]
-
-
-class RepeatBatch(IterableDataset):
-    def __init__(self, batch, steps: int) -> None:
-        self.batch, self.steps = batch, steps
-
-    def __iter__(self):
-        for _ in range(self.steps):
-            yield self.batch
-
-
-class MarkSteps(Callback):
-    def __init__(self, clock: Clock) -> None:
-        self.clock = clock
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        self.clock.mark()
 
 
 def loss_fn(s_logits, t_logits, targets):
@@ -108,7 +63,7 @@ def hand_loop(case, steps: int, warmup: int, compiled: dict | None) -> list[floa
     graphs = compiled is not None and compiled.get("mode") in ("reduce-overhead", "max-autotune")
     opt = make_opt(student.parameters())
     inputs, targets = batch
-    clock = Clock(device)
+    clock = Clock(device, events=True)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=case["autocast"])
     for _ in range(warmup + steps + 1):
         clock.mark()
@@ -122,99 +77,26 @@ def hand_loop(case, steps: int, warmup: int, compiled: dict | None) -> list[floa
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-    return clock.step_ms(warmup)
-
-
-def build_module(case: dict, compiled: dict | None = None) -> DistillationModule:
-    """The case's models, dtype and optimizer as a DistillationModule with the benchmark's loss."""
-    return DistillationModule(
-        student=case["student"](),
-        teacher=case["teacher"](),
-        losses=[LogitKD(temperature=4.0, weight=0.9), CrossEntropy(weight=0.1)],
-        teacher_dtype=None if case["teacher_dtype"] is None else str(case["teacher_dtype"]).removeprefix("torch."),
-        channels_last=case["channels_last"],
-        compile=False if compiled is None else (compiled or True),
-        optimizer=case["opt"],
-        allow_untrained_teacher=True,  # step speed does not depend on what the teacher knows
-    )
+    return clock.intervals()[warmup:]
 
 
 def module_loop(case, steps: int, warmup: int, compiled: dict | None) -> list[float]:
     device = case["device"]
     module = build_module(case, compiled)
-    clock = Clock(device)
-    trainer = Trainer(
+    clock = FitClock(warmup=None, per_step=True, clock=Clock(device, events=True))  # no sync inside the run
+    trainer = quiet_trainer(
         accelerator=device.type,
-        devices=1,
         precision="bf16-mixed" if case["autocast"] else "32-true",
         max_steps=warmup + steps + 1,
         max_epochs=1,
-        logger=False,
-        enable_progress_bar=False,
-        enable_checkpointing=False,
-        enable_model_summary=False,
         limit_val_batches=0,
         num_sanity_val_steps=0,
-        callbacks=[MarkSteps(clock)],
+        callbacks=[clock],
         log_every_n_steps=50,
     )
     loader = DataLoader(RepeatBatch(case["batch"], warmup + steps + 2), batch_size=None)
     trainer.fit(module, loader)
     return clock.step_ms(warmup)
-
-
-def resnet_case(batch_size: int) -> dict:
-    import torchvision
-
-    device = torch.device("cuda")
-    g = torch.Generator(device=device).manual_seed(0)
-    x = torch.randn(batch_size, 3, 224, 224, device=device, generator=g).contiguous(memory_format=torch.channels_last)
-    y = torch.randint(0, 1000, (batch_size,), device=device, generator=g)
-    return {
-        "name": f"resnet50->resnet18 b{batch_size} 224² bf16 channels_last",
-        "device": device,
-        "student": lambda: torchvision.models.resnet18().to(device),
-        "teacher": lambda: torchvision.models.resnet50().to(device),
-        "batch": (x, y),
-        "opt": lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9),
-        "teacher_dtype": torch.bfloat16,
-        "channels_last": True,
-        "autocast": True,
-    }
-
-
-def gpt_case(device: torch.device, rows: int = 8, seq: int = 256) -> dict:
-    from lit_distill.models.gpt import GPT
-
-    ids = torch.randint(0, 258, (rows, seq), device=device, generator=torch.Generator(device=device).manual_seed(0))
-    return {
-        "name": f"tiny GPT 6x384 -> 2x128, batch {rows}x{seq} tokens, {device.type}",
-        "device": device,
-        "student": lambda: GPT(block_size=256, n_layer=2, n_head=2, n_embd=128).to(device),
-        "teacher": lambda: GPT(block_size=256, n_layer=6, n_head=6, n_embd=384).to(device),
-        "batch": (ids, ids),
-        "opt": lambda p: torch.optim.AdamW(p, lr=1e-3),
-        "teacher_dtype": torch.bfloat16 if device.type == "cuda" else None,
-        "channels_last": False,
-        "autocast": device.type == "cuda",
-    }
-
-
-def digits_case() -> dict:
-    from lit_distill.models import MLP
-
-    g = torch.Generator().manual_seed(0)
-    return {
-        "name": "digits MLP 64-256-256-10 -> 64-8-10, batch 64, cpu",
-        "device": torch.device("cpu"),
-        "student": lambda: MLP(64, [8], 10),
-        "teacher": lambda: MLP(64, [256, 256], 10),
-        "batch": (torch.rand(64, 64, generator=g), torch.randint(0, 10, (64,), generator=g)),
-        "opt": lambda p: torch.optim.AdamW(p, lr=1e-3),
-        "teacher_dtype": None,
-        "channels_last": False,
-        "autocast": False,
-    }
 
 
 def measure(case: dict, steps: int, warmup: int, compiled: dict | None, repeats: int) -> dict:
@@ -258,22 +140,23 @@ def profile_module(case: dict) -> None:
 GRAPHS = {"mode": "reduce-overhead"}  # CUDA graphs through torch.compile: one replay instead of many launches
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--suite", choices=["gpu", "cpu", "smoke"], default="gpu")
-    parser.add_argument("--steps", type=int, default=40)
-    parser.add_argument("--warmup", type=int, default=10)
-    parser.add_argument("--repeats", type=int, default=3, help="eager repeats per case (ratio median and range)")
-    parser.add_argument("--compile-repeats", type=int, default=1, help="compilation is slow: fewer repeats")
-    parser.add_argument("--batch-size", type=int, default=256)
-    parser.add_argument("--no-compile", action="store_true")
-    parser.add_argument("--only", choices=["resnet", "gpt"], default=None, help="run one GPU case")
-    parser.add_argument("--profile", action="store_true", help="torch.profiler table of the module path (gpt case)")
-    parser.add_argument("--out", default=None, help="folder for rows.json, rewritten after every case")
-    args = parser.parse_args()
+def main(argv: Sequence[str] | None = None) -> None:
+    p = parser(__doc__)
+    p.add_argument("--suite", choices=["gpu", "cpu"], default="gpu")
+    p.add_argument("--steps", type=int, default=40)
+    p.add_argument("--warmup", type=int, default=10)
+    p.add_argument("--repeats", type=int, default=3, help="eager repeats per case (ratio median and range)")
+    p.add_argument("--compile-repeats", type=int, default=1, help="compilation is slow: fewer repeats")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--no-compile", action="store_true")
+    p.add_argument("--only", choices=["resnet", "gpt"], default=None, help="run one GPU case")
+    p.add_argument("--profile", action="store_true", help="torch.profiler table of the module path (gpt case)")
+    p.add_argument("--out", default=None, help="folder for rows.json, rewritten after every case")
+    args = parse(p, argv, steps=4, warmup=1, repeats=1)
+    quiet()
 
     rows = []
-    if args.suite == "gpu":
+    if args.suite == "gpu" and not args.smoke:
         torch.backends.cudnn.benchmark = True
         gpt = lambda: gpt_case(torch.device("cuda"))  # noqa: E731
         resnet = lambda: resnet_case(args.batch_size)  # noqa: E731
@@ -291,23 +174,24 @@ def main() -> None:
         for name, make, compiled, repeats in plan:
             rows.append({**measure(make(), args.steps, args.warmup, compiled, repeats), "pair": name})
             if args.out:  # a run cut short still leaves the cases it finished
-                Path(args.out, "step_overhead_rows.json").write_text(json.dumps(rows + derived_rows(rows, quiet=True)))
+                Path(args.out, "step_overhead_rows.json").write_text(json.dumps(rows + derived_rows(rows, silent=True)))
         rows += derived_rows(rows)
-    elif args.suite == "smoke":  # the GPU suite's plan on the CPU, tiny: checks the script, measures nothing
+    elif args.smoke:  # the GPU suite's plan on the CPU, tiny: checks the script, measures nothing
         graphs_cpu = {"backend": "aot_eager", **GRAPHS}  # CUDA graphs need CUDA; the same code path otherwise
         plan = [("digits", digits_case, None, 1), ("digits", digits_case, graphs_cpu, 1)]
         plan.append(("gpt", lambda: gpt_case(torch.device("cpu"), rows=2, seq=64), None, 1))
         for name, make, compiled, repeats in plan:
-            rows.append({**measure(make(), 4, 1, compiled, repeats), "pair": name})
+            rows.append({**measure(make(), args.steps, args.warmup, compiled, repeats), "pair": name})
         rows += derived_rows(rows)
     else:
         for case in (digits_case(), gpt_case(torch.device("cpu"))):
             rows.append(measure(case, args.steps, args.warmup, None, args.repeats))
-    device = torch.cuda.get_device_name() if torch.cuda.is_available() and args.suite == "gpu" else "cpu"
-    print(json.dumps({"device": device, "torch": torch.__version__, "rows": rows}))
+    gpu = torch.cuda.is_available() and args.suite == "gpu" and not args.smoke
+    device = torch.cuda.get_device_name() if gpu else "cpu"
+    print_json({"device": device, "torch": torch.__version__, "rows": rows})
 
 
-def derived_rows(rows: list[dict], quiet: bool = False) -> list[dict]:
+def derived_rows(rows: list[dict], silent: bool = False) -> list[dict]:
     """Speed-ups of compiled modules over the uncompiled hand loop of the same pair."""
     out = []
     for comp in [r for r in rows if r.get("pair") and r["compiled"] != "eager"]:
@@ -317,7 +201,7 @@ def derived_rows(rows: list[dict], quiet: bool = False) -> list[dict]:
             continue
         speedup = base["hand_ms"] / comp["module_ms"]
         out.append({"case": f"speed-up: {pair} module ({mode}) vs uncompiled hand loop", "ratio": round(speedup, 4)})
-        if not quiet:
+        if not silent:
             print(f"{pair}: module ({mode}) vs uncompiled hand loop: {speedup:.3f}x steps/s")
     return out
 

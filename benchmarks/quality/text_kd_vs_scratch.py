@@ -7,23 +7,23 @@ teacher, the no-KD student and the KD student, per seed and as mean ± std. Noth
 settings are those of configs/text/{teacher,no_kd,token_kd}.yaml. The corpus is the running Python's
 pydoc_data, so numbers differ a little between Python versions.
 
-    python benchmarks/text_kd_vs_scratch.py --seeds 3
-    python benchmarks/text_kd_vs_scratch.py --seeds 3 --accelerator gpu   # the KD runs take the fused Triton path
+    python -m benchmarks.quality.text_kd_vs_scratch --seeds 3
+    python -m benchmarks.quality.text_kd_vs_scratch --seeds 3 --accelerator gpu   # KD runs take the fused Triton path
+    python -m benchmarks.quality.text_kd_vs_scratch --smoke      # 1 seed, a few batches per epoch: seconds
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import time
-import warnings
+from collections.abc import Sequence
 from pathlib import Path
 
-import torch
-from common import quiet_trainer  # noqa: E402 - benchmarks/ is the script's folder
 from lightning.pytorch import Trainer, seed_everything
 
+from benchmarks._lib.timing import mean_std_text
+from benchmarks._lib.trainers import adamw, parse, parser, print_json, quiet, quiet_trainer
 from lit_distill import CrossEntropy, DistillationModule
 from lit_distill.data import TextDataModule
 from lit_distill.losses import TokenKD
@@ -33,8 +33,8 @@ TEACHER = {"n_layer": 3, "n_embd": 96, "n_head": 4, "tokenizer_id": "bytes"}
 STUDENT = {"n_layer": 1, "n_embd": 48, "n_head": 2}
 
 
-def parse_args() -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    p = parser(__doc__)
     p.add_argument("--seeds", type=int, default=3, help="student seeds (each: one no-KD and one KD run)")
     p.add_argument("--teacher-epochs", type=int, default=6, help="as configs/text/teacher.yaml")
     p.add_argument("--student-epochs", type=int, default=2, help="as configs/text/token_kd.yaml and no_kd.yaml")
@@ -52,30 +52,28 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--accelerator", default="cpu")
     p.add_argument("--json", default=None, help="also write the results to this JSON file")
     p.add_argument("--teacher-dir", default=None, help="reuse the teacher saved here (trained and saved if absent)")
-    return p.parse_args()
+    p.add_argument("--limit-batches", type=int, default=None, help="batches per epoch and validation (all)")
+    return parse(p, argv, seeds=1, teacher_epochs=1, student_epochs=1, limit_batches=2)
 
 
-def optimizer(lr: float):
-    return lambda params: torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
+def trainer(args: argparse.Namespace, **kwargs) -> Trainer:
+    limit = {"limit_train_batches": args.limit_batches} if args.limit_batches else {}
+    if args.limit_batches and kwargs.get("limit_val_batches") != 0:
+        limit["limit_val_batches"] = args.limit_batches
+    return quiet_trainer(accelerator=args.accelerator, **limit, **kwargs)
 
 
-def trainer(accelerator: str, **kwargs) -> Trainer:
-    return quiet_trainer(accelerator=accelerator, **kwargs)
-
-
-def train(module: DistillationModule, data: TextDataModule, epochs: int, seed: int, accelerator: str) -> dict:
+def train(module: DistillationModule, data: TextDataModule, epochs: int, seed: int, args: argparse.Namespace) -> dict:
     """``epochs`` passes over the training blocks, then one over the validation split; returns its metrics."""
     seed_everything(seed, verbose=False)  # the same batch order for every run of this seed
-    trainer(accelerator, max_epochs=epochs, limit_val_batches=0, num_sanity_val_steps=0).fit(module, data)
-    (metrics,) = trainer(accelerator).validate(module, data, verbose=False)
+    trainer(args, max_epochs=epochs, limit_val_batches=0, num_sanity_val_steps=0).fit(module, data)
+    (metrics,) = trainer(args).validate(module, data, verbose=False)
     return metrics
 
 
-def main() -> None:
-    args = parse_args()
-    torch.set_num_threads(args.threads)
-    warnings.filterwarnings("ignore", ".*does not have many workers.*")
-    warnings.filterwarnings("ignore", ".*module\\(s\\) in eval mode.*")
+def main(argv: Sequence[str] | None = None) -> None:
+    args = parse_args(argv)
+    quiet(args.threads)
     data = TextDataModule(seq_len=args.seq_len, batch_size=args.batch_size, seed=0)
     student_cfg = {"n_layer": args.student_layers, "n_embd": args.student_width, "n_head": 2, "tokenizer_id": "bytes"}
     start = time.time()
@@ -84,12 +82,12 @@ def main() -> None:
     if args.teacher_dir and Path(args.teacher_dir, "config.json").is_file():
         teacher = GPT.from_pretrained(args.teacher_dir)
         teacher_run = DistillationModule(student=teacher, losses=[CrossEntropy()])
-        (metrics,) = trainer(args.accelerator).validate(teacher_run, data, verbose=False)
+        (metrics,) = trainer(args).validate(teacher_run, data, verbose=False)
         teacher_ppl = metrics["val/student_ppl"]
     else:
         teacher = GPT(block_size=args.seq_len, **TEACHER)
-        teacher_run = DistillationModule(student=teacher, losses=[CrossEntropy()], optimizer=optimizer(args.teacher_lr))
-        teacher_ppl = train(teacher_run, data, args.teacher_epochs, 0, args.accelerator)["val/student_ppl"]
+        teacher_run = DistillationModule(student=teacher, losses=[CrossEntropy()], optimizer=adamw(args.teacher_lr))
+        teacher_ppl = train(teacher_run, data, args.teacher_epochs, 0, args)["val/student_ppl"]
         if args.teacher_dir:
             teacher.save_pretrained(args.teacher_dir, overwrite=True)
     print(f"teacher {TEACHER}: val ppl {teacher_ppl:.3f} ({args.teacher_epochs} epochs)", flush=True)
@@ -101,18 +99,16 @@ def main() -> None:
             seed_everything(seed, verbose=False)
             student = GPT(block_size=args.seq_len, **student_cfg)  # identical initial weights for both runs
             if name == "no_kd":
-                module = DistillationModule(student=student, losses=[CrossEntropy()], optimizer=optimizer(args.lr))
+                module = DistillationModule(student=student, losses=[CrossEntropy()], optimizer=adamw(args.lr))
             else:
                 kd = TokenKD(args.divergence, temperature=args.temperature, lm_weight=args.lm_weight)
-                module = DistillationModule(student=student, teacher=teacher, losses=[kd], optimizer=optimizer(args.lr))
-            result[name] = train(module, data, args.student_epochs, seed, args.accelerator)["val/student_ppl"]
+                module = DistillationModule(student=student, teacher=teacher, losses=[kd], optimizer=adamw(args.lr))
+            result[name] = train(module, data, args.student_epochs, seed, args)["val/student_ppl"]
         rows.append(result)
         print(f"seed {seed}: no-KD ppl {result['no_kd']:.3f}  KD ppl {result['kd']:.3f}", flush=True)
 
     def stat(key: str) -> str:
-        values = [r[key] for r in rows]
-        spread = statistics.stdev(values) if len(values) > 1 else 0.0
-        return f"{statistics.mean(values):.3f} ± {spread:.3f}"
+        return mean_std_text([r[key] for r in rows])
 
     print(
         f"\nstudent {student_cfg}, teacher {TEACHER}; {args.student_epochs} student epochs of "
@@ -127,9 +123,10 @@ def main() -> None:
     print(f"| mean ± std | {teacher_ppl:.3f} | {stat('no_kd')} | {stat('kd')} |")
     wins = sum(r["kd"] < r["no_kd"] for r in rows)
     print(f"\nKD lowered the student's val perplexity in {wins}/{len(rows)} seeds.")
+    result = {"args": vars(args), "teacher_ppl": teacher_ppl, "runs": rows}
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"args": vars(args), "teacher_ppl": teacher_ppl, "runs": rows}, f, indent=2)
+        Path(args.json).write_text(json.dumps(result, indent=2))
+    print_json(result)
 
 
 if __name__ == "__main__":

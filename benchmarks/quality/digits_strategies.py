@@ -1,6 +1,7 @@
 """Every distillation strategy on digits, each beside the no-KD baseline of the same student.
 
-    python benchmarks/digits_strategies.py --seeds 5 [--group mlp|cnn] [--lr 0.01] [--rows "attention transfer" RKD]
+    python -m benchmarks.quality.digits_strategies --seeds 5 [--group mlp|cnn] [--lr 0.01] [--rows RKD PKT]
+    python -m benchmarks.quality.digits_strategies --smoke     # both groups, 2 rows each, 1 epoch of 2 batches
 
 Runs the bundled recipes themselves (``configs/digits/*.yaml``, built through the ``lit-distill`` CLI),
 so the numbers describe what the YAMLs do. Each teacher recipe is trained once (into a temporary folder,
@@ -18,24 +19,22 @@ test accuracy (mean ± sample std over seeds); the last line is JSON.
 
 from __future__ import annotations
 
-import argparse
-import json
-import logging
 import statistics
 import tempfile
 import time
-import warnings
+from collections.abc import Sequence
 from pathlib import Path
 
-import torch
 import yaml
 from lightning.pytorch import LightningDataModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 
+from benchmarks._lib.timing import mean_std
+from benchmarks._lib.trainers import parse, parser, print_json, quiet, quiet_trainer
 from lit_distill.cli import DistillCLI
 from lit_distill.module import DistillationModule
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 DIGITS = ROOT / "configs" / "digits"
 
 
@@ -75,7 +74,7 @@ GROUPS: dict[str, tuple[str, list[tuple[str, str, list[dict] | None]]]] = {
 }
 
 
-def variant(name: str, folder: Path, seed: int, **init_args: object) -> Path:
+def variant(name: str, folder: Path, seed: int, limit: int | None = None, **init_args: object) -> Path:
     """``configs/digits/<name>.yaml`` (or ``configs/<name>.yaml``) with seed and model arguments replaced.
 
     Written as a new file rather than passed as CLI overrides: jsonargparse merges an overriding list of
@@ -84,13 +83,15 @@ def variant(name: str, folder: Path, seed: int, **init_args: object) -> Path:
     path = DIGITS / f"{name}.yaml" if (DIGITS / f"{name}.yaml").exists() else ROOT / "configs" / f"{name}.yaml"
     config = yaml.safe_load(path.read_text())
     config["seed_everything"] = seed
+    if limit:  # smoke runs: one epoch of a few batches
+        config["trainer"].update(max_epochs=1, limit_train_batches=limit, limit_val_batches=limit)
     config["model"]["init_args"].update({k: v for k, v in init_args.items() if v is not None})
     out = folder / f"{name}-{seed}-{len(list(folder.iterdir()))}.yaml"
     out.write_text(yaml.safe_dump(config))
     return out
 
 
-def recipe(config: Path) -> tuple[DistillationModule, LightningDataModule, int]:
+def recipe(config: Path) -> tuple[DistillationModule, LightningDataModule, dict]:
     """Build the model and data of a recipe through the CLI, without running it."""
     cli = DistillCLI(
         DistillationModule,
@@ -102,26 +103,19 @@ def recipe(config: Path) -> tuple[DistillationModule, LightningDataModule, int]:
         auto_configure_optimizers=False,
         args=["--config", str(config), "--trainer.logger=false"],
     )
-    return cli.model, cli.datamodule, int(cli.config.trainer.max_epochs)
+    keys = ("max_epochs", "limit_train_batches", "limit_val_batches")
+    return cli.model, cli.datamodule, {k: cli.config.trainer[k] for k in keys if cli.config.trainer.get(k) is not None}
 
 
-def trainer(epochs: int, **kwargs) -> Trainer:
-    kwargs.setdefault("enable_checkpointing", False)
-    return Trainer(
-        accelerator="cpu",
-        devices=1,
-        max_epochs=epochs,
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        **kwargs,
-    )
+def trainer(settings: dict, **kwargs) -> Trainer:
+    """A quiet CPU Trainer with the recipe's epochs (and batch limits, if it sets any)."""
+    return quiet_trainer(accelerator="cpu", **{**settings, **kwargs})
 
 
-def train_teacher(name: str, folder: Path) -> tuple[Path, float]:
-    model, data, epochs = recipe(variant(name, folder, seed=0))
+def train_teacher(name: str, folder: Path, limit: int | None) -> tuple[Path, float]:
+    model, data, settings = recipe(variant(name, folder, seed=0, limit=limit))
     saver = ModelCheckpoint(dirpath=folder, filename=name, monitor="val/student_acc", mode="max", save_top_k=1)
-    run = trainer(epochs, callbacks=[saver], enable_checkpointing=True)
+    run = trainer(settings, callbacks=[saver], enable_checkpointing=True)
     run.fit(model, data)
     acc = run.test(model, data, ckpt_path=saver.best_model_path, verbose=False)[0]["test/student_acc"]
     return Path(saver.best_model_path), acc
@@ -130,41 +124,39 @@ def train_teacher(name: str, folder: Path) -> tuple[Path, float]:
 def train_student(config: Path) -> tuple[float, float]:
     """Test accuracy of the last student (what the recipes export) and the run's seconds."""
     start = time.time()
-    model, data, epochs = recipe(config)
-    run = trainer(epochs, limit_val_batches=0)  # no checkpoint selection, so validation would change nothing
+    model, data, settings = recipe(config)
+    run = trainer(settings, limit_val_batches=0)  # no checkpoint selection, so validation would change nothing
     run.fit(model, data)
     return run.test(model, data, verbose=False)[0]["test/student_acc"], time.time() - start
 
 
 def summarize(name: str, accs: list[float], base: list[float] | None) -> dict:
-    mean, std = statistics.mean(accs), statistics.stdev(accs) if len(accs) > 1 else 0.0
+    mean, std = mean_std(accs)
     row = {"strategy": name, "mean": mean, "std": std, "accs": accs}
     if base is not None:
         row["delta_vs_no_kd"] = mean - statistics.mean(base)
     return row
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seeds", type=int, default=5)
-    parser.add_argument("--group", choices=[*GROUPS, "all"], default="all")
-    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (the models are tiny)")
-    parser.add_argument(
+def main(argv: Sequence[str] | None = None) -> None:
+    p = parser(__doc__)
+    p.add_argument("--seeds", type=int, default=5)
+    p.add_argument("--group", choices=[*GROUPS, "all"], default="all")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (the models are tiny)")
+    p.add_argument(
         "--lr",
         type=float,
         default=0.01,
         help="AdamW learning rate of every student run (the feature/DKD/DIST recipes' value); 0 keeps each "
         "recipe's own. no_kd.yaml and quickstart.yaml default to 1e-3, which leaves 30 epochs underfit.",
     )
-    parser.add_argument("--rows", nargs="+", default=None, help='only these rows (and "no KD"), e.g. RKD PKT')
-    args = parser.parse_args()
+    p.add_argument("--rows", nargs="+", default=None, help='only these rows (and "no KD"), e.g. RKD PKT')
+    p.add_argument("--limit-batches", type=int, default=None, help="one epoch of this many batches (smoke runs)")
+    args = parse(p, argv, seeds=1, rows=["logit KD", "RKD"], limit_batches=2)
     known = {name for _, rows in GROUPS.values() for name, _, _ in rows}
     if args.rows and not set(args.rows) <= known:
-        parser.error(f"unknown --rows {sorted(set(args.rows) - known)}; choose from {sorted(known)}")
-    warnings.filterwarnings("ignore")
-    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
-    logging.getLogger("lightning.fabric").setLevel(logging.ERROR)
-    torch.set_num_threads(args.threads)
+        p.error(f"unknown --rows {sorted(set(args.rows) - known)}; choose from {sorted(known)}")
+    quiet(args.threads)
 
     start = time.time()
     optimizer = (
@@ -183,14 +175,15 @@ def main() -> None:
             rows = [row for row in rows if not args.rows or row[0] == "no KD" or row[0] in args.rows]
             if args.group not in ("all", group) or len(rows) == 1:
                 continue
-            teacher, teacher_acc = train_teacher(teacher_recipe, folder)
+            teacher, teacher_acc = train_teacher(teacher_recipe, folder, args.limit_batches)
             print(f"[{group}] teacher ({teacher_recipe}.yaml) test acc {teacher_acc:.4f}", flush=True)
             accs: dict[str, list[float]] = {name: [] for name, _, _ in rows}
             seconds: dict[str, float] = dict.fromkeys(accs, 0.0)
             for seed in range(args.seeds):
                 for name, config, loss_list in rows:
                     ckpt = None if "no_kd" in config else str(teacher)
-                    path = variant(config, folder, seed, teacher_checkpoint=ckpt, losses=loss_list, optimizer=optimizer)
+                    path = variant(config, folder, seed, args.limit_batches, teacher_checkpoint=ckpt, losses=loss_list,
+                                   optimizer=optimizer)  # fmt: skip
                     acc, took = train_student(path)
                     accs[name].append(acc)
                     seconds[name] += took
@@ -209,7 +202,7 @@ def main() -> None:
                 print(f"| {row['strategy']} | {where} | {acc} | {delta} | {row['seconds_per_run']} |")
             print(flush=True)
     result["seconds"] = round(time.time() - start, 1)
-    print(json.dumps(result))
+    print_json(result)
 
 
 if __name__ == "__main__":
