@@ -132,14 +132,15 @@ def llama(
     device: torch.device | str | None = "cpu",
     dtype: str | None = None,
     attn_implementation: str = "sdpa",
+    kernels: str | None = None,
 ):
     """A random-init :class:`~lit_distill.models.hf.HFCausalLM` of ``shape`` (``dtype`` e.g. ``"bf16"``), filled on
     ``device``; ``device=None`` leaves it empty on the meta device, to be sharded first and then filled with
-    ``model.materialize_weights(device)`` (each rank its own shards)."""
+    ``model.materialize_weights(device)`` (each rank its own shards). ``kernels``: see ``HFCausalLM``."""
     from lit_distill.models.hf import HFCausalLM
 
     settings = shape.settings(attn_implementation)
-    model = HFCausalLM(config=settings, dtype=dtype, tokenizer_id=TOKENIZER_ID, empty_init=True)
+    model = HFCausalLM(config=settings, dtype=dtype, tokenizer_id=TOKENIZER_ID, empty_init=True, kernels=kernels)
     if device is not None:
         model.materialize_weights(torch.device(device))
     return model

@@ -42,14 +42,16 @@ from lit_distill.models.hf import export_pretrained
 def build(args, teacher: LlamaShape, student: LlamaShape) -> DistillationModule:
     """Both models empty (meta device); ``configure_model`` fills them on the device, each rank its shards."""
     torch.manual_seed(args.seed)
-    return DistillationModule(
-        student=llama(student, None),
-        teacher=llama(teacher, None, "bf16"),
+    module = DistillationModule(
+        student=llama(student, None, kernels=args.kernels),
+        teacher=llama(teacher, None, "bf16", kernels=args.kernels),
         teacher_dtype="bf16",
         losses=[TokenKD(divergence="forward_kl", fused=args.loss == "fused")],
         compile=args.compile,
-        allow_untrained_teacher=True,  # random weights are what a throughput measurement needs
     )
+    if args.optimizer == "foreach":  # the unfused AdamW, to measure what the default's fused kernel saves
+        module.optimizer_factory = lambda params: torch.optim.AdamW(params, lr=1e-3, weight_decay=0.01, foreach=True)
+    return module
 
 
 def trainer(args, steps: int, callbacks: list, **kwargs) -> Trainer:
@@ -132,6 +134,8 @@ def name(args, world_size: int) -> str:
     text = f"lit-distill Trainer, {args.strategy} x{world_size}, {args.loss} loss"
     if args.strategy == "fsdp2":
         text += f", teacher {args.teacher_sharding}" + (", student kept gathered" if args.keep_gathered else "")
+    text += f", {args.kernels} kernels" if args.kernels else ""
+    text += ", foreach AdamW" if args.optimizer == "foreach" else ""
     return text + (", compiled" if args.compile else "")
 
 
@@ -145,6 +149,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--accelerator", choices=["gpu", "cpu"], default="gpu")
     p.add_argument("--loss", choices=["fused", "full"], default="fused")
     p.add_argument("--compile", action="store_true", help="torch.compile student and teacher in place")
+    p.add_argument("--kernels", choices=["liger"], default=None, help="HFCausalLM(kernels=...): fused Llama layers")
+    p.add_argument("--optimizer", choices=["default", "foreach"], default="default", help="foreach: unfused AdamW")
     p.add_argument("--cycle", default=None, help="folder: checkpoint, resume and export after the timed run")
     p.add_argument("--resume", default=None, help="checkpoint written by --cycle: resume for two steps, export")
     args = parse(p, argv, strategy="fsdp2", devices=2, accelerator="cpu")
