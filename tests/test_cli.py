@@ -168,6 +168,7 @@ def test_wandb_offline_run_records_loss_terms_and_the_full_config(workdir, monke
             "--trainer.log_every_n_steps=1",
             "--trainer.enable_progress_bar=false",
             "--loss.logit_kd.temperature=3",
+            "--trainer.default_root_dir=wandb_root",
         ]
     )
     import wandb
@@ -197,7 +198,11 @@ def test_wandb_offline_run_records_loss_terms_and_the_full_config(workdir, monke
         "recipe": '"configs/digits/wandb.yaml"',
     }
     assert {k: config.get(k) for k in expected} == expected
+    twice = sorted(k for k in config if "." not in k and any(c.endswith(f".{k}") for c in config))
+    assert not twice, f"logged both bare and under their flag's name: {twice}"  # one namespace
     assert not Path("config.yaml").exists()  # W&B keeps the config; nothing lands in the working directory
+    assert not Path("lit-distill").exists()  # Lightning's <project>/<run id>/checkpoints for a W&B logger
+    assert list(Path("wandb_root/lightning_logs").glob("version_0/checkpoints/epoch=0-*.ckpt"))  # the run's folder
 
 
 def test_validate_and_test_from_a_checkpoint_use_the_recipe(workdir, monkeypatch, capsys):

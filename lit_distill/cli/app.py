@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import warnings
@@ -12,8 +13,15 @@ from lightning.pytorch import LightningDataModule, Trainer
 from lightning.pytorch.callbacks import Callback, ProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
+from lit_distill.cli import startup
 from lit_distill.cli.overrides import apply_loss_overrides, split_loss_overrides
-from lit_distill.cli.run_config import RunConfig, batches_done, discard_unstarted_run, run_folder_logger
+from lit_distill.cli.run_config import (
+    CheckpointsInRunFolder,
+    RunConfig,
+    batches_done,
+    discard_unstarted_run,
+    run_folder_logger,
+)
 from lit_distill.module import DistillationModule
 from lit_distill.teacher import mark_built_from_config
 
@@ -37,6 +45,12 @@ class DistillCLI(LightningCLI):
 
     def init_parser(self, **kwargs: Any) -> LightningArgumentParser:
         return super().init_parser(**{**kwargs, "exit_on_error": False})
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        # RunConfig logs the whole config under the flags' names; Lightning's own logging of the module's and data
+        # module's hyperparameters would add most of them a second time, without the prefix.
+        if "enable_autolog_hparams" in inspect.signature(Trainer).parameters:  # Lightning >= 2.5
+            parser.set_defaults({"trainer.enable_autolog_hparams": False})
 
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
         if not isinstance(args, list):  # sys.argv or a dict: nothing of ours to take out
@@ -67,6 +81,7 @@ class DistillCLI(LightningCLI):
         return None
 
     def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Callback]) -> Trainer:
+        callbacks = [*callbacks, CheckpointsInRunFolder(), startup.ReleaseStartupLog()]
         given = [*(config.get("callbacks") or []), *callbacks]
         if config.get("enable_progress_bar", True) is not False and not any(isinstance(c, ProgressBar) for c in given):
             bar = _progress_bar()
@@ -137,5 +152,16 @@ def build(args: list[str], **kwargs: Any) -> DistillCLI:
 
 
 def run(args: list[str]) -> None:
-    """Run ``lit-distill`` with ``args`` (errors propagate; ``main`` reports them)."""
-    build(args)
+    """Run ``lit-distill`` with ``args`` (errors propagate; ``main`` reports them).
+
+    Lightning's start-up lines wait until the run starts (:mod:`lit_distill.cli.startup`): an error in building
+    the run is then the first line printed.
+    """
+    startup.hold()
+    try:
+        build(args)
+    except BaseException:
+        startup.discard()
+        raise
+    finally:
+        startup.release()

@@ -16,6 +16,7 @@ from typing import Any
 import yaml
 
 from lit_distill.cli.parse_errors import config_files, parse_error
+from lit_distill.cli.ranks import SharedReport
 
 PACKAGE_DIR = str(Path(__file__).resolve().parents[1])
 HINT = "(add -v, or set LIT_DISTILL_TRACEBACK=1, for the full traceback)"
@@ -26,9 +27,16 @@ class ConfigError(ValueError):
 
 
 def report(err: BaseException, argv: list[str], verbose: bool, valid_keys: list[str] | None = None) -> int:
-    """Print ``err`` as ``lit-distill: error: <cause>`` plus details; returns the exit code (2)."""
+    """Print ``err`` as ``lit-distill: error: <cause>`` plus details; returns the exit code (2).
+
+    In a run of several processes the error is printed once (:mod:`lit_distill.cli.ranks`).
+    """
     lines = describe(err, argv, valid_keys or [])
-    print(f"lit-distill: error: {lines[0]}", file=sys.stderr)
+    shared = SharedReport.of_this_run()
+    first = lines[0] if shared is None else shared.first_line(lines[0])
+    if first is None:
+        return 2  # rank 0 printed it
+    print(f"lit-distill: error: {first}", file=sys.stderr)
     for line in lines[1:]:
         print(f"  {line}", file=sys.stderr)
     if verbose:
@@ -38,6 +46,9 @@ def report(err: BaseException, argv: list[str], verbose: bool, valid_keys: list[
         traceback.print_exception(err, file=sys.stderr)
     else:
         print(f"  {HINT}", file=sys.stderr)
+    if shared is not None:
+        sys.stderr.flush()
+        shared.linger()
     return 2
 
 

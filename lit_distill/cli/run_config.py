@@ -7,10 +7,12 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from lightning.pytorch import LightningModule, Trainer
+from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.cli import SaveConfigCallback
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.trainer.states import TrainerFn
+
+from lit_distill.export import export_dir
 
 #: What a CSV or TensorBoard logger writes into its run folder before the first step.
 LOGGER_FILES = ("hparams.yaml", "metrics.csv", "config.yaml", "events.out.tfevents.")
@@ -64,6 +66,26 @@ class RunConfig(SaveConfigCallback):
             for logger in trainer.loggers:
                 logger.log_hyperparams(values)
         self.already_saved = True
+
+
+class CheckpointsInRunFolder(Callback):
+    """Checkpoints without a ``dirpath`` go into the run's own folder, also under W&B or with no logger.
+
+    Lightning puts them in ``<save_dir>/<name>/<version>/checkpoints`` of the first logger: for a CSV or
+    TensorBoard logger that is its ``version_N`` folder, but for W&B (``save_dir: .``, ``name`` = the project)
+    it is ``./<project>/<run id>/checkpoints`` in the working directory, and with no logger ``./checkpoints``.
+    Here those go to ``checkpoints/`` in :func:`~lit_distill.export.export_dir`, the folder the student is
+    exported to (the next free ``lightning_logs/version_N``), so each run keeps its files in one folder.
+    """
+
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        if run_folder_logger(trainer) is not None:
+            return  # Lightning already uses the logger's version_N folder
+        unset = [c for c in trainer.checkpoint_callbacks if c.dirpath is None]
+        if unset:
+            folder = str(export_dir(trainer) / "checkpoints")  # a collective: every rank takes part
+            for callback in unset:
+                callback.dirpath = folder
 
 
 def batches_done(trainer: Trainer) -> int:

@@ -2,6 +2,7 @@
 
 import logging
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -177,7 +178,8 @@ def test_mistake_is_one_clear_line_and_leaves_no_files(mistake, recipes, monkeyp
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert "Traceback" not in err, err
-    error = err[err.index("lit-distill: error: ") :].splitlines()  # Lightning's info lines may come before it
+    error = err.splitlines()
+    assert error[0].startswith("lit-distill: error: "), f"the error is not the first line:\n{err}"  # no "Seed set"
     assert first_line in error[0], f"\nexpected: {first_line}\n     got: {error[0]}"
     assert len(error) <= 4 and "-v" in error[-1], err
     assert files_under(recipes) == before, f"left behind: {sorted(map(str, files_under(recipes) - before))}"
@@ -190,3 +192,15 @@ def test_verbose_adds_the_traceback_after_the_same_first_line(recipes, monkeypat
     err = capsys.readouterr().err
     assert err.splitlines()[0] == "lit-distill: error: command line: trainer.max_epochs: expected int, got 'abc'"
     assert "Traceback" in err and 'Parser key "trainer.max_epochs"' in err
+
+
+def test_an_error_of_every_process_is_printed_once(recipes):
+    """Under DDP each process builds the run and meets the same mistake; the user reads it once, first."""
+    run = subprocess.run(
+        [sys.executable, "-m", "lit_distill.cli", *NO_KD, "--trainer.accelerator=cpu", "--trainer.devices=2",
+         "--trainer.strategy=ddp", "--data.init_args.train_samples=5000"],
+        cwd=recipes, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert run.returncode == 2, run.stderr[-3000:]
+    assert run.stderr.count("lit-distill: error:") == 1, run.stderr
+    assert run.stderr.startswith("lit-distill: error: ValueError: train_samples=5000 exceeds"), run.stderr

@@ -100,3 +100,19 @@ def test_a_run_that_fails_after_its_first_step_keeps_its_folder(tmp_path, monkey
     assert "Early stopping conditioned on metric `val/nope`" in capsys.readouterr().err
     run = tmp_path / "lightning_logs" / "version_0"
     assert (run / "config.yaml").is_file() and (run / "hparams.yaml").is_file()  # two steps were taken: kept
+
+
+def test_without_a_run_folder_logger_checkpoints_and_student_share_the_runs_folder(tmp_path, monkeypatch):
+    """Lightning would write ``./checkpoints/`` (no logger) or ``./<project>/<id>/checkpoints`` (W&B)."""
+    shutil.copytree(ROOT / "configs", tmp_path / "configs")
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "lightning_logs" / "version_4").mkdir(parents=True)  # an earlier run's folder is left alone
+    main(
+        ["fit", "--config", "configs/digits/no_kd.yaml", "--trainer.max_epochs=1", "--trainer.limit_train_batches=2",
+         "--trainer.limit_val_batches=1", "--trainer.check_val_every_n_epoch=1", "--trainer.enable_progress_bar=false",
+         "--trainer.logger=false"]
+    )  # fmt: skip
+    run = tmp_path / "lightning_logs" / "version_5"
+    assert [p.name for p in (run / "checkpoints").iterdir()] == ["epoch=0-step=2.ckpt"]
+    assert (run / "student.safetensors").is_file()
+    assert not (tmp_path / "checkpoints").exists()
