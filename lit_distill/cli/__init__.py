@@ -34,6 +34,13 @@ def main(args: list[str] | None = None) -> None:
 
         print(short_help(subcommand))
         return
+    if any(a.startswith("--model.help") for a in argv):
+        from lit_distill.cli.class_help import class_help, requested_class
+
+        text = class_help(requested_class(argv) or "", subcommand or "fit")
+        if text is not None:  # a class of the package's own; another one is jsonargparse's to describe
+            print(text)
+            return
     argv = ["--help" if a == "--help-full" else a for a in argv]
     # Before Lightning imports huggingface_hub: its setting is read once, at import.
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # save_pretrained's "Writing model shards" bar

@@ -26,11 +26,19 @@ class ClassDoc:
     summary: str
     bases: list[str]
     args: list[str] | None = None  # None: the class has no __init__ of its own
-    arg_docs: dict[str, str] = field(default_factory=dict)
+    arg_docs: dict[str, str] = field(default_factory=dict)  # first sentences
+    types: dict[str, str] = field(default_factory=dict)  # annotations as written
+    defaults: dict[str, str] = field(default_factory=dict)  # source of each default (absent: required)
+    arg_text: dict[str, str] = field(default_factory=dict)  # whole Args: entries
 
 
 def _google_args(doc: str) -> dict[str, str]:
     """``{name: first sentence}`` from a Google-style ``Args:`` section."""
+    return {name: first_sentence(text) for name, text in google_args(doc).items()}
+
+
+def google_args(doc: str) -> dict[str, str]:
+    """``{name: text}`` of a Google-style ``Args:`` section, each entry's lines joined."""
     found: dict[str, str] = {}
     in_args, indent, current = False, None, None
     for line in doc.splitlines():
@@ -53,7 +61,7 @@ def _google_args(doc: str) -> dict[str, str]:
             found[current] = match.group(2)
         elif current is not None:
             found[current] += " " + stripped
-    return {name: first_sentence(text) for name, text in found.items()}
+    return found
 
 
 def first_sentence(text: str) -> str:
@@ -62,12 +70,28 @@ def first_sentence(text: str) -> str:
     return re.split(r"(?<!\bal)(?<!e\.g)(?<!i\.e)\.(?:\s|$)", text, maxsplit=1)[0].rstrip(".:")
 
 
+def _init(node: ast.ClassDef) -> ast.arguments | None:
+    return next((i.args for i in node.body if isinstance(i, ast.FunctionDef) and i.name == "__init__"), None)
+
+
 def _init_args(node: ast.ClassDef) -> list[str] | None:
-    for item in node.body:
-        if isinstance(item, ast.FunctionDef) and item.name == "__init__":
-            args = item.args
-            return [a.arg for a in [*args.posonlyargs, *args.args, *args.kwonlyargs] if a.arg != "self"]
-    return None
+    args = _init(node)
+    if args is None:
+        return None
+    names = [a.arg for a in [*args.posonlyargs, *args.args, *args.kwonlyargs] if a.arg != "self"]
+    return names + ([f"**{args.kwarg.arg}"] if args.kwarg else [])
+
+
+def _signature(node: ast.ClassDef) -> tuple[dict[str, str], dict[str, str]]:
+    """``({arg: annotation}, {arg: default source})`` of the class's own ``__init__``."""
+    args = _init(node)
+    if args is None:
+        return {}, {}
+    positional = [*args.posonlyargs, *args.args]
+    types = {a.arg: ast.unparse(a.annotation) for a in [*positional, *args.kwonlyargs] if a.annotation}
+    pairs = [*zip(positional[len(positional) - len(args.defaults) :], args.defaults)]
+    pairs += [(a, d) for a, d in zip(args.kwonlyargs, args.kw_defaults) if d is not None]
+    return types, {a.arg: ast.unparse(d) for a, d in pairs}
 
 
 def read_classes(folder: Path, package: str) -> dict[str, ClassDoc]:
@@ -79,6 +103,7 @@ def read_classes(folder: Path, package: str) -> dict[str, ClassDoc]:
             if not isinstance(node, ast.ClassDef) or node.name.startswith("_"):
                 continue
             doc = ast.get_docstring(node) or ""
+            types, defaults = _signature(node)
             classes[node.name] = ClassDoc(
                 name=node.name,
                 module=f"{package}.{path.stem}",
@@ -86,6 +111,9 @@ def read_classes(folder: Path, package: str) -> dict[str, ClassDoc]:
                 bases=[ast.unparse(b).split(".")[-1] for b in node.bases],
                 args=_init_args(node),
                 arg_docs=_google_args(doc),
+                types=types,
+                defaults=defaults,
+                arg_text=google_args(doc),
             )
     return classes
 
@@ -121,7 +149,7 @@ def _args_of(cls: ClassDoc, classes: dict[str, ClassDoc]) -> list[str]:
         if parent is None:
             return []
         cls = parent
-    return [a for a in cls.args if a not in ("args", "kwargs")]
+    return [a for a in cls.args if not a.startswith("**") and a not in ("args", "kwargs")]
 
 
 def _class_path(cls: ClassDoc, package: str, exported: set[str]) -> str:
@@ -170,9 +198,10 @@ def short_help(subcommand: str | None = None, width: int | None = None) -> str:
         "",
     ]
     module = read_classes(PACKAGE, "lit_distill")["DistillationModule"]
-    pad = max(len(a) for a in module.args or [])
+    args = _args_of(module, {})
+    pad = max(len(a) for a in args)
     lines.append("DistillationModule (--model.NAME VALUE; YAML: model.init_args.NAME):")
-    lines += [_row(arg, module.arg_docs.get(arg, ""), width, pad) for arg in module.args or []]
+    lines += [_row(arg, module.arg_docs.get(arg, ""), width, pad) for arg in args]
     lines.append("")
     lines += _strategy_rows(width)
     lines.append("")
@@ -189,6 +218,8 @@ def short_help(subcommand: str | None = None, width: int | None = None) -> str:
         "Options:",
         "  --trainer.KEY VALUE  any Lightning Trainer argument, e.g. --trainer.max_epochs 5 --trainer.devices 2",
         "  --print_config       print the resolved recipe (after overrides) and exit",
+        "  --model.help CLASS   a module's arguments, e.g. --model.help DistillationModule; one loss's, model's",
+        "                       or data module's: --model.losses.help LOSS, --model.student.help MODEL, --data.help X",
         "  -v, --verbose        full traceback on errors (or set LIT_DISTILL_TRACEBACK=1)",
         f"  --help-full          Lightning's help, all Trainer flags: lit-distill {subcommand or 'fit'} --help-full",
     ]

@@ -58,3 +58,59 @@ def test_help_imports_neither_torch_nor_lightning():
 def test_recipe_summaries_come_from_their_first_comment_sentence():
     text = short_help(width=200)
     assert "configs/digits/dkd.yaml" in text and "Decoupled KD (Zhao et al. 2022)" in text
+
+
+@pytest.mark.parametrize(
+    "flag", [["--model.help", "lit_distill.DistillationModule"], ["--model.help=DistillationModule"]]
+)
+def test_model_help_shows_the_modules_arguments_and_how_to_ask_for_a_loss_or_a_model(flag, capsys):
+    from lit_distill.module import DistillationModule
+
+    main(["fit", *flag])
+    text = capsys.readouterr().out
+    assert len(text.splitlines()) < 90  # jsonargparse lists every torch.nn.Module subclass: about 1,000 lines
+    assert "torch.nn.Identity" not in text
+    for name in inspect.signature(DistillationModule).parameters:
+        assert f"\n  --model.{name}" in text, name
+    assert "lit-distill fit --model.losses.help lit_distill.losses.LogitKD" in text
+    assert "lit-distill fit --model.student.help lit_distill.models.MLP" in text
+    assert "--model.optimizer.help torch.optim.AdamW" in text
+
+
+def test_a_subclass_shows_its_own_arguments_and_those_it_passes_on(capsys):
+    from lit_distill.generation import OnPolicyDistillationModule
+    from lit_distill.module import DistillationModule
+
+    main(["fit", "--model.help", "lit_distill.generation.OnPolicyDistillationModule"])
+    text = capsys.readouterr().out
+    own, passed_on = text.split("Arguments it passes on to DistillationModule:")
+    assert "lmbda" in inspect.signature(OnPolicyDistillationModule).parameters and "\n  --model.lmbda" in own
+    inherited = set(inspect.signature(DistillationModule).parameters) - set(
+        inspect.signature(OnPolicyDistillationModule).parameters
+    )
+    for name in inherited:
+        assert f"\n  --model.{name}" in passed_on, name
+
+
+@pytest.mark.parametrize(
+    ("flag", "argument"),
+    [
+        ("--model.losses.help=lit_distill.losses.LogitKD", "temperature"),
+        ("--model.student.help=lit_distill.models.MLP", "hidden"),
+    ],
+)
+def test_the_help_a_model_help_points_to_answers(flag, argument, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", flag])
+    assert exit_info.value.code == 0
+    assert argument in capsys.readouterr().out
+
+
+def test_model_help_imports_no_torch():
+    code = (
+        "import sys; from lit_distill.cli import main; main(['fit', '--model.help', 'DistillationModule']); "
+        "assert 'torch' not in sys.modules"
+    )
+    run = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "--model.student" in run.stdout
