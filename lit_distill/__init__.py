@@ -1,9 +1,19 @@
-"""lit-distill: PyTorch Lightning components for knowledge distillation."""
+"""lit-distill: PyTorch Lightning components for knowledge distillation.
 
-from __future__ import annotations
+The front door: :class:`DistillationModule` and the loss strategies most recipes start from. Everything else lives
+in its subpackage, each listing its public names in ``__all__``: ``lit_distill.losses`` (strategies) and
+``lit_distill.losses.functional`` (formulas), ``models``, ``data``, ``callbacks``, ``cache``, ``generation``,
+``sharding`` and ``cli``.
 
-from importlib import import_module
-from typing import TYPE_CHECKING
+Example:
+    >>> from lit_distill import CrossEntropy, DistillationModule, LogitKD
+    >>> from lit_distill.models import MLP
+    >>> module = DistillationModule(student=MLP(64, [32], 10), teacher=MLP(64, [128], 10),
+    ...                             losses=[LogitKD(temperature=4.0), CrossEntropy(weight=0.1)])
+"""
+
+import importlib
+import typing
 
 __version__ = "0.1.0"
 
@@ -14,14 +24,12 @@ _EXPORTS = {
     "DistillationLoss": "lit_distill.losses",
     "LogitKD": "lit_distill.losses",
     "CrossEntropy": "lit_distill.losses",
-    "FeatureTaps": "lit_distill.features",
     "ModelOutput": "lit_distill.outputs",
 }
 
-__all__ = ["DistillationModule", "DistillationLoss", "LogitKD", "CrossEntropy", "FeatureTaps", "ModelOutput"]
+__all__ = ["DistillationModule", "DistillationLoss", "LogitKD", "CrossEntropy", "ModelOutput"]
 
-if TYPE_CHECKING:
-    from lit_distill.features import FeatureTaps
+if typing.TYPE_CHECKING:
     from lit_distill.losses import CrossEntropy, DistillationLoss, LogitKD
     from lit_distill.module import DistillationModule
     from lit_distill.outputs import ModelOutput
@@ -29,7 +37,7 @@ if TYPE_CHECKING:
 
 def __getattr__(name: str):
     if name in _EXPORTS:
-        return getattr(import_module(_EXPORTS[name]), name)
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
     raise AttributeError(f"module 'lit_distill' has no attribute {name!r}")
 
 

@@ -22,6 +22,12 @@ class ModelOutput:
         hidden: final hidden states before the output head ``[B, T, H]``, when asked for.
         head: the output head (``nn.Linear``) that maps ``hidden`` to logits, when asked for.
         extra: anything else a model returned (for custom strategies in subclasses).
+
+    Example:
+        >>> import torch
+        >>> out = ModelOutput(logits=torch.zeros(2, 10), features={"layer3": torch.zeros(2, 64, 4, 4)})
+        >>> out.features["layer3"].shape
+        torch.Size([2, 64, 4, 4])
     """
 
     logits: Tensor | None = None

@@ -6,9 +6,10 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from lit_distill import CrossEntropy, DistillationModule, FeatureTaps, LogitKD
+from lit_distill import CrossEntropy, DistillationModule, LogitKD
 from lit_distill.callbacks import ExportStudent, TeacherCheckpoint
 from lit_distill.data import DigitsDataModule, TextDataModule
+from lit_distill.features import FeatureTaps
 from lit_distill.losses import TokenKD
 from lit_distill.models import GPT, MLP
 from lit_distill.teacher import mark_built_from_config

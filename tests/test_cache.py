@@ -9,7 +9,9 @@ from torch.utils.data import DataLoader
 
 from lit_distill import DistillationModule, LogitKD
 from lit_distill.batch import cached_teacher_output
-from lit_distill.cache import CacheReader, TeacherCacheWriter, fingerprint_dataset, read_manifest
+from lit_distill.cache import CacheReader, TeacherCacheWriter
+from lit_distill.cache.fingerprint import fingerprint_dataset
+from lit_distill.cache.manifest import read_manifest
 from lit_distill.data import CachedTeacherDataModule
 from lit_distill.losses.topk import TOPK_INDICES, TOPK_VALUES
 from lit_distill.models import MLP

@@ -13,7 +13,8 @@ import torch
 from lightning.pytorch import Trainer
 from torch.utils.data import DataLoader, TensorDataset
 
-from lit_distill.cache import CacheReader, read_manifest
+from lit_distill.cache import CacheReader
+from lit_distill.cache.manifest import read_manifest
 from lit_distill.cli import main
 from lit_distill.export import current_umask, load_student
 from lit_distill.models import MLP

@@ -9,7 +9,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from lit_distill import DistillationModule, FeatureTaps
+from lit_distill import DistillationModule
+from lit_distill.features import FeatureTaps
 from lit_distill.losses import CrossEntropy, DistillationLoss, HintLoss
 from lit_distill.models import MLP, SmallCNN
 from tests.helpers import trainer as quiet_trainer

@@ -25,7 +25,8 @@ from benchmarks._lib.pydoc_gpt import STUDENT, train_teacher, trainer
 from benchmarks._lib.trainers import adamw, parse, parser, print_json, quiet
 from lit_distill import CrossEntropy, DistillationModule
 from lit_distill.data import PromptDataModule
-from lit_distill.generation import IGNORE_INDEX, OnPolicyDistillationModule, generate, prompts_from_batch
+from lit_distill.generation import OnPolicyDistillationModule, generate
+from lit_distill.generation.sampling import IGNORE_INDEX, prompts_from_batch
 from lit_distill.losses import TokenKD
 from lit_distill.models import GPT
 

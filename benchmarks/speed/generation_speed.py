@@ -42,8 +42,9 @@ from torch.utils.data import DataLoader
 from benchmarks._lib.llm import PAIRS, llama
 from benchmarks._lib.timing import Clock, FitClock
 from benchmarks._lib.trainers import parse, parser, print_json, quiet, quiet_trainer
-from lit_distill.generation import fast_mode, generate, left_pad, new_tokens
+from lit_distill.generation import fast_mode, generate
 from lit_distill.generation.onpolicy import OnPolicyDistillationModule
+from lit_distill.generation.sampling import left_pad, new_tokens
 from lit_distill.models.hf import HFCausalLM
 
 FULL = {"pair": "a", "batches": [8, 64], "step_batch": 64, "new_tokens": 256, "prompt_tokens": (16, 64), "repeats": 3}

@@ -8,17 +8,8 @@
 Layout and manifest: :mod:`lit_distill.cache.manifest`. Top-k convention: :mod:`lit_distill.losses.topk`.
 """
 
-from lit_distill.cache.fingerprint import fingerprint_dataset, fingerprint_module
-from lit_distill.cache.manifest import read_manifest
 from lit_distill.cache.reader import CacheReader
 from lit_distill.cache.stand_in import CachedTeacher
 from lit_distill.cache.writer import TeacherCacheWriter
 
-__all__ = [
-    "TeacherCacheWriter",
-    "CachedTeacher",
-    "CacheReader",
-    "read_manifest",
-    "fingerprint_module",
-    "fingerprint_dataset",
-]
+__all__ = ["TeacherCacheWriter", "CachedTeacher", "CacheReader"]

@@ -1,36 +1,17 @@
-"""Callbacks for the recipes: student export, teacher checkpoint and fit summary, embedding evaluation, generation
-JSONL writer."""
+"""Callbacks for the recipes: the student exported at the end of fit (a file or a pretrained-style folder), the
+teacher checkpoint other recipes read, the fit summary, the sentence-encoder evaluation and the JSONL writer of
+generated responses."""
 
-from lit_distill.callbacks.embedding import (
-    EmbeddingEval,
-    compare_encoders,
-    count_parameters,
-    encode_rates,
-    encode_times,
-    format_table,
-    mean_cosine,
-    nearest_neighbours,
-    neighbour_agreement,
-    quantize_int8,
-    size_bytes,
-)
-from lit_distill.callbacks.fit import ExportStudent, FitSummary, TeacherCheckpoint
+from lit_distill.callbacks.embedding import EmbeddingEval
+from lit_distill.callbacks.export import ExportPretrained, ExportStudent
+from lit_distill.callbacks.fit import FitSummary, TeacherCheckpoint
 from lit_distill.callbacks.generation import JsonlPredictionWriter
 
 __all__ = [
     "ExportStudent",
-    "FitSummary",
+    "ExportPretrained",
     "TeacherCheckpoint",
+    "FitSummary",
     "EmbeddingEval",
     "JsonlPredictionWriter",
-    "compare_encoders",
-    "count_parameters",
-    "encode_rates",
-    "encode_times",
-    "format_table",
-    "mean_cosine",
-    "nearest_neighbours",
-    "neighbour_agreement",
-    "quantize_int8",
-    "size_bytes",
 ]

@@ -1,4 +1,4 @@
-"""Callbacks used by the recipes: export the student, print a summary at the end of fit."""
+"""Callbacks of a training run: the teacher's checkpoint that other recipes read, and the summary printed at the end."""
 
 from __future__ import annotations
 
@@ -7,54 +7,6 @@ from typing import Any
 
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
-from lightning.pytorch.utilities import rank_zero_info
-
-from lit_distill.export import export_dir, run_together
-
-
-class ExportStudent(Callback):
-    """At the end of ``fit``, write the student's weights (safetensors), without teacher or adapters.
-
-    Args:
-        path: target file; default ``student.safetensors`` in this run's folder
-            (:func:`~lit_distill.export.export_dir`: the logger's ``version_N``, or the next free
-            ``<default_root_dir>/lightning_logs/version_N`` without a TensorBoard/CSV logger). An existing file
-            is refused before training unless ``overwrite``.
-        include_adapters: also store trainable loss parts (adapters/projectors).
-        overwrite: replace an existing file.
-
-    Under DDP every rank settles the path (Lightning's ``log_dir`` is a collective) and exports (a sharded student
-    is gathered); rank 0 writes.
-    """
-
-    def __init__(self, path: str | None = None, include_adapters: bool = False, overwrite: bool = False) -> None:
-        self.path = path
-        self.include_adapters = include_adapters
-        self.overwrite = overwrite
-        self._target: Path | None = None
-
-    def target(self, trainer: Trainer) -> Path:
-        """Where the student goes; every rank must call it (see :func:`~lit_distill.export.export_dir`)."""
-        return Path(self.path) if self.path is not None else export_dir(trainer) / "student.safetensors"
-
-    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        if stage != "fit":
-            return
-        # Fail before training, not after an hour of it. A smoke run writes nothing, so only a given path matters.
-        target = Path(self.path) if trainer.fast_dev_run and self.path is not None else None
-        if not trainer.fast_dev_run:
-            target = self._target = self.target(trainer)
-        if target is not None and target.exists() and not self.overwrite:
-            raise FileExistsError(f"ExportStudent: {str(target)!r} exists; set overwrite: true or choose another path.")
-
-    def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if trainer.fast_dev_run:
-            return  # a smoke run leaves no artifacts, like Lightning's own checkpointing
-        target = self._target or self.target(trainer)
-        path = run_together(
-            lambda: pl_module.export_student(target, self.include_adapters, self.overwrite), "exporting the student"
-        )
-        rank_zero_info(f"student weights written to {path}")
 
 
 class TeacherCheckpoint(ModelCheckpoint):
@@ -109,7 +61,17 @@ class TeacherCheckpoint(ModelCheckpoint):
 
 
 class FitSummary(Callback):
-    """Print the final validation metrics (student/teacher accuracy, agreement, perplexity)."""
+    """Print the final validation metrics (student/teacher accuracy, agreement, perplexity) as the run's last line.
+
+    List it after the export callbacks, so their "written to" lines come before the summary.
+
+    Example (YAML)::
+
+        trainer:
+          callbacks:
+            - class_path: lit_distill.callbacks.ExportStudent
+            - class_path: lit_distill.callbacks.FitSummary
+    """
 
     KEYS = ("val/student_acc", "val/teacher_acc", "val/agreement", "val/student_ppl", "val/teacher_ppl", "val/loss")
 

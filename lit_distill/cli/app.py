@@ -36,6 +36,12 @@ class DistillCLI(LightningCLI):
     :mod:`lit_distill.cli.overrides`); parse errors are raised (``exit_on_error=False``) so ``main`` can
     say them in one line; the config is saved and logged when the run starts (:class:`RunConfig`), and a
     run folder that a failed run created before its first step is removed again.
+
+    Example (a script of your own that runs like ``lit-distill``)::
+
+        from lit_distill.cli.app import build
+
+        cli = build(["fit", "--config", "configs/quickstart.yaml", "--trainer.max_epochs", "5"])
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:

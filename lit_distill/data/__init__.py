@@ -18,3 +18,7 @@ __all__ += ["PromptDataModule"]
 from lit_distill.data.chat import ChatDataModule  # noqa: E402 - appended by the chat-data work
 
 __all__ += ["ChatDataModule"]
+
+from lit_distill.data.sentences import SentencesDataModule  # noqa: E402
+
+__all__ += ["SentencesDataModule"]

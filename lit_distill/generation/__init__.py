@@ -3,28 +3,6 @@
 
 from lit_distill.generation.onpolicy import OnPolicyDistillationModule
 from lit_distill.generation.predict import GenerationModule
-from lit_distill.generation.sampling import (
-    IGNORE_INDEX,
-    check_sampling,
-    completion_batch,
-    eval_mode,
-    generate,
-    left_pad,
-    new_tokens,
-    prompts_from_batch,
-    sequence_nll,
-)
+from lit_distill.generation.sampling import generate
 
-__all__ = [
-    "GenerationModule",
-    "OnPolicyDistillationModule",
-    "IGNORE_INDEX",
-    "check_sampling",
-    "completion_batch",
-    "eval_mode",
-    "generate",
-    "left_pad",
-    "new_tokens",
-    "prompts_from_batch",
-    "sequence_nll",
-]
+__all__ = ["GenerationModule", "OnPolicyDistillationModule", "generate"]

@@ -63,6 +63,11 @@ class InBatchContrastive(DistillationLoss):
         temperature: InfoNCE temperature τ.
         weight: multiplier in the total loss.
         name: log name (default ``contrastive``).
+
+    Example:
+        >>> pairs = torch.randn(4, 8).repeat_interleave(2, dim=0)  # 4 sentences, 2 copies each
+        >>> InBatchContrastive()(ModelOutput(features={"pooling": pairs}), None, {}).shape
+        torch.Size([])
     """
 
     requires_teacher = False

@@ -54,6 +54,15 @@ class FeaturePairLoss(DistillationLoss):
         layer_weights: weight of each pair (default 1 each).
         weight: multiplier in the total loss.
         name: log name.
+
+    Example (a subclass: one formula per pair)::
+
+        class FeatureL1(FeaturePairLoss):
+            def __init__(self, student_layer, teacher_layer, weight=1.0, name=None):
+                super().__init__(student_layer, teacher_layer, None, weight, name or "feature_l1")
+
+            def pair_loss(self, student_feature, teacher_feature, batch, index):
+                return (student_feature - teacher_feature).abs().mean()
     """
 
     def __init__(
@@ -254,6 +263,13 @@ class HiddenMSE(HintLoss):
     Same as :class:`HintLoss` but with no adapter by default, for students as wide as their teacher
     (TinyBERT/MiniLM-style layer matching). Token features skip padding via ``attention_mask``.
     Args as :class:`HintLoss`; default name ``hidden_mse``, default ``adapter: none``.
+
+    Example:
+        >>> mse = HiddenMSE(student_layer="blocks.1", teacher_layer="blocks.3")
+        >>> s = ModelOutput(features={"blocks.1": torch.randn(2, 5, 16)})
+        >>> t = ModelOutput(features={"blocks.3": torch.randn(2, 5, 16)})
+        >>> mse(s, t, {}).shape
+        torch.Size([])
     """
 
     default_name = "hidden_mse"
@@ -265,6 +281,12 @@ class HiddenCosine(HiddenMSE):
 
     Vectors are the last dim of ``[B, T, H]``/``[B, D]`` features and the channels of ``[B, C, H, W]``.
     Args as :class:`HintLoss`; default name ``hidden_cosine``, default ``adapter: none``.
+
+    Example:
+        >>> cosine = HiddenCosine(student_layer="blocks.1", teacher_layer="blocks.3")
+        >>> h = torch.randn(2, 5, 16)
+        >>> float(cosine(ModelOutput(features={"blocks.1": h}), ModelOutput(features={"blocks.3": 2 * h}), {})) < 1e-6
+        True
     """
 
     default_name = "hidden_cosine"

@@ -84,6 +84,13 @@ class CrossEntropy(DistillationLoss):
         ignore_index: label value that is not counted.
         weight: multiplier in the total loss.
         name: log name (default ``ce``).
+
+    Example:
+        >>> import torch
+        >>> ce = CrossEntropy(label_smoothing=0.1)
+        >>> logits, labels = torch.randn(4, 10), torch.tensor([0, 3, 9, 1])
+        >>> ce(ModelOutput(logits=logits), None, (torch.zeros(4, 64), labels)).shape
+        torch.Size([])
     """
 
     requires_teacher = False

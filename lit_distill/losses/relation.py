@@ -32,6 +32,14 @@ class AttentionTransfer(FeaturePairLoss):
             mean over the batch: independent of the map size).
         weight: multiplier in the total loss (published: 1000 with ``mean``).
         name: log name (default ``attention``).
+
+    Example:
+        >>> from lit_distill.outputs import ModelOutput
+        >>> at = AttentionTransfer(student_layer="layer2", teacher_layer="layer3", weight=1000.0)
+        >>> s = ModelOutput(features={"layer2": torch.randn(4, 16, 8, 8)})
+        >>> t = ModelOutput(features={"layer3": torch.randn(4, 64, 8, 8)})
+        >>> at(s, t, {}).shape
+        torch.Size([])
     """
 
     def __init__(
@@ -75,6 +83,12 @@ class RKD(FeaturePairLoss):
         reduction: ``mean`` (authors' code: all B² pairs / B³ triplets) or ``pairs`` (distinct ones only).
         weight: multiplier in the total loss.
         name: log name (default ``rkd``).
+
+    Example:
+        >>> from lit_distill.outputs import ModelOutput
+        >>> terms = RKD()(ModelOutput(logits=torch.randn(8, 10)), ModelOutput(logits=torch.randn(8, 10)), {})
+        >>> sorted(terms)
+        ['angle', 'distance']
     """
 
     def __init__(
@@ -117,6 +131,11 @@ class PKT(FeaturePairLoss):
             ``j ≠ i`` distributions, summed over ``j``, mean over ``i``).
         weight: multiplier in the total loss.
         name: log name (default ``pkt``).
+
+    Example:
+        >>> from lit_distill.outputs import ModelOutput
+        >>> PKT()(ModelOutput(logits=torch.randn(8, 10)), ModelOutput(logits=torch.randn(8, 10)), {}).shape
+        torch.Size([])
     """
 
     def __init__(

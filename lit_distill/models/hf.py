@@ -11,12 +11,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from lightning.pytorch import Callback, LightningModule, Trainer
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch import LightningModule
 from torch import Tensor, nn
 
 from lit_distill.data.tokenizers import looks_local, tokenizer_fingerprint
-from lit_distill.export import export_dir, is_writer, run_together
+from lit_distill.export import is_writer
 from lit_distill.models.gpt import GPT
 from lit_distill.models.hf_loading import apply_kernels, build_from_config, import_transformers, missing_model_error
 from lit_distill.outputs import ModelOutput
@@ -225,7 +224,11 @@ def export_pretrained(model: nn.Module | LightningModule, path: str | Path, over
 
 
 def load_pretrained(path: str | Path, dtype: str | None = None) -> nn.Module:
-    """Reload a folder written by :func:`export_pretrained` in eval mode (GPT or Hugging Face, by its config)."""
+    """Reload a folder written by :func:`export_pretrained` in eval mode (GPT or Hugging Face, by its config).
+
+    Example:
+        >>> student = load_pretrained("lightning_logs/version_0/student")  # doctest: +SKIP
+    """
     config = Path(path) / "config.json"
     if not config.is_file():
         raise FileNotFoundError(f"{str(path)!r} has no config.json; expected a folder from export_pretrained.")
@@ -236,41 +239,3 @@ def load_pretrained(path: str | Path, dtype: str | None = None) -> nn.Module:
     else:
         model = HFCausalLM(str(path), dtype=dtype)
     return model.eval()
-
-
-class ExportPretrained(Callback):
-    """At the end of ``fit``, save the student with :func:`export_pretrained` (skipped on ``fast_dev_run``).
-
-    Under DDP every rank settles the folder (Lightning's ``log_dir`` is a collective) and exports (a sharded
-    student is gathered); rank 0 writes.
-
-    Args:
-        dirpath: target folder; default ``student`` in this run's folder (:func:`~lit_distill.export.export_dir`:
-            the logger's ``version_N``, or the next free ``<default_root_dir>/lightning_logs/version_N``).
-        overwrite: replace a non-empty folder.
-    """
-
-    def __init__(self, dirpath: str | None = None, overwrite: bool = False) -> None:
-        self.dirpath, self.overwrite = dirpath, overwrite
-        self._folder: Path | None = None
-
-    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        if stage != "fit":
-            return
-        folder = Path(self.dirpath) if self.dirpath else None
-        if not trainer.fast_dev_run:
-            folder = self._folder = self._target(trainer)
-        if folder and folder.exists() and any(folder.iterdir()) and not self.overwrite:
-            raise FileExistsError(f"ExportPretrained: {str(folder)!r} is not empty; set overwrite: true or change it.")
-
-    def _target(self, trainer: Trainer) -> Path:
-        return Path(self.dirpath) if self.dirpath else export_dir(trainer) / "student"
-
-    def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if trainer.fast_dev_run:
-            return
-        folder = self._folder or self._target(trainer)
-        written = run_together(
-            lambda: export_pretrained(pl_module, folder, overwrite=self.overwrite), "exporting the student"
-        )
-        rank_zero_info(f"student written to {written}")

@@ -8,7 +8,7 @@ import pytest
 from lit_distill.data.chat import ChatDataModule, read_conversations
 from lit_distill.data.text import IGNORE_INDEX
 from lit_distill.data.tokenizers import HFTokenizer
-from lit_distill.generation import prompts_from_batch
+from lit_distill.generation.sampling import prompts_from_batch
 from tests.configs.test_text_configs import make_tiny_hf_models
 
 pytest.importorskip("transformers")

@@ -9,9 +9,10 @@ import pytest
 import torch
 from torch._dynamo.testing import CompileCounter
 
-from lit_distill.generation import fast_mode, generate, left_pad
+from lit_distill.generation import fast_mode, generate
 from lit_distill.generation.fast import FastSampler, Sampling, bucketed, pick
 from lit_distill.generation.fast_mode import fast_sampler
+from lit_distill.generation.sampling import left_pad
 from lit_distill.models import GPT
 
 transformers = pytest.importorskip("transformers")

@@ -9,8 +9,8 @@ from lightning.pytorch import Trainer
 import lit_distill.generation.onpolicy as onpolicy
 from lit_distill import DistillationModule
 from lit_distill.data import PromptDataModule
-from lit_distill.generation import IGNORE_INDEX, completion_batch, prompts_from_batch
 from lit_distill.generation.onpolicy import OnPolicyDistillationModule
+from lit_distill.generation.sampling import IGNORE_INDEX, completion_batch, prompts_from_batch
 from lit_distill.losses import TokenKD
 from lit_distill.losses import functional as LF
 from lit_distill.models import GPT

@@ -5,7 +5,8 @@ import torch
 
 from lit_distill.data.text import encode_instruction, pad_collate
 from lit_distill.data.tokenizers import ByteTokenizer
-from lit_distill.generation import (
+from lit_distill.generation.predict import GenerationModule
+from lit_distill.generation.sampling import (
     IGNORE_INDEX,
     completion_batch,
     generate,
@@ -14,7 +15,6 @@ from lit_distill.generation import (
     prompts_from_batch,
     sequence_nll,
 )
-from lit_distill.generation.predict import GenerationModule
 from lit_distill.models import GPT
 
 EOS, PAD = 256, 257

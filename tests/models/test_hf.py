@@ -9,11 +9,12 @@ import torch
 pytest.importorskip("transformers")
 
 from lit_distill import DistillationModule  # noqa: E402
+from lit_distill.callbacks import ExportPretrained  # noqa: E402
 from lit_distill.data import TextDataModule  # noqa: E402
 from lit_distill.data.text import pydoc_documents  # noqa: E402
 from lit_distill.losses import TokenKD  # noqa: E402
 from lit_distill.models import GPT  # noqa: E402
-from lit_distill.models.hf import ExportPretrained, HFCausalLM, export_pretrained, load_pretrained  # noqa: E402
+from lit_distill.models.hf import HFCausalLM, export_pretrained, load_pretrained  # noqa: E402
 from tests.helpers import trainer  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]

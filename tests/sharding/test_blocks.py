@@ -4,7 +4,7 @@ import pytest
 from torch import nn
 
 from lit_distill.models import GPT
-from lit_distill.sharding import blocks_of, find_block_classes
+from lit_distill.sharding.blocks import blocks_of, find_block_classes
 
 
 def test_gpt_blocks_are_found():

@@ -5,8 +5,10 @@ import torch
 from lightning.pytorch.strategies import DDPStrategy, FSDPStrategy, ModelParallelStrategy
 
 from lit_distill.models import GPT
-from lit_distill.sharding import FSDP2Strategy, ShardingPlan, empty_parameters
+from lit_distill.sharding import FSDP2Strategy
 from lit_distill.sharding.configure import fill_empty, sharding_plan
+from lit_distill.sharding.materialize import empty_parameters
+from lit_distill.sharding.plan import ShardingPlan
 
 
 class FakeMesh:

@@ -8,11 +8,19 @@ Conventions shared by every function here:
 * ``student`` always comes first, ``teacher`` second.
 """
 
-from lit_distill.losses.arguments import DIVERGENCES, check_beta, check_divergence, check_nonnegative, check_temperature
-from lit_distill.losses.functional._common import masked_mean
+# The strategies read the argument checks, reductions and masked mean as ``LF.check_beta`` and the like: imported here
+# for them, not part of the public list below.
+from lit_distill.losses.arguments import (  # noqa: F401
+    DIVERGENCES,
+    check_beta,
+    check_divergence,
+    check_nonnegative,
+    check_temperature,
+)
+from lit_distill.losses.functional._common import masked_mean  # noqa: F401
 from lit_distill.losses.functional.decoupled import dist, dist_terms, dkd, dkd_terms
 from lit_distill.losses.functional.divergences import divergence, jensen_shannon, kl_divergence, total_variation
-from lit_distill.losses.functional.features import (
+from lit_distill.losses.functional.features import (  # noqa: F401
     AT_REDUCTIONS,
     RELATION_REDUCTIONS,
     attention_map,
@@ -31,20 +39,10 @@ __all__ = [
     "jensen_shannon",
     "total_variation",
     "divergence",
-    "check_divergence",
-    "DIVERGENCES",
-    "masked_mean",
-    "check_temperature",
-    "check_beta",
-    "check_nonnegative",
     "dkd",
     "dkd_terms",
     "dist",
     "dist_terms",
-    "attention_map",
-    "check_reduction",
-    "AT_REDUCTIONS",
-    "RELATION_REDUCTIONS",
     "attention_transfer",
     "rkd",
     "rkd_terms",

@@ -21,7 +21,13 @@ from lit_distill.losses.functional._common import (
 def dkd_terms(
     student_logits: Tensor, teacher_logits: Tensor, target: Tensor, temperature: float = 4.0, mask: Tensor | None = None
 ) -> tuple[Tensor, Tensor]:
-    """Unweighted ``(T²·TCKD, T²·NCKD)`` of Decoupled KD; see :func:`dkd`."""
+    """Unweighted ``(T²·TCKD, T²·NCKD)`` of Decoupled KD; see :func:`dkd`.
+
+    Example:
+        >>> s, t, y = torch.randn(4, 10), torch.randn(4, 10), torch.tensor([0, 3, 9, 1])
+        >>> tckd, nckd = dkd_terms(s, t, y)
+        >>> torch.allclose(dkd(s, t, y, alpha=1.0, beta=8.0), tckd + 8.0 * nckd)
+        True"""
     check_temperature(temperature)
     _check_pair(student_logits, teacher_logits, mask)
     num_classes = student_logits.shape[-1]
@@ -110,7 +116,13 @@ def _pearson_distance(a: Tensor, b: Tensor, dim: int, eps: float = 1e-8) -> Tens
 def dist_terms(
     student_logits: Tensor, teacher_logits: Tensor, temperature: float = 1.0, mask: Tensor | None = None
 ) -> tuple[Tensor, Tensor]:
-    """Unweighted ``(T²·inter, T²·intra)`` relation terms of DIST; see :func:`dist`."""
+    """Unweighted ``(T²·inter, T²·intra)`` relation terms of DIST; see :func:`dist`.
+
+    Example:
+        >>> s, t = torch.randn(4, 10), torch.randn(4, 10)
+        >>> inter, intra = dist_terms(s, t)
+        >>> torch.allclose(dist(s, t, beta=1.0, gamma=2.0), inter + 2.0 * intra)
+        True"""
     check_temperature(temperature)
     _check_pair(student_logits, teacher_logits, mask)
     dtype = _compute_dtype(student_logits, teacher_logits)

@@ -116,7 +116,12 @@ def divergence(
     beta: float = 0.5,
     mask: Tensor | None = None,
 ) -> Tensor:
-    """Dispatch by divergence name: ``forward_kl``, ``reverse_kl``, ``jsd`` (uses ``beta``), ``tvd``."""
+    """Dispatch by divergence name: ``forward_kl``, ``reverse_kl``, ``jsd`` (uses ``beta``), ``tvd``.
+
+    Example:
+        >>> s, t = torch.randn(4, 10), torch.randn(4, 10)
+        >>> torch.equal(divergence("reverse_kl", s, t, temperature=2.0), kl_divergence(s, t, 2.0, reverse=True))
+        True"""
     if name == "forward_kl":
         return kl_divergence(student_logits, teacher_logits, temperature, reverse=False, mask=mask)
     if name == "reverse_kl":

@@ -92,7 +92,13 @@ def _pairwise(x: Tensor, eps: float = 1e-12) -> tuple[Tensor, Tensor]:
 
 
 def rkd_terms(student_embedding: Tensor, teacher_embedding: Tensor, reduction: str = "mean") -> tuple[Tensor, Tensor]:
-    """Unweighted ``(distance, angle)`` terms of relational KD; see :func:`rkd`."""
+    """Unweighted ``(distance, angle)`` terms of relational KD; see :func:`rkd`.
+
+    Example:
+        >>> s, t = torch.randn(6, 16), torch.randn(6, 32)
+        >>> distance, angle = rkd_terms(s, t)
+        >>> torch.allclose(rkd(s, t, distance_weight=25.0, angle_weight=50.0), 25.0 * distance + 50.0 * angle)
+        True"""
     check_reduction("RKD", reduction, RELATION_REDUCTIONS)
     _check_batches(student_embedding, teacher_embedding, "RKD")
     dtype = _compute_dtype(student_embedding, teacher_embedding)

@@ -32,7 +32,13 @@ from lit_distill.losses.fused.spec import _Config
 
 
 class FusedKDParts(NamedTuple):
-    """``loss`` (differentiable) = ``kd + ce_weight * ce``; ``kd`` and ``ce`` are detached, for logging."""
+    """``loss`` (differentiable) = ``kd + ce_weight * ce``; ``kd`` and ``ce`` are detached, for logging.
+
+    Example:
+        >>> h, w = torch.randn(6, 8), torch.randn(32, 8)
+        >>> parts = fused_linear_kd(h, w, h, w, labels=torch.randint(0, 32, (6,)), ce_weight=0.5, return_parts=True)
+        >>> torch.allclose(parts.loss, parts.kd + 0.5 * parts.ce)
+        True"""
 
     loss: Tensor
     kd: Tensor
