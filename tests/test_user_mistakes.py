@@ -233,7 +233,7 @@ CASES = {
     "cached recipe before the cache": (
         remove("artifacts/digits/teacher_cache"),
         ["fit", "--config", CACHED],
-        "Create it with: lit-distill predict --config configs/digits/teacher_cache.yaml",
+        "lit-distill predict --config configs/digits/teacher_cache.yaml",  # "Create it (first) with: ..."
     ),
     "cache file truncated": (
         truncate_cache_file,

@@ -7,7 +7,6 @@ print their own message (lit-distill's checks are written to be read); ``-v`` ad
 from __future__ import annotations
 
 import argparse
-import difflib
 import sys
 import traceback
 from pathlib import Path
@@ -17,6 +16,7 @@ import yaml
 
 from lit_distill.cli.parse_errors import config_files, parse_error
 from lit_distill.cli.ranks import SharedReport
+from lit_distill.cli.recipes import close_recipe, producer_hint
 
 PACKAGE_DIR = str(Path(__file__).resolve().parents[1])
 HINT = "(add -v, or set LIT_DISTILL_TRACEBACK=1, for the full traceback)"
@@ -64,6 +64,7 @@ def describe(err: BaseException, argv: list[str], valid_keys: list[str]) -> list
     lines = [line for line in str(message).splitlines() if line.strip()] or [repr(cause)]
     if not isinstance(cause, ConfigError):
         lines[0] = f"{type(cause).__name__}: {lines[0]}"
+    lines[0] += producer_hint(str(message))  # a missing teacher checkpoint: the recipe that writes it
     return [lines[0], *(line.strip() for line in lines[1:])]
 
 
@@ -86,7 +87,7 @@ def check_config_files(argv: list[str]) -> None:
     for path in config_files(argv):
         file = Path(path)
         if not file.is_file():
-            raise ConfigError(f"config file {path!r} does not exist; {_close_recipe(path)}")
+            raise ConfigError(f"config file {path!r} does not exist; {close_recipe(path)}")
         try:
             data = yaml.safe_load(file.read_text(encoding="utf-8"))
         except yaml.MarkedYAMLError as bad:
@@ -104,9 +105,3 @@ def check_config_files(argv: list[str]) -> None:
 
 def _at(mark: Any) -> str:
     return f"line {mark.line + 1}, column {mark.column + 1}" if mark is not None else "an unknown place"
-
-
-def _close_recipe(path: str) -> str:
-    known = [p.as_posix() for p in Path("configs").rglob("*.yaml")] if Path("configs").is_dir() else []
-    close = difflib.get_close_matches(path, known, n=1, cutoff=0.7)
-    return f"did you mean {close[0]}?" if close else "the recipes are under configs/ (run from the repository root)"

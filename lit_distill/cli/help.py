@@ -13,6 +13,8 @@ import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from lit_distill.cli.recipes import RECIPES
+
 PACKAGE = Path(__file__).resolve().parents[1]
 COMMON_LOSS_ARGS = ("weight", "name")  # every strategy has them; listed once in the section header
 
@@ -178,13 +180,6 @@ def recipes(root: Path) -> list[tuple[str, str, str]]:
     return found
 
 
-def _recipe_root() -> Path | None:
-    for root in (Path.cwd(), PACKAGE.parent):
-        if (root / "configs").is_dir():
-            return root
-    return None
-
-
 def short_help(subcommand: str | None = None, width: int | None = None) -> str:
     """The short help text (about 80 lines): what to run, and the arguments that are lit-distill's own."""
     width = width or max(80, min(shutil.get_terminal_size((100, 24)).columns, 120))
@@ -206,7 +201,7 @@ def short_help(subcommand: str | None = None, width: int | None = None) -> str:
     lines += _strategy_rows(width)
     lines.append("")
     lines += _data_rows(width)
-    root = _recipe_root()
+    root = RECIPES.parent if RECIPES.is_dir() else None  # the package's own recipes, wherever the user runs it
     if root is not None:
         rows = recipes(root)
         pad = max(len(path) for path, _, _ in rows)
