@@ -246,3 +246,19 @@ def test_readme_custom_strategy_runs_from_yaml_and_from_the_command_line(workdir
         assert loss.name == "confident_kd" and loss.temperature == (2.0 if "--loss" in " ".join(args) else 4.0)
         value = float(cli.trainer.callback_metrics["val/confident_kd"])
         assert 0.0 < value < float("inf")
+
+
+def test_the_commands_of_the_cli_manual_parse(tmp_path, monkeypatch, capsys):
+    """Every `lit-distill` command in docs/cli.md's shell blocks is accepted as written (parsed, not run)."""
+    shutil.copytree(ROOT / "configs", tmp_path / "configs")
+    (tmp_path / "short.yaml").write_text("trainer:\n  max_epochs: 1\n")
+    monkeypatch.chdir(tmp_path)
+    blocks = re.findall(r"```bash\n(.*?)```", (ROOT / "docs" / "cli.md").read_text(), re.S)
+    lines = " ".join(blocks).replace("\\\n", " ").splitlines()
+    commands = [line.split("#")[0].split(">")[0].split() for line in lines if line.lstrip().startswith("lit-distill")]
+    assert len(commands) >= 8
+    for command in commands:
+        with pytest.raises(SystemExit) as exit_info:
+            main([*command[1:], "--print_config"])
+        assert exit_info.value.code in (None, 0), f"{' '.join(command)}\n{capsys.readouterr().err[-2000:]}"
+    assert "class_path: lit_distill.DistillationModule" in capsys.readouterr().out
