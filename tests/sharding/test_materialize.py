@@ -6,7 +6,8 @@ from safetensors.torch import save_file
 from torch import nn
 
 from lit_distill.models import GPT
-from lit_distill.sharding.materialize import WeightSource, empty_parameters, has_meta_parameters, materialize
+from lit_distill.sharding.materialize import WeightSource, empty_parameters, materialize
+from lit_distill.weights import has_meta_parameters
 
 
 def small_gpt(**kwargs):
