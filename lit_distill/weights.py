@@ -43,24 +43,6 @@ def parse_dtype(name: str | torch.dtype | None) -> torch.dtype | None:
     return DTYPES[key]
 
 
-def producer_hint(path: Path, config_dir: str | Path = "configs", again: bool = False) -> str:
-    """Name the bundled recipe whose checkpoint callback writes ``path``, if any (" Create it first with: ...").
-
-    ``again``: the file exists but is unusable, so the command also asks to replace it.
-    """
-    configs = Path(config_dir)
-    if not configs.is_dir():
-        return ""
-    for config in sorted(configs.rglob("*.yaml")):
-        text = config.read_text(encoding="utf-8", errors="replace")
-        if f"dirpath: {path.parent.as_posix()}" in text and f"filename: {path.stem}" in text:
-            command = f"lit-distill fit --config {config.as_posix()}"
-            if again:
-                return f" Recreate it with: {command} --trainer.callbacks.init_args.overwrite=true"
-            return f" Create it first with: {command}"
-    return ""
-
-
 # ---------------------------------------------------------------------------------------------------------- files
 def is_distributed_checkpoint(path: str | Path) -> bool:
     """A folder written by ``torch.distributed.checkpoint`` (``FSDP2Strategy``'s default checkpoint format)."""
@@ -98,7 +80,7 @@ def read_state_dict(path: str | Path, mmap: bool = False) -> dict[str, Tensor]:
     if is_distributed_checkpoint(path):
         return read_distributed_weights(path)
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist.{producer_hint(path)}")
+        raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist.")
     _refuse_non_checkpoint(path)
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
@@ -153,7 +135,6 @@ def _damaged(path: Path, err: BaseException) -> str:
     return (
         f"checkpoint {str(path)!r} is damaged or truncated ({path.stat().st_size:,} bytes; {_first_line(err)}): "
         "it cannot be read at all. Copy it again from where it came from, or write it anew."
-        + producer_hint(path, again=True)
     )
 
 

@@ -43,7 +43,9 @@ def test_skip_policy_skips_the_bad_batch_and_keeps_training(tmp_path):
     module = make_module(nan_policy="skip")
     changed = BatchChanges()
     t = trainer(tmp_path, max_epochs=1, callbacks=[changed])
-    with pytest.warns(UserWarning, match=r"step 3, rank 0: non-finite loss term\(s\) \['logit_kd', 'ce'\]; skipping the batch"):
+    with pytest.warns(
+        UserWarning, match=r"step 3, rank 0: non-finite loss term\(s\) \['logit_kd', 'ce'\]; skipping the batch"
+    ):
         t.fit(module, poisoned_loader(bad_batch=3))
     assert changed.moved == [True, True, True, False, True, True]  # only the poisoned batch left no trace
     assert all(torch.isfinite(p).all() for p in module.student.parameters())
