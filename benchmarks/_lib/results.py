@@ -67,40 +67,6 @@ def end_process_group() -> None:
         dist.destroy_process_group()
 
 
-def result_row(
-    name: str,
-    teacher: LlamaShape,
-    student: LlamaShape,
-    tokens: int,
-    seconds: float,
-    world_size: int,
-    seq_len: int,
-    peak_per_rank: list[dict[str, float] | None],
-    **extra: Any,
-) -> dict[str, Any]:
-    """One benchmark result: tokens/s (all ranks), FLOPs/token, MFU on H200's datasheet peak, memory per rank."""
-    t_cfg, s_cfg = teacher.config(), student.config()
-    flops = flops_per_token(s_cfg, t_cfg, seq_len)
-    tokens_per_s = tokens / seconds
-    device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
-    return {
-        "run": name,
-        "device": device,
-        "world_size": world_size,
-        "teacher": dataclasses.asdict(teacher) | {"params": count_params(t_cfg)["total"]},
-        "student": dataclasses.asdict(student) | {"params": count_params(s_cfg)["total"]},
-        "tokens": tokens,
-        "seconds": round(seconds, 4),
-        "tokens_per_s": round(tokens_per_s, 1),
-        "flops_per_token": flops,
-        "mfu": round(mfu(tokens_per_s, flops["total"], world_size), 4),
-        "mfu_all_params_no_attention": round(mfu(tokens_per_s, flops["total_all_params"], world_size), 4),
-        "peak_gib_per_rank": peak_per_rank,
-        "torch": torch.__version__,
-        **extra,
-    }
-
-
 def write_result(row: dict[str, Any], out: Path | None) -> None:
     """Print the row as one JSON line and, if ``out`` is set, write it there (callers do this on rank 0 only)."""
     text = json.dumps(row)
@@ -121,28 +87,35 @@ def report(
     peaks: list[dict[str, float] | None] | None = None,
     **extra: Any,
 ) -> None:
-    """Collect every rank's peak memory (call on all ranks; or pass ``peaks`` gathered earlier); rank 0 (``rank``,
-    default the ``RANK`` variable) prints and writes the result row.
+    """The result row: tokens/s over all ranks, FLOPs/token, MFU on the H200 datasheet peak, memory per rank.
 
-    ``args`` are the parsed :func:`add_model_args` flags: each rank ran ``args.steps`` timed steps of
-    ``args.batch_size x args.seq_len`` tokens.
+    Call on every rank: it gathers each rank's peak memory (unless ``peaks`` were gathered earlier); rank 0
+    (``rank``, default the ``RANK`` variable) prints the row and writes it to ``args.out``. ``args`` are the parsed
+    :func:`add_model_args` flags: each rank ran ``args.steps`` timed steps of ``args.batch_size x args.seq_len``.
     """
     peaks = gather(peak_memory_gib(device)) if peaks is None else peaks
     if (int(os.environ.get("RANK", "0")) if rank is None else rank) != 0:
         return
-    world = len(peaks)
-    row = result_row(
-        name,
-        teacher,
-        student,
-        tokens=args.steps * args.batch_size * args.seq_len * world,
-        seconds=seconds,
-        world_size=world,
-        seq_len=args.seq_len,
-        peak_per_rank=peaks,
-        batch_per_device=args.batch_size,
-        steps=args.steps,
-        warmup=args.warmup,
+    world, t_cfg, s_cfg = len(peaks), teacher.config(), student.config()
+    tokens = args.steps * args.batch_size * args.seq_len * world
+    flops, tokens_per_s = flops_per_token(s_cfg, t_cfg, args.seq_len), tokens / seconds
+    row = {
+        "run": name,
+        "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
+        "world_size": world,
+        "teacher": dataclasses.asdict(teacher) | {"params": count_params(t_cfg)["total"]},
+        "student": dataclasses.asdict(student) | {"params": count_params(s_cfg)["total"]},
+        "tokens": tokens,
+        "seconds": round(seconds, 4),
+        "tokens_per_s": round(tokens_per_s, 1),
+        "flops_per_token": flops,
+        "mfu": round(mfu(tokens_per_s, flops["total"], world), 4),
+        "mfu_all_params_no_attention": round(mfu(tokens_per_s, flops["total_all_params"], world), 4),
+        "peak_gib_per_rank": peaks,
+        "torch": torch.__version__,
+        "batch_per_device": args.batch_size,
+        "steps": args.steps,
+        "warmup": args.warmup,
         **extra,
-    )
+    }
     write_result(row, args.out)

@@ -34,7 +34,6 @@ def build_module(case: dict, compiled: dict | None = None) -> DistillationModule
         channels_last=case["channels_last"],
         compile=False if compiled is None else (compiled or True),
         optimizer=case["opt"],
-        allow_untrained_teacher=True,  # step speed does not depend on what the teacher knows
     )
 
 

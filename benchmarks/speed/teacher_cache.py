@@ -161,9 +161,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         seed_everything(0, verbose=False)
         losses = [LogitKD(temperature=temperature, weight=0.9), CrossEntropy(weight=0.1)]
         # Throughput only: a random teacher costs what a trained one does.
-        return DistillationModule(
-            student=make_student(), teacher=with_teacher, losses=losses, allow_untrained_teacher=True
-        )
+        return DistillationModule(student=make_student(), teacher=with_teacher, losses=losses)
 
     start = time.perf_counter()
     writer = TeacherCacheWriter(top_k=args.top_k, dtype=args.dtype)
