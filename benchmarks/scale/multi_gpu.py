@@ -29,7 +29,7 @@ from benchmarks._lib.trainers import parse, parser, print_json, quiet, quiet_tra
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def run_one(args: argparse.Namespace) -> None:
+def run_one(args: argparse.Namespace) -> dict:
     if args.accelerator == "gpu":
         torch.backends.cudnn.benchmark = True
         device = torch.device("cuda", torch.cuda.current_device())
@@ -56,25 +56,31 @@ def run_one(args: argparse.Namespace) -> None:
     if args.accelerator == "gpu":
         batch = tuple(t.to(trainer.strategy.root_device) for t in batch)
     trainer.fit(module, DataLoader(RepeatBatch(batch, args.warmup + args.steps + 2), batch_size=None))
-    per_rank = len(batch[0]) * clock.timed_steps / clock.seconds
+    row = {
+        "devices": args.devices,
+        "samples_per_s": len(batch[0]) * clock.timed_steps / clock.seconds * trainer.world_size,
+    }
     if trainer.is_global_zero:
-        print(json.dumps({"devices": args.devices, "samples_per_s": per_rank * trainer.world_size}), flush=True)
+        print(json.dumps(row), flush=True)
+    return row
 
 
 def sweep(args: argparse.Namespace) -> None:
     rows = []
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     for devices in args.sweep:
+        if args.smoke and devices == 1:  # one CPU process: this one (saves an interpreter start in the test suite)
+            rows.append(run_one(argparse.Namespace(**{**vars(args), "devices": 1})))
+            continue
         cmd = [sys.executable, "-m", __spec__.name, "--case", args.case, "--devices", str(devices), "--accelerator",
                args.accelerator, "--steps", str(args.steps), "--warmup", str(args.warmup),
                "--batch-size", str(args.batch_size)]  # fmt: skip
         out = subprocess.run(cmd, capture_output=True, text=True, check=True, env=env).stdout
         row = json.loads([line for line in out.splitlines() if line.startswith("{")][-1])
         rows.append(row)
-        print(f"{args.case:<7} devices={devices:<2} {row['samples_per_s']:10.1f} samples/s", flush=True)
-    base = rows[0]["samples_per_s"]
     for row in rows:
-        row["scaling"] = round(row["samples_per_s"] / base, 3)
+        row["scaling"] = round(row["samples_per_s"] / rows[0]["samples_per_s"], 3)
+        print(f"{args.case:<7} devices={row['devices']:<2} {row['samples_per_s']:10.1f} samples/s", flush=True)
     print_json({"case": args.case, "accelerator": args.accelerator, "rows": rows})
 
 

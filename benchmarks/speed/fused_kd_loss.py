@@ -23,22 +23,8 @@ from pathlib import Path
 
 import torch
 
-from benchmarks._lib.fused import (
-    FM,
-    FT,
-    FU,
-    LF,
-    floor_fn,
-    gpu_checks,
-    kernel_spec,
-    log,
-    make_inputs,
-    measure_ceilings,
-    profile_ours,
-    reference,
-    rel,
-    table,
-)
+from benchmarks._lib import fused
+from benchmarks._lib.fused import FM, FT, FU, LF, log, rel
 from benchmarks._lib.timing import median_ms, peak_extra_gib
 from benchmarks._lib.trainers import parse, parser, print_json
 
@@ -147,8 +133,10 @@ def sweep(n_rows, vocab, dtype=torch.bfloat16, grid=None):
     zs = zs0.clone()
     g = zs if dtype != torch.float32 else zs.view(torch.bfloat16)[:, :vocab]
 
-    fp32 = dtype == torch.float32
-    spec_j, spec_f = (kernel_spec(d, n_rows, fp32_logits=fp32, fp32_accumulation=True) for d in ("jsd", "forward_kl"))
+    spec_j, spec_f = (
+        fused.kernel_spec(d, n_rows, fp32_logits=dtype == torch.float32, fp32_accumulation=True)
+        for d in ("jsd", "forward_kl")
+    )
     gbytes = n_rows * vocab * (2 * zs.element_size() + 2) / 1e9  # read both once, write a bf16 gradient
     grid = grid or [(b, w, p) for b in (2048, 4096, 8192) for w in (4, 8, 16) for p in (1, 2, 4)]
     results = []
@@ -173,14 +161,14 @@ def sweep(n_rows, vocab, dtype=torch.bfloat16, grid=None):
 def run_shape(args, name, n, hs_dim, ht_dim, vocab, first, deadline, rows):
     dev = "cuda" if torch.cuda.is_available() else "cpu"
     flops = 2 * n * vocab * (3 * hs_dim + ht_dim)
-    hs, ws, ht, wt, labels = make_inputs(n, hs_dim, ht_dim, vocab, dev)
+    hs, ws, ht, wt, labels = fused.make_inputs(n, hs_dim, ht_dim, vocab, dev)
     label = f"{name} N={n} H_s={hs_dim} H_t={ht_dim} V={vocab}"
     log(f"\n=== {label}")
 
     def clear():
         hs.grad = ws.grad = None
 
-    fl_step, bufs = floor_fn(hs, ws, ht, wt)
+    fl_step, bufs = fused.floor_fn(hs, ws, ht, wt)
     floor_ms = median_ms(fl_step, args.reps, 2)
     del bufs, fl_step
     log(f"matmul floor {floor_ms:.2f} ms ({flops / floor_ms / 1e9:.0f} TFLOP/s)")
@@ -200,7 +188,7 @@ def run_shape(args, name, n, hs_dim, ht_dim, vocab, first, deadline, rows):
     ref = None
     if n <= args.ref_max_n:
         t0 = time.time()
-        ref = reference(hs, ws, ht, wt, "jsd")
+        ref = fused.reference(hs, ws, ht, wt, "jsd")
         floors = (rel(ref[1].to(torch.bfloat16), ref[1]), rel(ref[2].to(torch.bfloat16), ref[2]))
         log(f"float64 reference {time.time() - t0:.1f}s, loss {ref[0]:.6f}; bf16 storage floor of the grads: "
             f"h {floors[0]:.1e}, W {floors[1]:.1e}")  # fmt: skip
@@ -245,7 +233,7 @@ def run_shape(args, name, n, hs_dim, ht_dim, vocab, first, deadline, rows):
         if args.out:  # a run cut short still leaves what it measured
             Path(args.out, "rows.json").write_text(json.dumps(rows))
     if first and dev == "cuda" and args.profile:
-        profile_ours(hs, ws, ht, wt, labels)
+        fused.profile_ours(hs, ws, ht, wt, labels)
     del ref
 
 
@@ -283,8 +271,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         shapes = [shapes[int(i)] for i in args.shapes.split(",")]
     if cuda:
         torch.backends.cuda.matmul.allow_tf32 = False
-        measure_ceilings()
-        gpu_checks()
+        fused.measure_ceilings()
+        fused.gpu_checks()
         if not args.no_sweep and not args.smoke:
             _, n, hs_dim, _, vocab = shapes[0]
             FU.TRITON_CONFIG[2] = sweep(FU.auto_chunk_size(n, vocab, vocab * 4, torch.device("cuda")), vocab)
@@ -297,7 +285,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         run_shape(args, name, n, hs_dim, ht_dim, vocab, i == 0, deadline, rows)
     log(f"\nfp32 weight-grad accumulation through cuBLAS out_dtype: {FM._FP32_OUT_MM or 'not used'}")
     log(f"\n{dev_name}, torch {torch.__version__}, total {time.time() - start:.0f}s\n")
-    log(table(rows, ("shape", "method")))
+    log(fused.table(rows, ("shape", "method")))
     print_json({"device": dev_name, "torch": torch.__version__, "rows": rows})
 
 

@@ -1,9 +1,7 @@
 """Sampling speed at LLM size: lit-distill's fast sampler vs transformers' default ``generate``, and one on-policy step.
 
-The random-init Llama pair (a) of ``benchmarks/_lib/llm.py`` (no download), bf16, one GPU, as ``HFCausalLM``:
-
-* teacher 1.50B: hidden 2048, 16 layers, 32 heads / 8 KV heads, FFN 8192, vocab 128256, untied LM head;
-* student 0.38B: hidden 1024, 8 layers, 16 heads / 4 KV heads, FFN 4096, vocab 128256, untied LM head.
+The random-init Llama pair (a) of ``benchmarks/_lib/llm.py`` (1.50B teacher, 0.38B student, vocab 128256; no
+download), bf16, one GPU, as ``HFCausalLM``:
 
 1. Student new tokens/s at batch 8 and 64: up to 256 new tokens, sampling at T=1, eos = the last id (a random
    model writes it about once per 128k tokens), the same left-padded prompts (random ids, 16..64 tokens) for
@@ -44,7 +42,7 @@ from benchmarks._lib.timing import Clock, FitClock, sync
 from benchmarks._lib.trainers import parse, parser, print_json, quiet, quiet_trainer
 from lit_distill.generation import fast_mode, generate
 from lit_distill.generation.onpolicy import OnPolicyDistillationModule
-from lit_distill.generation.sampling import left_pad, new_tokens
+from lit_distill.generation.sampling import completion_batch, left_pad, new_tokens
 from lit_distill.models.hf import HFCausalLM
 
 FULL = {"pair": "a", "batches": [8, 64], "step_batch": 64, "new_tokens": 256, "prompt_tokens": (16, 64), "repeats": 3}
@@ -143,25 +141,13 @@ class StepSplit(FitClock):
         )  # fmt: skip
 
 
-def onpolicy_step(student: HFCausalLM, teacher: HFCausalLM, cfg: dict, device: torch.device, smoke: bool) -> dict:
+def onpolicy_step(student: HFCausalLM, teacher: HFCausalLM, cfg: dict, device: torch.device) -> dict:
     """Three steps of lmbda=1 on-policy training; the split of the last two (the first may compile)."""
     batch, new, vocab = cfg["step_batch"], cfg["new_tokens"], student.config.vocab_size
     ids, mask = prompts(batch, cfg["prompt_tokens"], vocab, torch.device("cpu"))
-    rows = []
-    for i in range(batch):  # instruction rows: prompt (labels -100) then a 16-token reference response
-        prompt = ids[i][mask[i].bool()].tolist()
-        response = torch.randint(1, vocab, (16,), generator=torch.Generator().manual_seed(i)).tolist()
-        rows.append((prompt, response))
-    width = max(len(p) + len(r) for p, r in rows)
-    data = {
-        "input_ids": torch.full((batch, width), PAD),
-        "labels": torch.full((batch, width), -100),
-        "attention_mask": torch.zeros(batch, width, dtype=torch.long),
-    }
-    for i, (p, r) in enumerate(rows):
-        data["input_ids"][i, : len(p) + len(r)] = torch.tensor(p + r)
-        data["labels"][i, len(p) : len(p) + len(r)] = torch.tensor(r)
-        data["attention_mask"][i, : len(p) + len(r)] = 1
+    # Instruction rows: the prompt (labels -100), then a 16-token reference response.
+    responses = [torch.randint(1, vocab, (16,), generator=torch.Generator().manual_seed(i)) for i in range(batch)]
+    data = completion_batch(ids, mask, torch.cat([ids, torch.stack(responses)], dim=1), None, PAD)
     loader = DataLoader([data] * 3, batch_size=None)  # three steps on the same prepared batch
     module = OnPolicyDistillationModule(
         student=student,
@@ -270,7 +256,7 @@ def measure(args: argparse.Namespace) -> None:
         try:
             teacher = llama(teacher_shape, device, "bf16")
             report["teacher_params"] = sum(p.numel() for p in teacher.parameters())
-            report["onpolicy_step"] = onpolicy_step(student, teacher, cfg, device, args.smoke)
+            report["onpolicy_step"] = onpolicy_step(student, teacher, cfg, device)
             print(f"[{time.perf_counter() - t0:5.0f} s] on-policy step done", flush=True)
         except Exception as err:
             report["errors"].append(f"on-policy step: {type(err).__name__}: {err}")
