@@ -1,4 +1,5 @@
 #!/bin/bash
+# The pre-move scripts: git archive 9874be5^ benchmarks | tar -x -C /tmp/oldbench
 . /work/main/.venv/bin/activate
 export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 TOKENIZERS_PARALLELISM=false PYTHONPATH=/work/wt/bench
 cd /tmp/eq
