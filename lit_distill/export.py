@@ -11,7 +11,7 @@ from lightning.pytorch import Trainer
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from torch import Tensor, nn
 
-from lit_distill.sharding.state import full_state_dict
+from lit_distill.sharding.fill import full_state_dict
 from lit_distill.weights import load_weights
 
 

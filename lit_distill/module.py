@@ -27,7 +27,7 @@ from lit_distill.losses.base import DistillationLoss, weighted_sum
 from lit_distill.losses.logit import CrossEntropy, LogitKD
 from lit_distill.metrics import EvalMetrics, monitors_train_metric, train_logging_step
 from lit_distill.outputs import ModelOutput, as_model_output, hidden_states
-from lit_distill.sharding.configure import (
+from lit_distill.sharding.wrap import (
     compile_in_place,
     place_models,
     prepare_input,

@@ -16,7 +16,7 @@ from typing import Any
 
 from torch import nn
 
-from lit_distill.sharding.materialize import WeightSource
+from lit_distill.sharding.fill import WeightSource
 from lit_distill.weights import has_meta_parameters, load_weights, mark_weights, parse_dtype, weights_source
 
 TEACHER_PREFIX = "teacher."

@@ -25,7 +25,9 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("fused loss", ("lit_distill.losses.fused.*",)),
     ("formulas", ("lit_distill.losses.functional.*",)),  # re-exports fused_linear_kd: one way, above fused
     ("strategies", ("lit_distill.losses.*",)),
-    ("sharding", ("lit_distill.sharding.*",)),  # FSDP2 placement and empty-model filling, used by the module
+    # The fsdp2 strategy and its plan; filling big weights shard by shard and gathering them back.
+    ("sharding", ("lit_distill.sharding.strategy", "lit_distill.sharding.fill")),
+    ("model wrapping", ("lit_distill.sharding.*",)),  # wrap: how configure_model shards, compiles and fills the models
     (
         "module parts",
         (

@@ -3,7 +3,7 @@ import torch
 from safetensors.torch import save_file
 
 from lit_distill.models import MLP
-from lit_distill.sharding.materialize import WeightSource
+from lit_distill.sharding.fill import WeightSource
 from lit_distill.teacher import freeze
 from lit_distill.weights import load_weights, parse_dtype, read_state_dict, resolve_prefix
 

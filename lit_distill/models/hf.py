@@ -19,7 +19,7 @@ from lit_distill.export import is_writer
 from lit_distill.models.gpt import GPT
 from lit_distill.models.hf_loading import apply_kernels, build_from_config, import_transformers, missing_model_error
 from lit_distill.outputs import ModelOutput
-from lit_distill.sharding.state import full_state_dict, is_sharded
+from lit_distill.sharding.fill import full_state_dict, is_sharded
 from lit_distill.weights import parse_dtype
 
 
@@ -175,7 +175,7 @@ class HFCausalLM(nn.Module):
 
     def materialize_weights(self, device: torch.device) -> None:
         """Fill an ``empty_init`` model on ``device``: this rank's shards of ``path``'s weights (``config``: random)."""
-        from lit_distill.sharding.materialize import WeightSource, materialize
+        from lit_distill.sharding.fill import WeightSource, materialize
 
         source = WeightSource(self.path) if self.path is not None else None
         # Tied embeddings stay one Parameter object through sharding and to_empty, so nothing is re-tied here.

@@ -40,7 +40,7 @@ def build_from_config(
     tf: Any, factory: Any, path: str | None, config: dict[str, Any] | None, dtype: str | None, trust: bool, empty: bool
 ) -> nn.Module:
     """A model from a config (``path``'s or the given one), on the meta device when ``empty``."""
-    from lit_distill.sharding.materialize import empty_parameters
+    from lit_distill.sharding.fill import empty_parameters
 
     if config is not None:
         settings = dict(config)

@@ -1,8 +1,11 @@
 """Sharded training of big students and teachers with FSDP2, through Lightning's strategies.
 
-``--trainer.strategy fsdp2`` (:class:`FSDP2Strategy`) shards both models block by block; models too big for one
-device are built on the meta device and filled shard by shard (:mod:`lit_distill.sharding.materialize`);
-:mod:`lit_distill.sharding.state` gathers full weights for export.
+- :mod:`~lit_distill.sharding.strategy`: ``--trainer.strategy fsdp2`` (:class:`FSDP2Strategy`) and its options
+  (``ShardingPlan``).
+- :mod:`~lit_distill.sharding.wrap`: how models are wrapped (blocks found, sharded one by one, activation
+  checkpointing, compiled in place) when the module is configured.
+- :mod:`~lit_distill.sharding.fill`: how big weights are filled (models built on the meta device with
+  ``empty_parameters``, filled shard by shard by ``materialize``) and gathered back for export.
 """
 
 from lit_distill.sharding.strategy import FSDP2Strategy

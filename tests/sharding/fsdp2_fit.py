@@ -18,7 +18,7 @@ from lit_distill.data import TextDataModule
 from lit_distill.losses import TokenKD
 from lit_distill.models import GPT
 from lit_distill.sharding import FSDP2Strategy
-from lit_distill.sharding.state import full_state_dict
+from lit_distill.sharding.fill import full_state_dict
 from tests.helpers import end_process_group
 
 

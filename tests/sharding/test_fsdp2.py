@@ -11,7 +11,6 @@ import torch
 from torch.utils.data import DataLoader
 
 from lit_distill.export import load_student
-from lit_distill.sharding import FSDP2Strategy
 from tests.helpers import trainer
 from tests.sharding.fsdp2_fit import gpt, module
 
@@ -76,14 +75,6 @@ def test_one_sharded_step_equals_one_single_process_step(run, tmp_path):
     for key, value in single.student.state_dict().items():
         if key in sharded:
             assert torch.allclose(value, sharded[key], atol=1e-6), key
-
-
-def test_fsdp2_is_a_registered_strategy_name_with_its_plan():
-    from lightning.pytorch.strategies import StrategyRegistry
-
-    assert StrategyRegistry["fsdp2"]["strategy"] is FSDP2Strategy
-    with pytest.raises(ValueError, match="teacher must be 'shard' or 'replicate'"):
-        FSDP2Strategy(teacher="copy")
 
 
 def test_a_full_checkpoint_is_one_file_of_the_gathered_student_without_the_teacher(run):

@@ -1,10 +1,12 @@
-"""Which blocks FSDP shards: lit-distill's GPT, a Hugging Face Llama, named classes, and clear errors."""
+"""How models are wrapped: which blocks FSDP shards (lit-distill's GPT, a Hugging Face Llama, named classes, clear
+errors), and the speed settings applied with it (inputs cast / channels-last, compile options)."""
 
 import pytest
+import torch
 from torch import nn
 
 from lit_distill.models import GPT
-from lit_distill.sharding.blocks import blocks_of, find_block_classes
+from lit_distill.sharding.wrap import blocks_of, compile_in_place, find_block_classes, prepare_input, uses_cuda_graphs
 
 
 def test_gpt_blocks_are_found():
@@ -58,3 +60,27 @@ def test_nested_blocks_are_listed_once():
     outer = nn.ModuleList([nn.Sequential(nn.Sequential(nn.Linear(2, 2))) for _ in range(2)])
     found = blocks_of(outer, (nn.Sequential,))
     assert found == list(outer)
+
+
+def test_inputs_are_cast_and_made_channels_last_only_when_floating_point():
+    image = prepare_input(torch.zeros(2, 3, 4, 4), torch.bfloat16, True)
+    assert image.dtype == torch.bfloat16 and image.is_contiguous(memory_format=torch.channels_last)
+    assert prepare_input(torch.zeros(2, 3, 4, 4), None, False).is_contiguous()
+    ids = torch.zeros(2, 5, dtype=torch.long)
+    assert prepare_input(ids, torch.bfloat16, True) is ids and prepare_input("text", None, True) == "text"
+
+
+class Recorder(nn.Module):
+    def compile(self, **options):
+        self.options = options
+
+
+@pytest.mark.parametrize(
+    ("setting", "options", "graphs"),
+    [(True, {}, False), ({"mode": "reduce-overhead"}, {"mode": "reduce-overhead"}, True),
+     ({"mode": "max-autotune"}, {"mode": "max-autotune"}, True), ({"dynamic": True}, {"dynamic": True}, False)],
+)  # fmt: skip
+def test_compile_in_place_passes_its_options_and_says_when_cuda_graphs_record(setting, options, graphs):
+    student, teacher = Recorder(), Recorder()
+    assert compile_in_place((student, teacher, None), setting) is graphs == uses_cuda_graphs(setting)
+    assert student.options == teacher.options == options

@@ -1,9 +1,11 @@
-"""Models too big for one device: built without memory, then filled shard by shard on the device that owns it.
+"""How big weights are filled and gathered: models built without memory, filled shard by shard on the device that
+owns them, and whole weights gathered back out of a sharded model for export.
 
 ``empty_parameters()`` builds a model whose parameters live on the meta device (no memory, no init work)
 while its buffers (rotary frequencies, position ids) are computed as usual. After FSDP has sharded it,
-:func:`materialize` gives every rank memory for its own shards only and fills them from a weight source
+:func:`materialize` gives every rank memory for its own shards only and fills them from a :class:`WeightSource`
 read lazily (safetensors slices, or an mmapped torch checkpoint), so a teacher is never whole on one rank.
+:func:`full_state_dict` is the way back: the whole weights of a sharded model, gathered on rank 0.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from lit_distill.weights import is_distributed_checkpoint, read_state_dict, resolve_prefix
+from lit_distill.weights import has_meta_parameters, is_distributed_checkpoint, read_state_dict, resolve_prefix
 
 _register_parameter = nn.Module.register_parameter
 
@@ -173,3 +175,50 @@ def materialize(model: nn.Module, device: torch.device, source: WeightSource | N
             raise ValueError(f"{name}: weights {str(source.path)!r} hold shape {stored}, the model {shape}.")
         local, index = _local_view(param)
         local.copy_(source.read(name, index))
+
+
+def fill_empty(model: nn.Module | None, device: torch.device, source: WeightSource | None, role: str) -> None:
+    """Give a model built with empty (meta) parameters its weights on ``device``.
+
+    The model's own ``materialize_weights(device)`` is used when it has one (``HFCausalLM(empty_init=True)``
+    reads its folder), else ``source`` (a deferred ``teacher_checkpoint``). A model with meta parameters and no
+    way to fill them is an error: random weights here would be a silent wrong result.
+    """
+    if not has_meta_parameters(model):
+        return
+    fill = getattr(model, "materialize_weights", None)
+    if fill is not None:
+        fill(device)
+    elif source is not None:
+        materialize(model, device, source)
+    else:
+        raise ValueError(
+            f"the {role} ({type(model).__name__}) has parameters on the meta device and nothing to load them from; "
+            f"give it weights (e.g. {'teacher_checkpoint' if role == 'teacher' else 'student_checkpoint'}) or build it "
+            "normally."
+        )
+    if has_meta_parameters(model):
+        left = [n for n, p in model.named_parameters() if p.is_meta][:5]
+        raise ValueError(f"the {role} still has meta parameters after loading: {left}")
+
+
+def is_sharded(model: nn.Module) -> bool:
+    """Whether any parameter of ``model`` is a DTensor (FSDP2 / model-parallel shards)."""
+    from torch.distributed.tensor import DTensor
+
+    return any(isinstance(p, DTensor) for p in model.parameters())
+
+
+def full_state_dict(model: nn.Module) -> dict[str, Tensor]:
+    """``model``'s whole state dict on the CPU.
+
+    For a sharded model this is a collective: EVERY rank must call it; rank 0 receives the full tensors
+    and the other ranks an empty dict. For an ordinary model it is its detached tensors on the CPU, on every rank
+    (the model's own tensors when it lives on the CPU: read them, do not modify them).
+    """
+    if not is_sharded(model):
+        return {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    return get_model_state_dict(model, options=options)

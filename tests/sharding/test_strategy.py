@@ -1,14 +1,9 @@
-"""Which strategies shard, and the refusals that name the fix."""
+"""The fsdp2 strategy and its plan: which strategies shard, and the refusals that name the fix."""
 
 import pytest
-import torch
 from lightning.pytorch.strategies import DDPStrategy, FSDPStrategy, ModelParallelStrategy
 
-from lit_distill.models import GPT
-from lit_distill.sharding import FSDP2Strategy
-from lit_distill.sharding.configure import fill_empty, sharding_plan
-from lit_distill.sharding.materialize import empty_parameters
-from lit_distill.sharding.plan import ShardingPlan
+from lit_distill.sharding.strategy import FSDP2Strategy, ShardingPlan, sharding_plan
 
 
 class FakeMesh:
@@ -41,9 +36,11 @@ def test_tensor_parallel_sizes_are_refused_since_every_rank_would_see_the_same_d
         sharding_plan(with_mesh(ModelParallelStrategy(), 2))
 
 
-def test_an_empty_model_without_weights_to_load_is_an_error_not_a_random_model():
-    with empty_parameters():
-        model = GPT(n_layer=1, n_head=2, n_embd=16)
-    with pytest.raises(ValueError, match="teacher.*meta device and nothing to load.*teacher_checkpoint"):
-        fill_empty(model, torch.device("cpu"), None, "teacher")
-    fill_empty(GPT(n_layer=1, n_head=2, n_embd=16), torch.device("cpu"), None, "student")  # not empty: nothing to do
+def test_fsdp2_is_a_registered_strategy_name_with_its_plan():
+    from lightning.pytorch.strategies import StrategyRegistry
+
+    assert StrategyRegistry["fsdp2"]["strategy"] is FSDP2Strategy
+    plan = FSDP2Strategy(block_classes=["Block"], activation_checkpointing=True, reshard_after_forward=False).plan
+    assert plan == ShardingPlan(block_classes=("Block",), activation_checkpointing=True, reshard_after_forward=False)
+    with pytest.raises(ValueError, match="teacher must be 'shard' or 'replicate'"):
+        FSDP2Strategy(teacher="copy")

@@ -1,4 +1,5 @@
-"""Building without memory and filling weights later: exact values from safetensors, checkpoints, or random."""
+"""Building without memory and filling weights later (exact values from safetensors, checkpoints, or random; an
+empty model with nothing to fill it is an error), and whole weights gathered back."""
 
 import pytest
 import torch
@@ -6,7 +7,14 @@ from safetensors.torch import save_file
 from torch import nn
 
 from lit_distill.models import GPT
-from lit_distill.sharding.materialize import WeightSource, empty_parameters, materialize
+from lit_distill.sharding.fill import (
+    WeightSource,
+    empty_parameters,
+    fill_empty,
+    full_state_dict,
+    is_sharded,
+    materialize,
+)
 from lit_distill.weights import has_meta_parameters
 
 
@@ -80,3 +88,19 @@ def test_missing_keys_and_wrong_shapes_are_named(tmp_path):
 def test_a_folder_without_weights_is_refused(tmp_path):
     with pytest.raises(FileNotFoundError, match="no \\*.safetensors"):
         WeightSource(tmp_path)
+
+
+def test_an_empty_model_without_weights_to_load_is_an_error_not_a_random_model():
+    with empty_parameters():
+        model = GPT(n_layer=1, n_head=2, n_embd=16)
+    with pytest.raises(ValueError, match="teacher.*meta device and nothing to load.*teacher_checkpoint"):
+        fill_empty(model, torch.device("cpu"), None, "teacher")
+    fill_empty(GPT(n_layer=1, n_head=2, n_embd=16), torch.device("cpu"), None, "student")  # not empty: nothing to do
+
+
+def test_the_whole_state_of_an_unsharded_model_is_its_detached_tensors_on_the_cpu():
+    model = small_gpt()
+    state = full_state_dict(model)
+    assert not is_sharded(model) and sorted(state) == sorted(model.state_dict())
+    assert all(not v.requires_grad and v.device.type == "cpu" for v in state.values())
+    assert torch.equal(state["head.weight"], model.head.weight)
