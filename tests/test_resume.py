@@ -97,8 +97,7 @@ def llm_teacher(tmp_path_factory) -> Path:
 
 
 def run_in(work: Path, *args: str) -> subprocess.CompletedProcess:
-    """`lit-distill fit ARGS` on CPU processes in a fresh ``work`` folder: checkpoints land in work/checkpoints, the
-    exported student in work/lightning_logs/version_0/student."""
+    """`lit-distill fit ARGS` on CPU processes in a fresh ``work`` folder (its run folder: :func:`run_folder`)."""
     work.mkdir()
     return lit_distill(work, "fit", *args, "--trainer.accelerator=cpu", "--trainer.logger=false",
                        "--trainer.enable_progress_bar=false", f"--trainer.default_root_dir={work}")  # fmt: skip
@@ -116,15 +115,20 @@ KEEP_EVERY_CHECKPOINT = ["--trainer.callbacks+=lightning.pytorch.callbacks.Model
                          "--trainer.callbacks.init_args.save_top_k=-1"]  # fmt: skip
 
 
+def run_folder(work: Path) -> Path:
+    """Where a logger-less run in ``work`` writes its checkpoints and exported student."""
+    return work / "lightning_logs" / "version_0"
+
+
 def checkpoint_at(work: Path, step: int) -> Path:
-    (path,) = (work / "checkpoints").glob(f"*step={step}.ckpt")
+    (path,) = (run_folder(work) / "checkpoints").glob(f"*step={step}.ckpt")
     return path
 
 
 def exported(work: Path) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 
-    return load_file(str(work / "lightning_logs" / "version_0" / "student" / "model.safetensors"))
+    return load_file(str(run_folder(work) / "student" / "model.safetensors"))
 
 
 def assert_same_student(a: dict, b: dict) -> None:
@@ -141,7 +145,7 @@ def test_fsdp2_on_one_device_resumes_mid_epoch_from_a_validation_checkpoint(tmp_
     ckpt = checkpoint_at(straight, 10)
     assert ckpt.is_dir()  # sharded: a folder of shards, as on N devices
     resumed = fsdp2_recipe(tmp_path / "resumed", llm_teacher, *every, f"--ckpt_path={ckpt}")
-    assert [p.name for p in (resumed / "checkpoints").iterdir()] == ["epoch=0-step=15.ckpt"]
+    assert [p.name for p in (run_folder(resumed) / "checkpoints").iterdir()] == ["epoch=0-step=15.ckpt"]
     assert_same_student(exported(resumed), exported(straight))
 
 
@@ -199,7 +203,7 @@ def test_the_documented_70b_command_at_toy_widths_resumes_on_two_processes_and_e
         run_in(resumed, *short, f"--ckpt_path={checkpoint_at(straight, step)}")
         checkpoint_at(resumed, 12)
         assert_same_student(exported(resumed), exported(straight))
-    reloaded = AutoModelForCausalLM.from_pretrained(resumed / "lightning_logs" / "version_0" / "student")
+    reloaded = AutoModelForCausalLM.from_pretrained(run_folder(resumed) / "student")
     assert_same_student({k: v for k, v in reloaded.state_dict().items() if k in exported(resumed)}, exported(resumed))
     assert reloaded(torch.tensor([[104, 105, 32, 116]])).logits.shape == (1, 4, 258)
 
