@@ -54,6 +54,19 @@ def main(args: list[str] | None = None) -> None:
     except Exception as err:
         keys = sys.modules["lit_distill.cli.app"].VALID_KEYS if "lit_distill.cli.app" in sys.modules else []
         sys.exit(report(err, argv, verbose, keys))
+    end_process_group()
+
+
+def end_process_group() -> None:
+    """After a successful multi-process run, every rank waits for the others, then the process group is torn down.
+
+    Left to interpreter exit, one rank can tear gloo's threads down while another still talks to them: that rank
+    then aborts after its work is done, and Lightning's launcher stops the others with SIGTERM.
+    """
+    dist = sys.modules.get("torch.distributed")
+    if dist is not None and dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 def __getattr__(name: str):
