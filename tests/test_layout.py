@@ -21,7 +21,8 @@ TOP = "lit_distill"
 # The most specific entry wins (``lit_distill.losses.fused.*`` over ``lit_distill.losses.*``).
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("base", ("lit_distill.outputs", "lit_distill.batch", "lit_distill.weights")),
-    ("loss arguments", ("lit_distill.losses.arguments",)),  # checks + divergence names of formulas and fused
+    # checks, divergence names and the per-row divergences shared by the formulas, the fused path and the cache
+    ("loss arguments", ("lit_distill.losses.arguments", "lit_distill.losses.divergence_rows")),
     ("fused loss", ("lit_distill.losses.fused.*",)),
     ("formulas", ("lit_distill.losses.functional.*",)),  # re-exports fused_linear_kd: one way, above fused
     ("strategies", ("lit_distill.losses.*",)),

@@ -11,9 +11,9 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from lit_distill.losses import functional as LF
+from lit_distill.losses.arguments import Divergence
 from lit_distill.losses.base import DistillationLoss
-from lit_distill.losses.logit import Divergence
-from lit_distill.losses.topk import topk_divergence, topk_teacher
+from lit_distill.losses.topk import topk_divergence, topk_teacher, wanted_tail
 from lit_distill.outputs import ModelOutput
 
 
@@ -59,8 +59,10 @@ class TokenKD(DistillationLoss):
     """Per-token distillation of a causal LM: ``mean_t D(p_teacher(·|x_<t) ‖ p_student(·|x_<t))`` over counted tokens.
 
     Position ``t`` is compared where ``labels[t+1] != ignore_index`` (prompt and padding count for nothing).
-    ``D`` is forward KL (Hinton et al. 2015; ``T²`` scaled), reverse KL (MiniLLM, Gu et al. 2024), generalized
-    JSD(β) (GKD, Agarwal et al. 2024) or TVD, from :func:`lit_distill.losses.functional.divergence`.
+    ``D`` is forward KL (Hinton et al. 2015), reverse KL (MiniLLM, Gu et al. 2024), generalized JSD(β) (GKD,
+    Agarwal et al. 2024; normalised to reach both KLs at its ends), TVD, skew forward/reverse KL (DistiLLM, Ko et
+    al. 2024) or adaptive KL (Wu et al. 2024), from :func:`lit_distill.losses.functional.divergence`; the KL
+    family is ``T²``-scaled, JSD and TVD are not (the table in docs/losses.md).
     ``lm_weight > 0`` adds the student's hard-label next-token cross-entropy (logged as ``<name>/lm``).
 
     Vocabularies: both models must speak one tokenizer. :meth:`check_models` compares the ``tokenizer_id``
@@ -71,10 +73,18 @@ class TokenKD(DistillationLoss):
     divergence runs through :func:`lit_distill.losses.fused.fused_linear_kd` in chunks of ``chunk_size``
     tokens and the ``[tokens, vocab]`` logits are never materialised; the value and gradient are the same.
 
+    A top-k teacher cache (:mod:`lit_distill.losses.topk`) is compared over the k ids plus one tail bucket with
+    the teacher's stored mass outside them (``topk_tail``), or renormalised over the k.
+
     Args:
-        divergence: ``forward_kl`` | ``reverse_kl`` | ``jsd`` | ``tvd``.
+        divergence: ``forward_kl`` | ``reverse_kl`` | ``jsd`` | ``tvd`` | ``skew_forward_kl`` |
+            ``skew_reverse_kl`` | ``adaptive_kl``.
         temperature: softening temperature ``T > 0`` for both models.
-        beta: JSD interpolation (0 = forward KL, 1 = reverse KL).
+        beta: JSD interpolation (0 = forward KL, 1 = reverse KL, continuous in between).
+        alpha: skew of ``skew_forward_kl``/``skew_reverse_kl`` in ``[0, 1)`` (0 = plain KL; DistiLLM: 0.1).
+        head_mass: ``adaptive_kl``'s μ: the teacher mass of the head tokens (Wu et al. 2024: 0.5).
+        topk_tail: against a top-k teacher cache, compare the teacher's stored mass outside the k with the
+            student's (exact over k+1 outcomes); False renormalises the teacher over the k (zero tail).
         lm_weight: weight of the hard-label LM cross-entropy added to the KD term (0 = pure KD).
         ignore_index: label value that is not counted.
         vocab_size: number of shared real tokens to compare (slices padded logits); None = infer.
@@ -95,6 +105,9 @@ class TokenKD(DistillationLoss):
         divergence: Divergence = "forward_kl",
         temperature: float = 1.0,
         beta: float = 0.5,
+        alpha: float = 0.1,
+        head_mass: float = 0.5,
+        topk_tail: bool = True,
         lm_weight: float = 0.0,
         ignore_index: int = -100,
         vocab_size: int | None = None,
@@ -107,12 +120,15 @@ class TokenKD(DistillationLoss):
         LF.check_divergence(divergence)
         LF.check_temperature(temperature)
         LF.check_beta(beta)
+        LF.check_alpha(alpha)
+        LF.check_head_mass(head_mass)
         LF.check_nonnegative("lm_weight", lm_weight)
         if vocab_size is not None and vocab_size < 1:
             raise ValueError(f"vocab_size must be a positive number of shared tokens, got {vocab_size}.")
         if chunk_size is not None and chunk_size < 1:
             raise ValueError(f"chunk_size must be >= 1 token, got {chunk_size}.")
         self.divergence, self.temperature, self.beta = divergence, float(temperature), float(beta)
+        self.alpha, self.head_mass, self.topk_tail = float(alpha), float(head_mass), topk_tail
         self.lm_weight, self.ignore_index = float(lm_weight), ignore_index
         self.vocab_size, self.chunk_size = vocab_size, chunk_size
         self.accepts_hidden = fused
@@ -178,11 +194,11 @@ class TokenKD(DistillationLoss):
             kd = topk_divergence(
                 self.divergence,
                 s[..., :vocab],
-                topk[0][:, :-1],
-                topk[1][:, :-1],
-                temperature=self.temperature,
-                beta=self.beta,
+                topk.values[:, :-1],
+                topk.indices[:, :-1],
+                *wanted_tail(topk, self.topk_tail, self.name, positions=slice(None, -1)),
                 mask=counted,
+                **self._options(),
             )
             if self.lm_weight == 0:
                 return kd
@@ -190,13 +206,14 @@ class TokenKD(DistillationLoss):
         s_logits, t_logits = _logits(student, "student", self), _logits(teacher, "teacher", self)
         vocab = self._vocab(s_logits.shape[-1], t_logits.shape[-1])
         s, t = s_logits[:, :-1], t_logits[:, :-1]
-        kd = LF.divergence(
-            self.divergence, s[..., :vocab], t[..., :vocab], temperature=self.temperature, beta=self.beta, mask=counted
-        )
+        kd = LF.divergence(self.divergence, s[..., :vocab], t[..., :vocab], mask=counted, **self._options())
         if self.lm_weight == 0:
             return kd
         # The LM term uses the student's whole head (padded rows included), like CrossEntropy does.
         return {"kd": kd, "lm": self.lm_weight * _lm_loss(s, targets, self.ignore_index)}
+
+    def _options(self) -> dict[str, float]:
+        return {"temperature": self.temperature, "beta": self.beta, "alpha": self.alpha, "head_mass": self.head_mass}
 
     def _fused(self, student: ModelOutput, teacher: ModelOutput, targets: Tensor) -> Tensor | dict[str, Tensor]:
         from lit_distill.losses.fused import fused_linear_kd
@@ -213,8 +230,6 @@ class TokenKD(DistillationLoss):
             t_h,
             t_w[:vocab],
             divergence=self.divergence,
-            beta=self.beta,
-            temperature=self.temperature,
             labels=targets,
             ignore_index=self.ignore_index,
             chunk_size=self.chunk_size,
@@ -222,6 +237,7 @@ class TokenKD(DistillationLoss):
             teacher_bias=None if t_b is None else t_b[:vocab],
             ce_weight=ce_weight,
             return_parts=True,
+            **self._options(),
         )
         if self.lm_weight == 0:
             return parts.loss

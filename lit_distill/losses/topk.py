@@ -1,50 +1,98 @@
-"""Divergences against a teacher that kept only its top-k logits (an offline teacher cache).
+"""Divergences against a teacher that kept only its top-k logits (an offline teacher cache): exact over ``k+1``
+outcomes.
 
-Convention: **renormalised over the k**. The teacher's distribution at temperature ``T`` is
-``p̃_j = softmax(v / T)_j`` over its ``k`` stored logits ``v`` (indices ``i_j``) and zero on every
-other class. The student keeps its full distribution ``q = softmax(s / T)`` over the whole vocabulary,
-so student mass outside the teacher's top-k is penalised, and the result is an exact divergence
-between ``p̃`` and ``q`` computed without building a ``[rows, vocab]`` teacher tensor.
+The outcomes are the teacher's ``k`` stored ids and one **tail bucket**, everything else. The student's
+distribution ``q = softmax(s / T)`` over its whole vocabulary gives ``q`` at the ``k`` ids and its mass outside
+them. The teacher's side comes in one of two forms:
 
-Renormalising needs only the raw top-k logits, so one cache serves every temperature. The
-alternative (the remaining mass as one extra bucket) needs the teacher's full normaliser at the very
-temperature of the loss, which a cache written once cannot know. With ``k`` equal to the vocabulary
-size every function here equals its full-logit counterpart in :mod:`lit_distill.losses.functional`.
+* **tail** (the default of caches that store it): the teacher's own mass outside its top-k, ``p_tail`` (one number
+  per position, stored at the cache's ``tail_temperature``), and ``(1 − p_tail)·softmax(v / T)`` over the k. The
+  loss is the divergence of the two ``k+1``-outcome distributions: no bias towards putting zero mass outside the k.
+* **renormalised**: ``p̃ = softmax(v / T)`` over the k and zero in the tail, i.e. the teacher as if its k ids were
+  all it knew. Needs only the raw top-k logits, so one cache serves every temperature; it pulls the student's
+  tail mass to zero, and divergences with a reverse-KL part (``reverse_kl``, ``jsd`` at β = 1, ``skew_reverse_kl``
+  at α = 0, ``adaptive_kl``) are infinite against it and refused.
 
-Reverse KL (and JSD with ``beta = 1``) is infinite against ``p̃`` (``q > 0`` where ``p̃ = 0``) and
-is refused with a clear error; cache full logits (``top_k: null``) for it.
+Each divergence is the one of :mod:`lit_distill.losses.functional` (same per-row formula, same ``T²`` convention),
+computed on the ``k+1`` outcomes without building a ``[rows, vocab]`` teacher tensor; with ``k`` equal to the
+vocabulary both forms equal their full-logit counterparts.
 
-A :class:`~lit_distill.outputs.ModelOutput` carries top-k teacher outputs with ``logits=None`` and
-``extra[TOPK_VALUES]`` (``[..., k]`` logits, sorted or not) plus ``extra[TOPK_INDICES]`` (``[..., k]``
-class ids); :func:`topk_teacher` reads them.
+A :class:`~lit_distill.outputs.ModelOutput` carries top-k teacher outputs with ``logits=None`` and ``extra`` keys
+:data:`TOPK_VALUES` (``[..., k]`` logits, sorted or not), :data:`TOPK_INDICES` (``[..., k]`` class ids) and, when the
+cache stores it, :data:`TOPK_TAIL` (``[...]`` log of the teacher's mass outside the k) with
+:data:`TOPK_TAIL_TEMPERATURE`; :func:`topk_teacher` reads them.
 """
 
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from lit_distill.losses import functional as LF
+from lit_distill.losses.divergence_rows import divergence_rows
 from lit_distill.outputs import ModelOutput
 
 __all__ = [
     "TOPK_VALUES",
     "TOPK_INDICES",
+    "TOPK_TAIL",
+    "TOPK_TAIL_TEMPERATURE",
+    "TopKTeacher",
     "topk_teacher",
-    "topk_kl_divergence",
-    "topk_jensen_shannon",
-    "topk_total_variation",
+    "wanted_tail",
     "topk_divergence",
 ]
 
 TOPK_VALUES = "topk_values"
 TOPK_INDICES = "topk_indices"
+TOPK_TAIL = "topk_tail"
+TOPK_TAIL_TEMPERATURE = "topk_tail_temperature"
 
-#: Vocabulary sizes whose index range a CUDA batch has passed (see ``_prepare``).
+#: Vocabulary sizes whose index range a CUDA batch has passed (see ``_student_log_probs``).
 _CHECKED_CUDA_VOCABS: set[int] = set()
+#: Stands in for log 0 where a logsumexp over nothing would give -inf (and a NaN gradient).
+_LOG_ZERO = -1e30
+
+
+class TopKTeacher(NamedTuple):
+    """A top-k teacher: ``values``/``indices`` ``[..., k]``; ``tail`` ``[...]`` = log of the mass outside the k at
+    ``tail_temperature`` (None: not stored)."""
+
+    values: Tensor
+    indices: Tensor
+    tail: Tensor | None = None
+    tail_temperature: float | None = None
+
+
+def topk_teacher(out: ModelOutput | None) -> TopKTeacher | None:
+    """The top-k teacher ``out`` holds, or None when it holds full logits (they win) or no top-k."""
+    if out is None or out.logits is not None:
+        return None
+    values, indices = out.extra.get(TOPK_VALUES), out.extra.get(TOPK_INDICES)
+    if values is None or indices is None:
+        return None
+    return TopKTeacher(values, indices, out.extra.get(TOPK_TAIL), out.extra.get(TOPK_TAIL_TEMPERATURE))
+
+
+def wanted_tail(
+    teacher: TopKTeacher, use_tail: bool, loss_name: str, positions: slice = slice(None)
+) -> tuple[Tensor | None, float | None]:
+    """``(tail, tail_temperature)`` for :func:`topk_divergence`: the stored tail (at ``positions`` of its second
+    dimension) when ``use_tail``, ``(None, None)`` to renormalise; a cache without a tail is refused with the fix."""
+    if not use_tail:
+        return None, None
+    if teacher.tail is None:
+        raise ValueError(
+            f"{loss_name}: the teacher cache holds the top-k logits but not the teacher's mass outside them (a cache "
+            "written before the tail bucket, or with tail_temperature: null). Rewrite it with `lit-distill predict` "
+            "and TeacherCacheWriter (it stores the tail by default; overwrite: true replaces the old one), or set "
+            "topk_tail: false to renormalise the teacher over the k."
+        )
+    return teacher.tail[:, positions], teacher.tail_temperature
 
 
 def _out_of_range(indices: Tensor, vocab: int) -> bool:
@@ -54,37 +102,9 @@ def _out_of_range(indices: Tensor, vocab: int) -> bool:
     return bad
 
 
-def topk_teacher(out: ModelOutput | None) -> tuple[Tensor, Tensor] | None:
-    """``(values, indices)`` when ``out`` holds only top-k teacher logits, else None (full logits win)."""
-    if out is None or out.logits is not None:
-        return None
-    values, indices = out.extra.get(TOPK_VALUES), out.extra.get(TOPK_INDICES)
-    if values is None or indices is None:
-        return None
-    return values, indices
-
-
-def _prepare(
-    student_logits: Tensor, values: Tensor, indices: Tensor, temperature: float, mask: Tensor | None
-) -> tuple[Tensor, Tensor, Tensor]:
-    """``(log p̃ [..., k], log q at the k indices [..., k], q's mass outside the k [...])``."""
-    LF.check_temperature(temperature)
-    if values.shape != indices.shape:
-        raise ValueError(f"top-k values {tuple(values.shape)} and indices {tuple(indices.shape)} differ in shape.")
-    if values.shape[:-1] != student_logits.shape[:-1]:
-        raise ValueError(
-            f"top-k teacher rows {tuple(values.shape[:-1])} do not match the student logits "
-            f"{tuple(student_logits.shape)} without their last dim; both must cover the same positions."
-        )
+def _student_log_probs(student_logits: Tensor, indices: Tensor, temperature: float, dtype: torch.dtype) -> Tensor:
+    """``log q`` over the k+1 outcomes ``[..., k+1]``: the student at the teacher's k ids, then its mass elsewhere."""
     vocab = student_logits.shape[-1]
-    if values.shape[-1] > vocab:
-        raise ValueError(f"top-k teacher has k={values.shape[-1]} entries but the student only {vocab} classes.")
-    if mask is not None and mask.shape != student_logits.shape[:-1]:
-        raise ValueError(
-            f"mask shape {tuple(mask.shape)} must equal the logits shape without the last dim "
-            f"{tuple(student_logits.shape[:-1])}."
-        )
-    indices = indices.long()
     # Reading the range back from a GPU waits for it every step (the CPU can no longer queue work ahead):
     # check once per vocabulary size there; on the CPU every call. A later out-of-range index on the GPU
     # still stops the run (gather's device-side bounds check), only with CUDA's message.
@@ -94,97 +114,63 @@ def _prepare(
             f"top-k teacher indices span [{int(indices.min())}, {int(indices.max())}] but the student has {vocab} "
             "classes; the cache was written for another vocabulary."
         )
-    dtype = torch.float64 if torch.float64 in (student_logits.dtype, values.dtype) else torch.float32
     log_q_all = F.log_softmax(student_logits.to(dtype) / temperature, dim=-1)
-    log_q = log_q_all.gather(-1, indices)
-    log_p = F.log_softmax(values.to(dtype) / temperature, dim=-1)
-    # 1 - Σ_k q via expm1 keeps digits when the k hold nearly all the mass; duplicate indices (padding
-    # rows) could push Σ past 1. No log here: log(0) would turn the gradient into NaN when k covers all.
-    q_rest = (-torch.expm1(torch.logsumexp(log_q, dim=-1))).clamp_min(0.0)
-    return log_p, log_q, q_rest
+    # The tail as a logsumexp over the other ids, not log(1 - Σ_k q): no cancellation when it is small.
+    log_q_tail = log_q_all.scatter(-1, indices, _LOG_ZERO).logsumexp(-1, keepdim=True)
+    return torch.cat([log_q_all.gather(-1, indices), log_q_tail], dim=-1)
 
 
-def topk_kl_divergence(
-    student_logits: Tensor,
-    values: Tensor,
-    indices: Tensor,
-    temperature: float = 1.0,
-    mask: Tensor | None = None,
-) -> Tensor:
-    """Forward ``T²·KL(p̃‖q) = T²·Σ_j p̃_j (log p̃_j − log q_{i_j})`` (Hinton et al. 2015, top-k teacher).
-
-    Args:
-        student_logits: ``[..., V]`` student logits.
-        values: ``[..., k]`` the teacher's top-k logits.
-        indices: ``[..., k]`` their class ids.
-        temperature: softening temperature ``T > 0`` (applied to both sides).
-        mask: optional boolean ``[...]``; True rows are averaged.
-
-    Example:
-        >>> s, t = torch.randn(4, 10), torch.randn(4, 10)
-        >>> v, i = t.topk(3, dim=-1)
-        >>> topk_kl_divergence(s, v, i, temperature=2.0).shape
-        torch.Size([])
-    """
-    log_p, log_q, _ = _prepare(student_logits, values, indices, temperature, mask)
-    rows = (log_p.exp() * (log_p - log_q)).sum(-1)
-    return LF.masked_mean(rows, mask) * temperature**2
+def _teacher_log_probs(teacher: TopKTeacher, temperature: float, dtype: torch.dtype) -> Tensor:
+    """``log p`` over the k+1 outcomes: with the stored tail, or renormalised over the k (tail -inf)."""
+    log_p_k = F.log_softmax(teacher.values.to(dtype) / temperature, dim=-1)
+    if teacher.tail is None:
+        tail = torch.full_like(log_p_k[..., :1], -math.inf)
+    else:
+        tail = teacher.tail.to(dtype).unsqueeze(-1)
+        log_p_k = log_p_k + torch.log1p(-tail.exp())
+    return torch.cat([log_p_k, tail], dim=-1)
 
 
-def topk_jensen_shannon(
-    student_logits: Tensor,
-    values: Tensor,
-    indices: Tensor,
-    beta: float = 0.5,
-    temperature: float = 1.0,
-    mask: Tensor | None = None,
-) -> Tensor:
-    """Generalized JSD(β) of GKD (Agarwal et al. 2024) between ``p̃`` and ``q``; no T² factor.
-
-    ``M = β·p̃ + (1−β)·q``, ``JSD = β·KL(p̃‖M) + (1−β)·KL(q‖M)``. Outside the top-k ``M = (1−β)·q``, so
-    that part of ``KL(q‖M)`` is ``−(1 − Σ_j q_{i_j})·log(1−β)``. ``β = 0`` is forward KL; ``β = 1``
-    (reverse KL) is infinite here and refused.
-
-    Example:
-        >>> s, t = torch.randn(4, 10), torch.randn(4, 10)
-        >>> v, i = t.topk(10, dim=-1)
-        >>> torch.allclose(topk_jensen_shannon(s, v, i), LF.jensen_shannon(s, t))
-        True
-    """
-    LF.check_beta(beta)
-    if beta == 1.0:
+def _check(name: str, student_logits: Tensor, teacher: TopKTeacher, options: dict, mask: Tensor | None) -> None:
+    values, indices, tail, tail_t = teacher
+    if values.shape != indices.shape:
+        raise ValueError(f"top-k values {tuple(values.shape)} and indices {tuple(indices.shape)} differ in shape.")
+    if values.shape[:-1] != student_logits.shape[:-1]:
         raise ValueError(
-            "jsd with beta=1 is reverse KL, which is infinite against a top-k teacher (zero outside its k); "
-            "use beta < 1, or cache full logits (top_k: null)."
+            f"top-k teacher rows {tuple(values.shape[:-1])} do not match the student logits "
+            f"{tuple(student_logits.shape)} without their last dim; both must cover the same positions."
         )
-    log_p, log_q, q_rest = _prepare(student_logits, values, indices, temperature, mask)
-    if beta == 0.0:
-        rows = (log_p.exp() * (log_p - log_q)).sum(-1)
-        return LF.masked_mean(rows, mask)
-    log_m = torch.logaddexp(log_p + math.log(beta), log_q + math.log1p(-beta))
-    kl_p_m = (log_p.exp() * (log_p - log_m)).sum(-1)
-    kl_q_m = (log_q.exp() * (log_q - log_m)).sum(-1) - q_rest * math.log1p(-beta)
-    return LF.masked_mean(beta * kl_p_m + (1.0 - beta) * kl_q_m, mask)
-
-
-def topk_total_variation(
-    student_logits: Tensor,
-    values: Tensor,
-    indices: Tensor,
-    temperature: float = 1.0,
-    mask: Tensor | None = None,
-) -> Tensor:
-    """Total variation ``½·(Σ_j |p̃_j − q_{i_j}| + (1 − Σ_j q_{i_j}))`` per row, averaged.
-
-    Example:
-        >>> s = torch.randn(3, 5)
-        >>> v, i = s.topk(5, dim=-1)
-        >>> float(topk_total_variation(s, v, i)) < 1e-6
-        True
-    """
-    log_p, log_q, q_rest = _prepare(student_logits, values, indices, temperature, mask)
-    rows = 0.5 * ((log_p.exp() - log_q.exp()).abs().sum(-1) + q_rest)
-    return LF.masked_mean(rows, mask)
+    if values.shape[-1] > student_logits.shape[-1]:
+        raise ValueError(
+            f"top-k teacher has k={values.shape[-1]} entries but the student only {student_logits.shape[-1]} classes."
+        )
+    if tail is not None and tail.shape != values.shape[:-1]:
+        raise ValueError(f"top-k tail {tuple(tail.shape)} must have the values' shape without k {values.shape[:-1]}.")
+    if mask is not None and mask.shape != student_logits.shape[:-1]:
+        raise ValueError(
+            f"mask shape {tuple(mask.shape)} must equal the logits shape without the last dim "
+            f"{tuple(student_logits.shape[:-1])}."
+        )
+    temperature = options["temperature"]
+    if tail is not None and tail_t is not None and not math.isclose(tail_t, temperature, rel_tol=1e-6):
+        raise ValueError(
+            f"the teacher cache stores its mass outside the top-k at temperature {tail_t}, but this loss uses "
+            f"temperature {temperature}: the tail depends on it. Rewrite the cache with TeacherCacheWriter("
+            f"tail_temperature={temperature}), or renormalise over the k (TokenKD(topk_tail=False))."
+        )
+    infinite = {
+        "reverse_kl": True,
+        "jsd": options["beta"] == 1.0,
+        "skew_reverse_kl": options["alpha"] == 0.0,
+        "adaptive_kl": True,
+    }
+    if tail is None and infinite.get(name, False):
+        raise ValueError(
+            f"{name} (with these settings) has a reverse-KL part, which is infinite against a top-k teacher "
+            "renormalised over its k (the student has mass where that teacher has none). Use a cache that stores "
+            "the teacher's tail mass (TeacherCacheWriter stores it by default; TokenKD(topk_tail=True)), another "
+            "divergence, or cache full logits (top_k: null)."
+        )
 
 
 def topk_divergence(
@@ -192,25 +178,49 @@ def topk_divergence(
     student_logits: Tensor,
     values: Tensor,
     indices: Tensor,
+    tail: Tensor | None = None,
+    tail_temperature: float | None = None,
     *,
     temperature: float = 1.0,
     beta: float = 0.5,
+    alpha: float = 0.1,
+    head_mass: float = 0.5,
     mask: Tensor | None = None,
 ) -> Tensor:
-    """Dispatch by name like :func:`lit_distill.losses.functional.divergence`, for a top-k teacher.
+    """Divergence ``name`` of :func:`lit_distill.losses.functional.divergence` against a top-k teacher, exact over
+    the k+1 outcomes (the k ids and the tail).
 
-    ``forward_kl`` and ``tvd`` and ``jsd`` (``beta < 1``) work; ``reverse_kl`` is refused (infinite).
+    Args:
+        name: a divergence of :data:`~lit_distill.losses.arguments.DIVERGENCES`.
+        student_logits: ``[..., V]`` student logits.
+        values: ``[..., k]`` the teacher's top-k logits.
+        indices: ``[..., k]`` their class ids.
+        tail: ``[...]`` log of the teacher's probability mass outside the k at ``tail_temperature``; None
+            renormalises the teacher over the k (zero tail).
+        tail_temperature: the temperature ``tail`` was computed at; must equal ``temperature`` (None: not checked).
+        temperature: softening temperature ``T > 0`` (both sides).
+        beta: JSD's β.
+        alpha: the skew divergences' α.
+        head_mass: adaptive KL's μ.
+        mask: optional boolean ``[...]``; True rows are averaged.
+
+    Example:
+        >>> s, t = torch.randn(4, 10), torch.randn(4, 10)
+        >>> v, i = t.topk(3, dim=-1)
+        >>> tail = (t.log_softmax(-1).scatter(-1, i, -float("inf"))).logsumexp(-1)
+        >>> topk_divergence("reverse_kl", s, v, i, tail, 1.0, temperature=1.0).shape
+        torch.Size([])
     """
-    if name == "forward_kl":
-        return topk_kl_divergence(student_logits, values, indices, temperature, mask)
-    if name == "jsd":
-        return topk_jensen_shannon(student_logits, values, indices, beta=beta, temperature=temperature, mask=mask)
-    if name == "tvd":
-        return topk_total_variation(student_logits, values, indices, temperature=temperature, mask=mask)
-    if name == "reverse_kl":
-        raise ValueError(
-            "reverse_kl is infinite against a top-k teacher (the student has mass where the renormalised "
-            "teacher has none); use forward_kl, jsd with beta < 1 or tvd, or cache full logits (top_k: null)."
-        )
     LF.check_divergence(name)
-    raise AssertionError(name)  # unreachable: check_divergence raised
+    LF.check_temperature(temperature)
+    LF.check_beta(beta)
+    LF.check_alpha(alpha)
+    LF.check_head_mass(head_mass)
+    teacher = TopKTeacher(values, indices, tail, tail_temperature)
+    options = {"temperature": temperature, "beta": beta, "alpha": alpha, "head_mass": head_mass}
+    _check(name, student_logits, teacher, options, mask)
+    dtype = torch.float64 if torch.float64 in (student_logits.dtype, values.dtype) else torch.float32
+    log_q = _student_log_probs(student_logits, indices.long(), temperature, dtype)
+    log_p = _teacher_log_probs(teacher, temperature, dtype)
+    rows = divergence_rows(name, log_q, log_p, beta=beta, alpha=alpha, head_mass=head_mass)
+    return LF.masked_mean(rows, mask) * LF.temperature_factor(name, temperature)

@@ -1,4 +1,4 @@
-"""kl_divergence / jensen_shannon / total_variation against direct textbook formulas."""
+"""Every divergence of lit_distill.losses.functional against its paper's formula, written here in float64 Python."""
 
 import math
 
@@ -22,31 +22,59 @@ def kl(p, q):
     return sum(pi * math.log(pi / qi) for pi, qi in zip(p, q) if pi > 0)
 
 
-def reference(name, s, t, temperature=1.0, beta=0.5, mask=None):
+def mix(w, a, b):
+    return [w * x + (1 - w) * y for x, y in zip(a, b)]
+
+
+def akl(p, q, mu):
+    """Wu et al. 2024: head = the teacher's top entries up to cumulative mass mu (the first always)."""
+    order = sorted(range(len(p)), key=lambda i: -p[i])
+    head, mass = set(), 0.0
+    for rank, i in enumerate(order):
+        mass += p[i]
+        if rank == 0 or mass <= mu:
+            head.add(i)
+    g_head = sum(abs(p[i] - q[i]) for i in head)
+    g_tail = sum(abs(p[i] - q[i]) for i in range(len(p)) if i not in head)
+    total = g_head + g_tail
+    return 0.0 if total == 0 else (g_head * kl(p, q) + g_tail * kl(q, p)) / total
+
+
+def row(name, p_t, p_s, beta=0.5, alpha=0.1, mu=0.5):
+    """One row of each divergence, unscaled, teacher p_t and student p_s."""
+    if name == "forward_kl":
+        return kl(p_t, p_s)
+    if name == "reverse_kl":
+        return kl(p_s, p_t)
+    if name == "tvd":
+        return 0.5 * sum(abs(a - b) for a, b in zip(p_t, p_s))
+    if name == "jsd":  # GKD's JSD(beta) / (beta (1 - beta)), its limits at the ends
+        if beta == 0:
+            return kl(p_t, p_s)
+        if beta == 1:
+            return kl(p_s, p_t)
+        m = mix(beta, p_t, p_s)
+        return (beta * kl(p_t, m) + (1 - beta) * kl(p_s, m)) / (beta * (1 - beta))
+    if name == "skew_forward_kl":  # DistiLLM: KL(p || a p + (1-a) q)
+        return kl(p_t, mix(alpha, p_t, p_s))
+    if name == "skew_reverse_kl":  # DistiLLM: KL(q || (1-a) p + a q)
+        return kl(p_s, mix(alpha, p_s, p_t))
+    assert name == "adaptive_kl"
+    return akl(p_t, p_s, mu)
+
+
+T_SQUARED = {"forward_kl", "reverse_kl", "skew_forward_kl", "skew_reverse_kl", "adaptive_kl"}
+
+
+def reference(name, s, t, temperature=1.0, beta=0.5, mask=None, alpha=0.1, mu=0.5):
     ps, pt = softmax_rows(s, temperature), softmax_rows(t, temperature)
     keep = [True] * len(ps) if mask is None else mask.reshape(-1).tolist()
-    rows = []
-    for p_s, p_t, k in zip(ps, pt, keep):
-        if not k:
-            continue
-        if name == "forward_kl":
-            rows.append(kl(p_t, p_s) * temperature**2)
-        elif name == "reverse_kl":
-            rows.append(kl(p_s, p_t) * temperature**2)
-        elif name == "tvd":
-            rows.append(0.5 * sum(abs(a - b) for a, b in zip(p_t, p_s)))
-        elif name == "jsd":
-            if beta == 0:
-                rows.append(kl(p_t, p_s))
-            elif beta == 1:
-                rows.append(kl(p_s, p_t))
-            else:
-                m = [beta * a + (1 - beta) * b for a, b in zip(p_t, p_s)]
-                rows.append(beta * kl(p_t, m) + (1 - beta) * kl(p_s, m))
-    return sum(rows) / max(len(rows), 1)
+    rows = [row(name, p_t, p_s, beta, alpha, mu) for p_s, p_t, k in zip(ps, pt, keep) if k]
+    scale = temperature**2 if name in T_SQUARED else 1.0
+    return scale * sum(rows) / max(len(rows), 1)
 
 
-NAMES = ["forward_kl", "reverse_kl", "jsd", "tvd"]
+NAMES = ["forward_kl", "reverse_kl", "jsd", "tvd", "skew_forward_kl", "skew_reverse_kl", "adaptive_kl"]
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -54,8 +82,8 @@ NAMES = ["forward_kl", "reverse_kl", "jsd", "tvd"]
 def test_matches_direct_formula_fp32(name, temperature):
     g = torch.Generator().manual_seed(0)
     s, t = torch.randn(3, 5, 7, generator=g) * 3, torch.randn(3, 5, 7, generator=g) * 3
-    got = LF.divergence(name, s, t, temperature=temperature, beta=0.3)
-    want = reference(name, s, t, temperature, beta=0.3)
+    got = LF.divergence(name, s, t, temperature=temperature, beta=0.3, alpha=0.2, head_mass=0.6)
+    want = reference(name, s, t, temperature, beta=0.3, alpha=0.2, mu=0.6)
     assert got.dtype == torch.float32
     assert got.item() == pytest.approx(want, rel=1e-5, abs=1e-6)
 
@@ -113,13 +141,40 @@ def test_identical_inputs_give_zero():
         assert LF.divergence(name, x, x.clone(), temperature=2.0).abs().item() < 1e-6
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", [n for n in NAMES if n != "adaptive_kl"])
 def test_gradcheck_float64(name):
     g = torch.Generator().manual_seed(4)
     s = torch.randn(3, 5, dtype=torch.float64, generator=g, requires_grad=True)
     t = torch.randn(3, 5, dtype=torch.float64, generator=g)
     mask = torch.tensor([True, False, True])
-    assert torch.autograd.gradcheck(lambda x: LF.divergence(name, x, t, temperature=1.7, beta=0.4, mask=mask), (s,))
+    fn = lambda x: LF.divergence(name, x, t, temperature=1.7, beta=0.4, alpha=0.3, mask=mask)  # noqa: E731
+    assert torch.autograd.gradcheck(fn, (s,))
+
+
+def test_adaptive_kl_gradient_holds_its_weights_constant():
+    """AKL's head/tail weights are constants for the gradient (the paper detaches them): its gradient is that of
+    ``w_head·FKL + w_tail·RKL`` with the weights of the point, which gradcheck verifies by finite differences."""
+    g = torch.Generator().manual_seed(4)
+    s = torch.randn(3, 6, dtype=torch.float64, generator=g, requires_grad=True)
+    t = torch.randn(3, 6, dtype=torch.float64, generator=g)
+    temperature, mu = 1.7, 0.4
+    weights = []
+    for p_s, p_t in zip(softmax_rows(s.detach(), temperature), softmax_rows(t, temperature)):
+        f, r = kl(p_t, p_s), kl(p_s, p_t)
+        both = akl(p_t, p_s, mu)  # = w_h f + w_t r with w_h + w_t = 1
+        w_h = (both - r) / (f - r)
+        weights.append([w_h, 1 - w_h])
+    w = torch.tensor(weights, dtype=torch.float64)
+
+    def frozen(x):
+        f = torch.stack([LF.kl_divergence(x[i], t[i], temperature) for i in range(3)])
+        r = torch.stack([LF.kl_divergence(x[i], t[i], temperature, reverse=True) for i in range(3)])
+        return (w[:, 0] * f + w[:, 1] * r).mean()
+
+    assert torch.autograd.gradcheck(frozen, (s,))
+    LF.adaptive_kl(s, t, head_mass=mu, temperature=temperature).backward()
+    want = torch.autograd.grad(frozen(s), s)[0]
+    assert torch.allclose(s.grad, want, rtol=1e-10, atol=1e-12)
 
 
 def test_gradient_matches_finite_differences_in_fp32():

@@ -10,30 +10,45 @@ from lit_distill.losses import TokenKD
 from lit_distill.models import GPT
 from lit_distill.outputs import ModelOutput
 
-DIVERGENCES = ["forward_kl", "reverse_kl", "jsd", "tvd"]
+DIVERGENCES = ["forward_kl", "reverse_kl", "jsd", "tvd", "skew_forward_kl", "skew_reverse_kl", "adaptive_kl"]
 
 
-def direct(div, s, t, temperature=1.0, beta=0.5):
+def kl(a, b):
+    return (a * (a.log() - b.log())).sum(-1)
+
+
+def direct(div, s, t, temperature=1.0, beta=0.5, alpha=0.1, mu=0.5):
     """Per-row divergence written out from the definitions, in float64."""
     s, t = s.double() / temperature, t.double() / temperature
     q, p = s.softmax(-1), t.softmax(-1)  # student q, teacher p
+    t2 = temperature**2
     if div == "forward_kl":
-        return (p * (p.log() - q.log())).sum(-1) * temperature**2
+        return kl(p, q) * t2
     if div == "reverse_kl":
-        return (q * (q.log() - p.log())).sum(-1) * temperature**2
+        return kl(q, p) * t2
     if div == "jsd":
         m = beta * p + (1 - beta) * q
-        return beta * (p * (p.log() - m.log())).sum(-1) + (1 - beta) * (q * (q.log() - m.log())).sum(-1)
+        return (beta * kl(p, m) + (1 - beta) * kl(q, m)) / (beta * (1 - beta))
+    if div == "skew_forward_kl":
+        return kl(p, alpha * p + (1 - alpha) * q) * t2
+    if div == "skew_reverse_kl":
+        return kl(q, alpha * q + (1 - alpha) * p) * t2
+    if div == "adaptive_kl":
+        order = p.argsort(descending=True)
+        head = p[order].cumsum(0) <= mu
+        head[0] = True
+        gap = (p[order] - q[order]).abs()
+        return (gap[head].sum() * kl(p, q) + gap[~head].sum() * kl(q, p)) / gap.sum() * t2
     return 0.5 * (p - q).abs().sum(-1)
 
 
-def direct_token_kd(div, s, t, labels, temperature=1.0, beta=0.5):
+def direct_token_kd(div, s, t, labels, temperature=1.0, beta=0.5, **options):
     """Mean over (b, i) with labels[b, i+1] != -100 of D(t[b, i], s[b, i]), by explicit loops."""
     total, count = 0.0, 0
     for b in range(labels.shape[0]):
         for i in range(labels.shape[1] - 1):
             if labels[b, i + 1] != -100:
-                total += float(direct(div, s[b, i], t[b, i], temperature, beta))
+                total += float(direct(div, s[b, i], t[b, i], temperature, beta, **options))
                 count += 1
     return total / max(count, 1)
 
@@ -52,9 +67,10 @@ def batch_with_masking(seed=0, b=3, n=7, v=11):
 def test_each_divergence_equals_the_direct_formula(div, dtype, tol):
     batch, s, t = batch_with_masking()
     s, t = s.to(dtype) * 3, t.to(dtype) * 3
-    loss = TokenKD(div, temperature=2.0, beta=0.3)(ModelOutput(logits=s), ModelOutput(logits=t), batch)
+    kd = TokenKD(div, temperature=2.0, beta=0.3, alpha=0.2, head_mass=0.4)
+    loss = kd(ModelOutput(logits=s), ModelOutput(logits=t), batch)
     # the reference sees the same (rounded) bf16 values; the loss computes in fp32 internally
-    want = direct_token_kd(div, s, t, batch["labels"], temperature=2.0, beta=0.3)
+    want = direct_token_kd(div, s, t, batch["labels"], temperature=2.0, beta=0.3, alpha=0.2, mu=0.4)
     assert loss.dtype == torch.float32
     assert math.isclose(float(loss), want, rel_tol=tol * 10, abs_tol=tol)
 
@@ -110,7 +126,7 @@ def test_lm_mix_is_the_shifted_cross_entropy():
     assert math.isclose(float(out["kd"]), direct_token_kd("forward_kl", s, t, batch["labels"]), rel_tol=1e-5)
 
 
-@pytest.mark.parametrize("div", DIVERGENCES)
+@pytest.mark.parametrize("div", [d for d in DIVERGENCES if d != "adaptive_kl"])  # its weights are held constant
 def test_gradient_float64(div):
     batch, s, t = batch_with_masking(b=2, n=4, v=5)
     loss = TokenKD(div, temperature=1.5, beta=0.4, lm_weight=0.5)
@@ -212,7 +228,8 @@ def test_module_trains_through_the_fused_path(tmp_path):
 
 
 def test_token_kd_reads_a_topk_teacher_cache():
-    """A cache holding the teacher's top-k: renormalised over the k, compared on shifted, counted positions."""
+    """A cache holding the teacher's top-k, renormalised over the k (topk_tail=False), compared on shifted, counted
+    positions."""
     g = torch.Generator().manual_seed(7)
     s, t = torch.randn(2, 5, 11, generator=g), torch.randn(2, 5, 11, generator=g)
     labels = torch.randint(0, 11, (2, 5), generator=g)
@@ -220,7 +237,7 @@ def test_token_kd_reads_a_topk_teacher_cache():
     values, indices = t.topk(4, dim=-1)
     teacher = ModelOutput(extra={"topk_values": values, "topk_indices": indices})
     batch = {"input_ids": labels.clamp_min(0), "labels": labels}
-    got = TokenKD(temperature=2.0)(ModelOutput(logits=s), teacher, batch)
+    got = TokenKD(temperature=2.0, topk_tail=False)(ModelOutput(logits=s), teacher, batch)
     rows = []
     for b in range(2):
         for pos in range(4):  # position pos predicts token pos + 1
@@ -245,9 +262,9 @@ def test_token_kd_slices_a_padded_student_against_a_topk_teacher(how):
     teacher = ModelOutput(extra={"topk_values": values, "topk_indices": indices})
     batch = {"input_ids": ids, "labels": ids}
     if how == "vocab_size":
-        kd = TokenKD(vocab_size=v)
+        kd = TokenKD(vocab_size=v, topk_tail=False)
     else:
-        kd = TokenKD()
+        kd = TokenKD(topk_tail=False)
         kd.check_models(GPT(vocab_size=v + 4, tokenizer_id="tok"), _Declared(tokenizer_id="tok", num_logits=v))
     rows = []
     for b in range(2):
@@ -256,6 +273,44 @@ def test_token_kd_slices_a_padded_student_against_a_topk_teacher(how):
             log_q = torch.log_softmax(s[b, pos, :v].double(), -1)[indices[b, pos]]
             rows.append(float((p * (p.log() - log_q)).sum()))
     assert kd(ModelOutput(logits=s), teacher, batch).item() == pytest.approx(sum(rows) / len(rows), rel=1e-5)
+
+
+@pytest.mark.parametrize("div", DIVERGENCES)
+def test_token_kd_with_the_tail_bucket_is_exact_over_k_plus_one_outcomes(div):
+    """With the teacher's mass outside its top-k (as a cache stores it), the loss is the divergence of the two
+    (k+1)-outcome distributions: the k ids and everything else."""
+    g = torch.Generator().manual_seed(8)
+    s, t = torch.randn(2, 5, 11, generator=g) * 2, torch.randn(2, 5, 11, generator=g) * 2
+    labels = torch.randint(0, 11, (2, 5), generator=g)
+    labels[1, -2:] = -100
+    values, indices = t.topk(4, dim=-1)
+    log_p = t.double().log_softmax(-1)
+    tail = log_p.scatter(-1, indices, -math.inf).logsumexp(-1)
+    extra = {"topk_values": values, "topk_indices": indices, "topk_tail": tail.float(), "topk_tail_temperature": 1.0}
+    batch = {"input_ids": labels.clamp_min(0), "labels": labels}
+    got = TokenKD(div, beta=0.3)(ModelOutput(logits=s), ModelOutput(extra=extra), batch)
+    total, count = 0.0, 0
+    for b in range(2):
+        for pos in range(4):
+            if labels[b, pos + 1] == -100:
+                continue
+            coarse = []  # both distributions as logits of k + 1 outcomes: their log-probabilities
+            for logits in (s[b, pos].double(), t[b, pos].double()):
+                lp = logits.log_softmax(-1)
+                coarse.append(
+                    torch.cat([lp[indices[b, pos]], lp.scatter(0, indices[b, pos], -math.inf).logsumexp(0)[None]])
+                )
+            total += float(direct(div, *coarse, beta=0.3))
+            count += 1
+    assert got.item() == pytest.approx(total / count, rel=1e-5)
+
+
+def test_token_kd_names_the_fix_for_a_cache_without_the_tail():
+    values, indices = torch.randn(2, 5, 11).topk(4, dim=-1)
+    teacher = ModelOutput(extra={"topk_values": values, "topk_indices": indices})
+    batch = {"input_ids": torch.randint(0, 11, (2, 5))}
+    with pytest.raises(ValueError, match="not the teacher's mass outside them.*topk_tail: false"):
+        TokenKD()(ModelOutput(logits=torch.randn(2, 5, 11)), teacher, batch)
 
 
 class _Declared(torch.nn.Module):

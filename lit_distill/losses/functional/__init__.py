@@ -12,14 +12,24 @@ Conventions shared by every function here:
 # for them, not part of the public list below.
 from lit_distill.losses.arguments import (  # noqa: F401
     DIVERGENCES,
+    check_alpha,
     check_beta,
     check_divergence,
+    check_head_mass,
     check_nonnegative,
     check_temperature,
+    temperature_factor,
 )
 from lit_distill.losses.functional._common import masked_mean  # noqa: F401
 from lit_distill.losses.functional.decoupled import dist, dist_terms, dkd, dkd_terms
-from lit_distill.losses.functional.divergences import divergence, jensen_shannon, kl_divergence, total_variation
+from lit_distill.losses.functional.divergences import (
+    adaptive_kl,
+    divergence,
+    jensen_shannon,
+    kl_divergence,
+    skew_kl_divergence,
+    total_variation,
+)
 from lit_distill.losses.functional.features import (  # noqa: F401
     AT_REDUCTIONS,
     RELATION_REDUCTIONS,
@@ -38,6 +48,8 @@ __all__ = [
     "kl_divergence",
     "jensen_shannon",
     "total_variation",
+    "skew_kl_divergence",
+    "adaptive_kl",
     "divergence",
     "dkd",
     "dkd_terms",

@@ -43,12 +43,6 @@ def _log_probs(student_logits: Tensor, teacher_logits: Tensor, temperature: floa
     return log_p_s, log_p_t
 
 
-def _kl_rows(log_p: Tensor, log_q: Tensor) -> Tensor:
-    """KL(p||q) per row from log-probabilities; 0·log0 terms are taken as 0, NaN propagates."""
-    p = log_p.exp()
-    return torch.where(p == 0, torch.zeros_like(p), p * (log_p - log_q)).sum(-1)
-
-
 def _mean_or_zero(values: Tensor, like: Tensor) -> Tensor:
     # An empty selection (a batch too small to form pairs/triplets) contributes 0, not NaN,
     # and stays attached to the graph so backward() still works.

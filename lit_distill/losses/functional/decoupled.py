@@ -9,10 +9,10 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from lit_distill.losses.arguments import check_nonnegative, check_temperature
+from lit_distill.losses.divergence_rows import kl_rows
 from lit_distill.losses.functional._common import (
     _check_pair,
     _compute_dtype,
-    _kl_rows,
     _mean_or_zero,
     masked_mean,
 )
@@ -64,8 +64,8 @@ def dkd_terms(
         # softmax over the non-target classes only (the target column removed, not just damped)
         return F.log_softmax(logits[~is_target].view(-1, num_classes - 1), dim=-1)
 
-    tckd = _kl_rows(binary(t), binary(s))
-    nckd = _kl_rows(others(t), others(s))
+    tckd = kl_rows(binary(t), binary(s))
+    nckd = kl_rows(others(t), others(s))
     scale = temperature**2
     return masked_mean(tckd, rows) * scale, masked_mean(nckd, rows) * scale
 

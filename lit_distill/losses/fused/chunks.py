@@ -26,15 +26,17 @@ _HALF = (torch.float16, torch.bfloat16)
 def _chunk_loop(hs_m, ws_m, bs_m, ht_m, wt_m, bt_m, labels, cfg: _Config, hs, ws, bs, n, vocab, h_s, device):
     need_h, need_w, need_b = cfg.need
     need_grad = any(cfg.need)
-    use_triton = _pick_triton(cfg.impl, device, hs_m.dtype, ht_m.dtype)
+    use_triton = _pick_triton(cfg.impl, device, hs_m.dtype, ht_m.dtype, divergence=cfg.divergence)
     acc_dtype = torch.float64 if hs_m.dtype == torch.float64 else torch.float32
     ld_s = torch.float32 if cfg.fp32_logits and hs_m.dtype in _HALF else hs_m.dtype
     ld_t = torch.float32 if cfg.fp32_logits and ht_m.dtype in _HALF else ht_m.dtype
     esize = _esize(ld_s) + _esize(ld_t)
     n_buf = 2 if cfg.overlap else 1  # overlap: chunk i+1's logits are computed while chunk i is consumed
     # Triton reads the two logit buffers and writes the gradient into the student one; the PyTorch
-    # path also holds about eight fp32 temporaries per element.
-    per_row = vocab * (esize * n_buf if use_triton else esize * n_buf + 8 * _esize(acc_dtype))
+    # path also holds about eight fp32 temporaries per element, and about 24 where autograd differentiates
+    # the row formula (JSD, skew KL, adaptive KL: see torch_path).
+    temps = 8 if cfg.divergence in ("forward_kl", "reverse_kl", "tvd") else 24
+    per_row = vocab * (esize * n_buf if use_triton else esize * n_buf + temps * _esize(acc_dtype))
     chunk = cfg.chunk_size or auto_chunk_size(n, vocab, per_row, device)
     chunk = max(1, min(chunk, n))
     block = chunk if cfg.grad_chunk_size is None else max(chunk, min(cfg.grad_chunk_size, n))

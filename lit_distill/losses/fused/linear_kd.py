@@ -25,7 +25,7 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from lit_distill.losses.arguments import check_beta, check_divergence, check_temperature
+from lit_distill.losses.arguments import check_alpha, check_beta, check_divergence, check_head_mass, check_temperature
 from lit_distill.losses.fused.checks import _check_and_flatten, _check_label_range
 from lit_distill.losses.fused.chunks import _chunk_loop
 from lit_distill.losses.fused.spec import _Config
@@ -53,6 +53,8 @@ def fused_linear_kd(
     *,
     divergence: str = "forward_kl",
     beta: float = 0.5,
+    alpha: float = 0.1,
+    head_mass: float = 0.5,
     temperature: float = 1.0,
     labels: Tensor | None = None,
     ignore_index: int = -100,
@@ -71,18 +73,22 @@ def fused_linear_kd(
 
     ``loss = mean_{rows with labels != ignore_index} D(h_s W_sᵀ + b_s, h_t W_tᵀ + b_t) + ce_weight · CE``
     where ``D`` is the row divergence of :func:`lit_distill.losses.functional.divergence` (forward/reverse
-    KL with the T² factor, generalized JSD(β), TVD) and ``CE`` the mean hard-label cross-entropy of the
-    student logits at temperature 1. With no counted row the loss is 0 (not NaN) and all gradients are 0.
-    Gradients flow to ``student_hidden``, ``student_weight`` and ``student_bias``; the teacher side gets
-    none. Shifting tokens against labels is the caller's job.
+    KL, skew KL and adaptive KL with the T² factor; generalized JSD(β) and TVD without) and ``CE`` the mean
+    hard-label cross-entropy of the student logits at temperature 1. With no counted row the loss is 0 (not
+    NaN) and all gradients are 0. Gradients flow to ``student_hidden``, ``student_weight`` and
+    ``student_bias``; the teacher side gets none. Shifting tokens against labels is the caller's job.
 
     Args:
         student_hidden: ``[N, H_s]`` or ``[B, T, H_s]`` final hidden states of the student.
         student_weight: ``[V, H_s]`` student LM-head weight (``nn.Linear.weight`` layout).
         teacher_hidden: ``[N, H_t]`` or ``[B, T, H_t]``, same leading shape as ``student_hidden``.
         teacher_weight: ``[V, H_t]``; the vocabulary ``V`` must equal the student's.
-        divergence: ``"forward_kl"``, ``"reverse_kl"``, ``"jsd"`` or ``"tvd"``.
+        divergence: ``"forward_kl"``, ``"reverse_kl"``, ``"jsd"``, ``"tvd"``, ``"skew_forward_kl"``,
+            ``"skew_reverse_kl"`` or ``"adaptive_kl"`` (no Triton kernel: it sorts each row, so it runs the
+            PyTorch path, also on CUDA).
         beta: JSD interpolation weight in ``[0, 1]`` (0 = forward KL, 1 = reverse KL, no T²).
+        alpha: skew of the skew divergences, in ``[0, 1)``.
+        head_mass: adaptive KL's head mass μ, in ``[0, 1]``.
         temperature: softening temperature ``T > 0`` applied to both sides' logits.
         labels: optional integer labels with the hidden states' leading shape; rows equal to
             ``ignore_index`` are left out of the mean. Required when ``ce_weight > 0``.
@@ -126,6 +132,8 @@ def fused_linear_kd(
     """
     check_divergence(divergence)
     check_beta(beta)
+    check_alpha(alpha)
+    check_head_mass(head_mass)
     check_temperature(temperature)
     for name, rows in (("chunk_size", chunk_size), ("grad_chunk_size", grad_chunk_size)):
         if rows is not None and (isinstance(rows, bool) or not isinstance(rows, int) or rows < 1):
@@ -167,6 +175,8 @@ def fused_linear_kd(
             grad_on and student_weight.requires_grad,
             grad_on and student_bias is not None and student_bias.requires_grad,
         ),
+        alpha=float(alpha),
+        head_mass=float(head_mass),
     )
     teacher = (ht.detach(), teacher_weight.detach(), None if teacher_bias is None else teacher_bias.detach())
     if any(cfg.need):

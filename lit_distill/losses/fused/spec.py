@@ -5,7 +5,17 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-_DIV_CODES = {"fkl": 0, "rkl": 1, "jsd": 2, "tvd": 3}
+from lit_distill.losses.arguments import temperature_factor
+
+#: Kernel codes. JSD at beta 0 / 1 runs as plain forward / reverse KL (its limits, no T²).
+_DIV_CODES = {
+    "forward_kl": 0, "reverse_kl": 1, "jsd": 2, "tvd": 3, "skew_forward_kl": 4, "skew_reverse_kl": 5, "adaptive_kl": 6
+}  # fmt: skip
+#: Mixture divergences whose row statistic the kernel's third pass needs for the gradient.
+_MIXTURES = (2, 4, 5)
+#: JSD's normalisation divides by beta and 1 - beta: closer to an end than this, the kernel evaluates the mixture's
+#: log-ratios in their log1p form (slower, exact to rounding) rather than as a difference of two logs.
+_NEAR_END = 0.05
 
 
 class _Config(NamedTuple):
@@ -20,28 +30,39 @@ class _Config(NamedTuple):
     overlap: bool
     impl: str
     need: tuple[bool, bool, bool]  # gradients wanted for student hidden, weight, bias
+    alpha: float = 0.1  # skew divergences
+    head_mass: float = 0.5  # adaptive KL
 
 
 class _Spec(NamedTuple):
     """One call's divergence reduced to a kernel code and the scale factors of value and gradient."""
 
     code: int
-    beta: float
+    beta: float  # the kernel's mixture weight of the teacher: beta (JSD), alpha or 1 - alpha (skew forward/reverse)
     temperature: float
     loss_scale: float  # per-row divergence -> its share of the mean
     grad_scale: float  # d(row)/d(z/T) -> d(mean)/dz
     inv_n: float
     ce_grad_scale: float  # ce_weight / n; 0 = no CE term
+    name: str = "forward_kl"
+    alpha: float = 0.1
+    head_mass: float = 0.5
+    stable: bool = False  # JSD near an end: log1p forms in the kernel
 
     @staticmethod
     def of(cfg: _Config, inv_n: float) -> _Spec:
-        t, beta = cfg.temperature, cfg.beta
-        if cfg.divergence in ("forward_kl", "reverse_kl"):  # T² · KL: Hinton's gradient-size correction
-            code, loss_scale, grad_scale = _DIV_CODES["fkl" if cfg.divergence == "forward_kl" else "rkl"], t * t, t
-        elif cfg.divergence == "jsd" and beta in (0.0, 1.0):  # GKD's end points: plain KL, no T²
-            code, loss_scale, grad_scale = _DIV_CODES["fkl" if beta == 0.0 else "rkl"], 1.0, 1.0 / t
-        elif cfg.divergence == "jsd":
-            code, loss_scale, grad_scale = _DIV_CODES["jsd"], 1.0, (1.0 - beta) / t
-        else:
-            code, loss_scale, grad_scale = _DIV_CODES["tvd"], 0.5, 0.5 / t
-        return _Spec(code, beta, t, loss_scale * inv_n, grad_scale * inv_n, inv_n, cfg.ce_weight * inv_n)
+        t, name, weight = cfg.temperature, cfg.divergence, cfg.beta
+        factor = temperature_factor(name, t)  # the same T² convention as the full-logit formulas
+        if name == "jsd" and cfg.beta in (0.0, 1.0):
+            name = "forward_kl" if cfg.beta == 0.0 else "reverse_kl"
+        elif name == "skew_forward_kl":
+            weight = cfg.alpha
+        elif name == "skew_reverse_kl":
+            weight = 1.0 - cfg.alpha
+        # TVD's rows are summed without their 1/2 by both backends.
+        loss_scale = factor * (0.5 if name == "tvd" else 1.0)
+        stable = name == "jsd" and min(cfg.beta, 1.0 - cfg.beta) < _NEAR_END
+        return _Spec(
+            _DIV_CODES[name], weight, t, loss_scale * inv_n, loss_scale / t * inv_n, inv_n, cfg.ce_weight * inv_n,
+            name, cfg.alpha, cfg.head_mass, stable,
+        )  # fmt: skip

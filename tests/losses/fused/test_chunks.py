@@ -13,7 +13,15 @@ import torch
 
 from lit_distill.losses import functional as LF
 from lit_distill.losses.fused import fused_linear_kd
-from tests.losses.fused.test_linear_kd import DIVERGENCES, _triton_runnable, assert_same, direct, fused, make, rel
+from tests.losses.fused.test_linear_kd import (
+    TRITON_DIVERGENCES,
+    _triton_runnable,
+    assert_same,
+    direct,
+    fused,
+    make,
+    rel,
+)
 
 TARGET = 2.6e-3
 
@@ -105,7 +113,7 @@ def test_bf16_weight_gradient_accumulation_is_what_costs_accuracy():
 
 
 @pytest.mark.skipif(not _triton_runnable(), reason="needs triton with CUDA, or TRITON_INTERPRET=1")
-@pytest.mark.parametrize("divergence,beta", DIVERGENCES)
+@pytest.mark.parametrize("divergence,beta", TRITON_DIVERGENCES)
 def test_triton_kernel_writes_a_separate_gradient_buffer(divergence, beta):
     """The kernel's gradient into its own (narrower, with fp32 logits) block buffer equals the PyTorch path's; so
     does the two-buffer rotation of ``overlap`` (on CUDA also two streams)."""

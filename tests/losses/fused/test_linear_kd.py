@@ -21,8 +21,15 @@ DIVERGENCES = [
     ("jsd", 0.3),
     ("jsd", 0.0),
     ("jsd", 1.0),
+    ("jsd", 1e-6),  # near the ends JSD(beta) / (beta (1 - beta)) takes its log1p forms
+    ("jsd", 1 - 1e-6),
     ("tvd", 0.5),
+    ("skew_forward_kl", 0.5),  # beta is not read: the skew is alpha's default, 0.1
+    ("skew_reverse_kl", 0.5),
+    ("adaptive_kl", 0.5),
 ]
+#: Every divergence but adaptive_kl, which sorts each row and has no kernel.
+TRITON_DIVERGENCES = [d for d in DIVERGENCES if d[0] != "adaptive_kl"]
 
 
 def make(n=11, hs=5, ht=7, v=23, dtype=torch.float64, seed=0, bias=True):
@@ -181,8 +188,10 @@ def test_upstream_gradient_scales_the_stored_gradients():
         assert rel(a, 3.0 * b) < 1e-10
 
 
-@pytest.mark.parametrize("divergence,beta", DIVERGENCES)
+@pytest.mark.parametrize("divergence,beta", [d for d in DIVERGENCES if d[0] != "adaptive_kl"])
 def test_gradcheck_float64(divergence, beta):
+    """(adaptive_kl's weights are constants for its gradient, so finite differences do not apply: its gradient
+    equals the direct formula's autograd gradient above, which tests/losses/test_functional.py verifies.)"""
     student, teacher, labels = make(n=4, hs=3, ht=2, v=6, seed=10)
     s = leaves(student)
 
@@ -320,7 +329,7 @@ def _triton_runnable():
 
 
 @pytest.mark.skipif(not _triton_runnable(), reason="needs triton with CUDA, or TRITON_INTERPRET=1")
-@pytest.mark.parametrize("divergence,beta", DIVERGENCES)
+@pytest.mark.parametrize("divergence,beta", TRITON_DIVERGENCES)
 def test_triton_kernel_matches_torch_path(divergence, beta):
     dev = "cuda" if torch.cuda.is_available() else "cpu"
     for dtype, fp32_logits, tol in ((torch.float32, False, 2e-5), (torch.float16, True, 2e-3)):
@@ -340,3 +349,29 @@ def test_triton_kernel_matches_torch_path(divergence, beta):
             ref = fused(student, teacher, labels, divergence, impl="torch", **kw)
             assert math.isfinite(float(got[0]))
             assert_same(got, ref, tol)
+
+
+def test_adaptive_kl_has_no_triton_kernel_and_says_so():
+    student, teacher, labels = make(seed=18, bias=False)
+    with pytest.raises(ValueError, match="adaptive_kl has no Triton kernel"):
+        fused_linear_kd(*student[:2], *teacher[:2], labels=labels, divergence="adaptive_kl", impl="triton")
+    # impl="auto" runs it on the PyTorch path, on any device.
+    ref = direct(student, teacher, labels, "adaptive_kl")
+    assert_same(fused(student, teacher, labels, "adaptive_kl", impl="auto"), ref, 1e-10)
+
+
+@pytest.mark.parametrize(
+    "divergence,options",
+    [("skew_forward_kl", {"alpha": 0.35}), ("skew_reverse_kl", {"alpha": 0.02}), ("adaptive_kl", {"head_mass": 0.2})],
+)
+def test_skew_and_head_options_reach_the_fused_path(divergence, options):
+    student, teacher, labels = make(seed=19)
+    s = leaves(student)
+    zs = F.linear(s[0], s[1], s[2])
+    zt = F.linear(teacher[0], teacher[1], teacher[2])
+    ref = LF.divergence(divergence, zs, zt, temperature=1.5, mask=labels != -100, **options)
+    ref.backward()
+    got = fused(student, teacher, labels, divergence, temperature=1.5, chunk_size=4, **options)
+    assert_same(got, (ref.detach(), grads(s)), 1e-10)
+    default = fused(student, teacher, labels, divergence, temperature=1.5, chunk_size=4)
+    assert abs(float(default[0]) - float(got[0])) > 1e-6  # the option is not ignored
