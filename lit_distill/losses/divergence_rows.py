@@ -6,8 +6,8 @@ of the fused LM-head loss (:mod:`lit_distill.losses.fused`) and a top-k teacher 
 unscaled (callers multiply by :func:`~lit_distill.losses.arguments.temperature_factor` and average over the
 counted rows). The formulas and their papers are in the docstrings of :mod:`lit_distill.losses.functional`.
 
-Mixtures ``m = w·a + (1−w)·b`` (JSD, skew KL) are evaluated so that ``log a − log m`` keeps its relative
-precision when it is tiny (``w`` near 1, or ``a ≈ b``), which the normalised JSD divides by ``β`` or ``1−β``.
+Near the ends of β, JSD's mixture ``m = β·p + (1−β)·q`` is evaluated so that ``log q − log m`` (``log p − log m``)
+keeps its relative precision while it is tiny, since the normalised JSD divides it by ``β`` (``1−β``).
 """
 
 from __future__ import annotations
@@ -21,6 +21,9 @@ from torch import Tensor
 _LOG_FLOOR = -1e30
 #: Above this log-ratio the expm1 form would overflow float32; the direct form is exact there.
 _LOG_CAP = 80.0
+#: JSD divides by β and 1 − β: closer to an end than this, the mixture's log-ratio on the small side is taken in
+#: its log1p form (exact to rounding, slower) rather than as a difference of two logs.
+NEAR_END = 0.05
 
 
 def kl_terms(p: Tensor, log_ratio: Tensor) -> Tensor:
@@ -48,6 +51,13 @@ def log_ratio_to_mixture(log_a: Tensor, log_b: Tensor, w: float) -> Tensor:
     return torch.where(x.abs() <= 0.5, near, direct)
 
 
+def _log_mixture(log_p: Tensor, log_q: Tensor, w: float) -> Tensor:
+    """``log(w·p + (1−w)·q)``."""
+    log_w = math.log(w) if w > 0 else -math.inf
+    log_1w = math.log1p(-w) if w < 1 else -math.inf
+    return torch.logaddexp(log_p + log_w, log_q + log_1w)
+
+
 def jsd_rows(log_p: Tensor, log_q: Tensor, beta: float) -> Tensor:
     """Normalised generalized JSD(β) ``[β·KL(p‖m) + (1−β)·KL(q‖m)] / (β(1−β))``, ``m = β·p + (1−β)·q``;
     forward ``KL(p‖q)`` at ``β = 0`` and reverse ``KL(q‖p)`` at ``β = 1`` (its limits)."""
@@ -55,8 +65,10 @@ def jsd_rows(log_p: Tensor, log_q: Tensor, beta: float) -> Tensor:
         return kl_rows(log_p, log_q)
     if beta == 1.0:
         return kl_rows(log_q, log_p)
-    to_m_p = log_ratio_to_mixture(log_p, log_q, beta)
-    to_m_q = log_ratio_to_mixture(log_q, log_p, 1.0 - beta)
+    log_m = _log_mixture(log_p, log_q, beta)
+    # Near an end, the side divided by the small weight needs its log-ratio to relative precision.
+    to_m_p = log_ratio_to_mixture(log_p, log_q, beta) if 1.0 - beta < NEAR_END else log_p - log_m
+    to_m_q = log_ratio_to_mixture(log_q, log_p, 1.0 - beta) if beta < NEAR_END else log_q - log_m
     return kl_terms(log_p.exp(), to_m_p) / (1.0 - beta) + kl_terms(log_q.exp(), to_m_q) / beta
 
 
@@ -64,7 +76,7 @@ def skew_rows(log_p: Tensor, log_q: Tensor, alpha: float, reverse: bool = False)
     """Skew KL ``KL(p‖α·p + (1−α)·q)``; ``reverse``: ``KL(q‖α·q + (1−α)·p)`` (DistiLLM)."""
     if reverse:
         log_p, log_q = log_q, log_p
-    return kl_terms(log_p.exp(), log_ratio_to_mixture(log_p, log_q, alpha))
+    return kl_terms(log_p.exp(), log_p - _log_mixture(log_p, log_q, alpha))
 
 
 @torch.no_grad()

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 from lit_distill.losses.arguments import temperature_factor
+from lit_distill.losses.divergence_rows import NEAR_END
 
 #: Kernel codes. JSD at beta 0 / 1 runs as plain forward / reverse KL (its limits, no T²).
 _DIV_CODES = {
@@ -13,9 +14,6 @@ _DIV_CODES = {
 }  # fmt: skip
 #: Mixture divergences whose row statistic the kernel's third pass needs for the gradient.
 _MIXTURES = (2, 4, 5)
-#: JSD's normalisation divides by beta and 1 - beta: closer to an end than this, the kernel evaluates the mixture's
-#: log-ratios in their log1p form (slower, exact to rounding) rather than as a difference of two logs.
-_NEAR_END = 0.05
 
 
 class _Config(NamedTuple):
@@ -47,7 +45,7 @@ class _Spec(NamedTuple):
     name: str = "forward_kl"
     alpha: float = 0.1
     head_mass: float = 0.5
-    stable: bool = False  # JSD near an end: log1p forms in the kernel
+    stable: bool = False  # JSD within NEAR_END of an end: the kernel takes the log1p forms there
 
     @staticmethod
     def of(cfg: _Config, inv_n: float) -> _Spec:
@@ -61,7 +59,7 @@ class _Spec(NamedTuple):
             weight = 1.0 - cfg.alpha
         # TVD's rows are summed without their 1/2 by both backends.
         loss_scale = factor * (0.5 if name == "tvd" else 1.0)
-        stable = name == "jsd" and min(cfg.beta, 1.0 - cfg.beta) < _NEAR_END
+        stable = name == "jsd" and min(cfg.beta, 1.0 - cfg.beta) < NEAR_END
         return _Spec(
             _DIV_CODES[name], weight, t, loss_scale * inv_n, loss_scale / t * inv_n, inv_n, cfg.ce_weight * inv_n,
             name, cfg.alpha, cfg.head_mass, stable,
