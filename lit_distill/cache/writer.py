@@ -25,6 +25,7 @@ from lit_distill.cache.manifest import (
     write_manifest,
 )
 from lit_distill.cache.shards import ShardWriter, encode_outputs, shard_problem
+from lit_distill.export import run_together
 from lit_distill.features import FeatureTaps
 from lit_distill.losses.sequence import tokenizer_id
 from lit_distill.weights import parse_dtype
@@ -130,9 +131,11 @@ class TeacherCacheWriter(Callback):
         # ranks plan from what is on disk. Each rank writes its own shards of the samples its sampler gives it.
         existing = self._check_existing(cache_dir, wanted)
         trainer.strategy.barrier("teacher_cache_checked")
-        manifest = None
-        if trainer.is_global_zero:
-            manifest = self._prepare(cache_dir, existing, wanted, tokenizer_id(teacher))
+        manifest = run_together(
+            lambda: self._prepare(cache_dir, existing, wanted, tokenizer_id(teacher)),
+            "preparing the teacher cache",
+            rank_zero_only=True,
+        )
         self.manifest = trainer.strategy.broadcast(manifest, src=0)
         self._tag = "" if trainer.world_size == 1 else f"rank{trainer.global_rank}-"
         plan = {}
