@@ -129,7 +129,7 @@ class DistillationModule(TeacherLifecycle, LightningModule):
         )
         if channels_last:
             to_channels_last(student, teacher)
-        self._configured = self._graph_steps = False
+        self._configured = self._graph_steps = self.predict_teacher = False
         self._taps: dict[str, FeatureTaps] = {}
         self._probed = self._probing = self._monitored_train_metric = self._skipping = False
 
@@ -241,8 +241,10 @@ class DistillationModule(TeacherLifecycle, LightningModule):
     def test_step(self, batch: Any, batch_idx: int) -> None:
         self._eval_step(batch, "test", self.test_metrics)
 
-    def predict_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> Tensor | None:
-        """The student's logits, or its embedding for encoders that return no logits."""
+    def predict_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> Tensor | ModelOutput | None:
+        """The student's logits (or embedding); the teacher's ModelOutput if ``predict_teacher`` (cache writer)."""
+        if self.predict_teacher:
+            return self.forward_teacher(batch)
         out = self.forward_student(batch)
         return out.logits if out.logits is not None else out.extra.get("embedding")
 

@@ -1,5 +1,7 @@
 """Teacher cache writer/reader: top-k and token-level outputs, stale caches refused, interrupted writes resumed."""
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -13,7 +15,7 @@ from lit_distill.cache import CacheReader, TeacherCacheWriter
 from lit_distill.cache.fingerprint import fingerprint_dataset
 from lit_distill.cache.manifest import read_manifest
 from lit_distill.data import CachedTeacherDataModule
-from lit_distill.losses.topk import TOPK_INDICES, TOPK_VALUES
+from lit_distill.losses.topk import TOPK_INDICES, TOPK_TAIL, TOPK_TAIL_TEMPERATURE, TOPK_VALUES
 from lit_distill.models import MLP
 from tests.helpers import digits_like, trainer
 
@@ -110,13 +112,19 @@ def count_rows(model):
     return seen
 
 
-def test_top_k_cache_stores_fp16_values_and_gives_the_direct_formula_loss(tmp_path):
+@pytest.mark.parametrize("tail", [True, False])
+def test_top_k_cache_stores_fp16_values_and_gives_the_direct_formula_loss(tmp_path, tail):
+    """Top-k values (fp16), ids, and by default the teacher's log mass outside them (the tail bucket, float32, at
+    the loss's temperature); the cached loss is the formula over the k + 1 outcomes, or renormalised over the k."""
     teacher = MLP(64, [32], 10)
     module = module_with(teacher)
-    write(tmp_path, module, ToyData(), top_k=3, splits=["train"])
+    write(tmp_path, module, ToyData(), top_k=3, splits=["train"], tail_temperature=2.0 if tail else None)
     manifest = read_manifest(tmp_path / "cache")
+    assert manifest["format"] == "lit-distill-teacher-cache/2"
     assert manifest["fields"][TOPK_VALUES] == {"dtype": "float16", "shape": [3], "per_token": False}
     assert manifest["fields"][TOPK_INDICES]["dtype"] == "int32" and "logits" not in manifest["fields"]
+    assert manifest["settings"]["tail_temperature"] == (2.0 if tail else None)
+    assert (TOPK_TAIL in manifest["fields"]) == tail
     dm = CachedTeacherDataModule(ToyData(), str(tmp_path / "cache"), splits=["train"])
     dm.setup("fit")
     batch = next(iter(dm.train_dataloader()))
@@ -126,6 +134,11 @@ def test_top_k_cache_stores_fp16_values_and_gives_the_direct_formula_loss(tmp_pa
     assert out.logits is None and out.extra[TOPK_VALUES].dtype == torch.float16
     assert torch.equal(out.extra[TOPK_INDICES].long(), indices)
     torch.testing.assert_close(out.extra[TOPK_VALUES], values.half(), rtol=1e-3, atol=1e-3)
+    if tail:
+        p_live = torch.softmax(live.double() / 2.0, -1)
+        want_tail = (1 - p_live.gather(-1, indices).sum(-1)).log()
+        torch.testing.assert_close(out.extra[TOPK_TAIL].double(), want_tail, rtol=1e-5, atol=1e-6)
+        assert out.extra[TOPK_TAIL_TEMPERATURE] == 2.0
     # Loss through the module (teacher skipped) vs the textbook formula on the stored numbers.
     loss, _, student_out, _ = module.shared_step(batch)
     s, t2 = student_out.logits.double(), 4.0
@@ -133,8 +146,14 @@ def test_top_k_cache_stores_fp16_values_and_gives_the_direct_formula_loss(tmp_pa
     want = 0.0
     for row in range(len(s)):
         p = torch.softmax(v[row] / 2.0, -1)
-        log_q = torch.log_softmax(s[row] / 2.0, -1)[i[row]]
-        want += float((p * (p.log() - log_q)).sum().detach()) * t2
+        log_q = torch.log_softmax(s[row] / 2.0, -1)
+        log_q_k = log_q[i[row]]
+        if tail:  # k + 1 outcomes: the teacher's k scaled by its mass inside, and the tail bucket
+            p_tail = float(out.extra[TOPK_TAIL][row].double().exp())
+            p = p * (1 - p_tail)
+            q_tail = 1 - float(log_q_k.exp().sum())
+            want += p_tail * (math.log(p_tail) - math.log(q_tail)) * t2
+        want += float((p * (p.log() - log_q_k)).sum().detach()) * t2
     assert loss.item() == pytest.approx(want / len(s), rel=1e-5)
 
 

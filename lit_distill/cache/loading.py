@@ -1,4 +1,4 @@
-"""Loaders that carry sample indices: cached outputs attached per batch, or ``(ids, batch)`` for the writer."""
+"""Loaders that carry sample indices: the cached teacher outputs attached to every batch."""
 
 from __future__ import annotations
 
@@ -6,7 +6,6 @@ from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
-import torch
 from torch import Tensor
 from torch.utils.data import BatchSampler, DataLoader, Dataset, IterableDataset
 
@@ -14,7 +13,7 @@ from lit_distill.batch import TEACHER_OUTPUTS_KEY
 from lit_distill.cache.reader import CacheReader
 from lit_distill.outputs import ModelOutput
 
-__all__ = ["IndexedDataset", "attach_teacher_outputs", "cached_loader", "KeyedCollate"]
+__all__ = ["IndexedDataset", "attach_teacher_outputs", "cached_loader"]
 
 
 class IndexedDataset(Dataset):
@@ -54,16 +53,6 @@ class _AttachCached:
     def __call__(self, items: list[tuple[int, Any]]) -> Any:
         batch = self.collate([sample for _, sample in items])
         return attach_teacher_outputs(batch, self.reader.gather(np.array([i for i, _ in items]), batch))
-
-
-class KeyedCollate:
-    """Collate for the cache writer: ``(sample ids, the wrapped collate's batch)``."""
-
-    def __init__(self, collate: Any) -> None:
-        self.collate = collate
-
-    def __call__(self, items: list[tuple[int, Any]]) -> tuple[Tensor, Any]:
-        return torch.tensor([i for i, _ in items], dtype=torch.long), self.collate([s for _, s in items])
 
 
 def cached_loader(loader: DataLoader, reader: CacheReader) -> DataLoader:

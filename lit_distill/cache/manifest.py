@@ -3,11 +3,12 @@
 ::
 
     cache_dir/
-      manifest.json                 format, teacher/dataset fingerprints, k, dtype, field shapes, completion
+      manifest.json                 format, teacher/dataset fingerprints, k, dtype, tail temperature, field shapes,
+                                    completion
       train/shard-000000/           one finished shard (written as shard-000000.tmp/, then renamed)
         ids.npy                     int64 [n] sample indices into the split's dataset
         lengths.npy                 int64 [n] stored positions per sample (only with per-token fields)
-        logits.npy | topk_values.npy + topk_indices.npy | feature-0.npy ...
+        logits.npy | topk_values.npy + topk_indices.npy (+ topk_tail.npy) | feature-0.npy ...
       val/...
 
 Arrays are plain ``.npy`` files read with ``numpy.load(mmap_mode="r")``; bfloat16 is stored as its int16 bits.
@@ -35,7 +36,9 @@ __all__ = [
     "STORAGE_DTYPES",
 ]
 
-FORMAT = "lit-distill-teacher-cache/1"
+FORMAT = "lit-distill-teacher-cache/2"
+#: Formats this version reads: /1 caches (written before the tail bucket) read as caches without a tail.
+READABLE_FORMATS = ("lit-distill-teacher-cache/1", FORMAT)
 MANIFEST = "manifest.json"
 SHARD_PREFIX = "shard-"
 TMP_SUFFIX = ".tmp"
@@ -65,11 +68,12 @@ def read_manifest(cache_dir: str | Path) -> dict[str, Any] | None:
             f"teacher cache manifest {str(path)!r} is damaged (not valid JSON: {err}); rewrite the cache with "
             "overwrite: true on TeacherCacheWriter."
         ) from err
-    if not isinstance(data, dict) or data.get("format") != FORMAT:
+    if not isinstance(data, dict) or data.get("format") not in READABLE_FORMATS:
         found = data.get("format") if isinstance(data, dict) else None
         raise ValueError(
-            f"{str(path)!r} is not a lit-distill teacher cache manifest of format {FORMAT!r} (found {found!r}); "
-            "rewrite the cache into a new folder."
+            f"{str(path)!r} is not a lit-distill teacher cache manifest of a format this version reads "
+            f"({', '.join(READABLE_FORMATS)}; found {found!r}); rewrite the cache into a new folder, or read it with "
+            "the lit-distill version that wrote it."
         )
     return data
 

@@ -12,7 +12,7 @@ from torch import Tensor
 
 from lit_distill.cache.manifest import STORAGE_DTYPES, read_manifest, shard_dirs, writer_hint
 from lit_distill.cache.shards import FEATURE_PREFIX, file_names, shard_problem
-from lit_distill.losses.topk import TOPK_INDICES, TOPK_VALUES
+from lit_distill.losses.topk import TOPK_INDICES, TOPK_TAIL, TOPK_TAIL_TEMPERATURE, TOPK_VALUES
 from lit_distill.outputs import ModelOutput
 
 __all__ = ["CacheReader"]
@@ -44,6 +44,7 @@ class CacheReader:
         if info is None or not info.get("complete"):
             raise ValueError(f"the {split} split of the teacher cache at {str(self.cache_dir)!r} is not complete.")
         self.fields: dict[str, dict[str, Any]] = manifest["fields"]
+        self.tail_temperature: float | None = (manifest.get("settings") or {}).get("tail_temperature")
         self.files = file_names(self.fields)
         self.shards = shard_dirs(self.cache_dir / split)
         n = int(info["num_samples"])
@@ -131,7 +132,8 @@ class CacheReader:
         """Teacher outputs for the samples ``ids`` (in that order) laid out like ``batch``.
 
         Token-level fields fill the positions where the batch's ``attention_mask`` is 1 (all positions
-        without one); padding positions hold zeros, which token losses mask out.
+        without one); padding positions hold zeros, which token losses mask out. A stored tail bucket comes with
+        the temperature it was computed at (``extra[TOPK_TAIL_TEMPERATURE]``).
         """
         ids = np.asarray(ids, dtype=np.int64)
         if ids.size and (ids.min() < 0 or ids.max() >= len(self)):
@@ -148,7 +150,9 @@ class CacheReader:
             for field, spec in self.fields.items()
         }
         features = {k.removeprefix(FEATURE_PREFIX): v for k, v in values.items() if k.startswith(FEATURE_PREFIX)}
-        extra = {k: values[k] for k in (TOPK_VALUES, TOPK_INDICES) if k in values}
+        extra = {k: values[k] for k in (TOPK_VALUES, TOPK_INDICES, TOPK_TAIL) if k in values}
+        if TOPK_TAIL in extra:
+            extra[TOPK_TAIL_TEMPERATURE] = self.tail_temperature
         return ModelOutput(logits=values.get("logits"), features=features, extra=extra)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import shutil
 from collections.abc import Mapping
 from pathlib import Path
@@ -12,10 +13,12 @@ import torch
 from torch import Tensor
 
 from lit_distill.cache.manifest import SHARD_PREFIX, STORAGE_DTYPES, TMP_SUFFIX, shard_dirs
-from lit_distill.losses.topk import TOPK_INDICES, TOPK_VALUES
+from lit_distill.losses.topk import TOPK_INDICES, TOPK_TAIL, TOPK_VALUES
 from lit_distill.outputs import ModelOutput
 
-__all__ = ["encode_outputs", "ShardWriter", "to_numpy", "file_names", "shard_problem", "FEATURE_PREFIX"]
+__all__ = [
+    "encode_outputs", "tail_log_mass", "ShardWriter", "to_numpy", "file_names", "shard_problem", "FEATURE_PREFIX"
+]  # fmt: skip
 
 FEATURE_PREFIX = "features/"
 
@@ -38,13 +41,29 @@ def _valid_positions(batch: Any, logits: Tensor) -> Tensor | None:
     return torch.ones_like(ids, dtype=torch.bool) if mask is None else mask.to(torch.bool)
 
 
+def tail_log_mass(logits: Tensor, indices: Tensor, temperature: float) -> Tensor:
+    """``log Σ_{j ∉ indices} softmax(logits / T)_j`` per row, float32: the teacher's mass outside its top-k.
+
+    A logsumexp over the other entries (float32 at least), not ``log(1 − Σ_k p)``: exact also when the tail is tiny.
+    """
+    log_p = torch.log_softmax(logits.to(torch.promote_types(logits.dtype, torch.float32)) / temperature, dim=-1)
+    return log_p.scatter(-1, indices, -math.inf).logsumexp(-1).float()
+
+
 def encode_outputs(
-    out: ModelOutput, batch: Any, top_k: int | None, dtype: str, features: list[str]
+    out: ModelOutput,
+    batch: Any,
+    top_k: int | None,
+    dtype: str,
+    features: list[str],
+    tail_temperature: float | None = None,
 ) -> tuple[dict[str, np.ndarray], dict[str, dict[str, Any]], np.ndarray | None]:
     """Arrays to store for one batch, their field descriptions, and per-sample lengths (token-level only).
 
-    Token-level outputs ``[B, T, ...]`` of dict batches keep only positions where ``attention_mask`` is 1,
-    concatenated over the batch (so left or right padding of any width reads back the same).
+    With ``top_k``, the k largest logits (values in ``dtype``, int32 ids) and, unless ``tail_temperature`` is None,
+    the tail bucket (:func:`tail_log_mass`, float32). Token-level outputs ``[B, T, ...]`` of dict batches keep only
+    positions where ``attention_mask`` is 1, concatenated over the batch (so left or right padding of any width
+    reads back the same).
     """
     if out.logits is None:
         raise ValueError(
@@ -62,6 +81,8 @@ def encode_outputs(
             )
         values, indices = logits.topk(top_k, dim=-1)
         tensors[TOPK_VALUES], tensors[TOPK_INDICES] = (values, dtype), (indices, "int32")
+        if tail_temperature is not None:
+            tensors[TOPK_TAIL] = (tail_log_mass(logits, indices, tail_temperature), "float32")
     for name in features:
         if name not in out.features:
             raise ValueError(
@@ -76,7 +97,9 @@ def encode_outputs(
     for name, (t, storage) in tensors.items():
         if t.shape[0] != b:
             raise ValueError(f"teacher output {name!r} has batch size {t.shape[0]}, expected {b}.")
-        per_token = valid is not None and t.ndim >= 3 and tuple(t.shape[:2]) == tuple(valid.shape)
+        # per position: [B, T, ...] fields, and the tail's [B, T] (one number per position)
+        per_token = valid is not None and tuple(t.shape[:2]) == tuple(valid.shape)
+        per_token = per_token and (t.ndim >= 3 or name == TOPK_TAIL)
         arr = to_numpy(t[valid.to(t.device)] if per_token else t, storage)
         if storage == "float16" and not np.isfinite(arr).all() and torch.isfinite(t).all():
             raise ValueError(f"teacher output {name!r} overflows float16 (|x| > 65504); set dtype: bf16 or fp32.")

@@ -11,7 +11,7 @@ from lightning.pytorch.utilities.model_helpers import is_overridden
 from torch.utils.data import DataLoader, Subset
 
 from lit_distill.cache.fingerprint import class_name, fingerprint_dataset, fingerprint_module
-from lit_distill.cache.loading import IndexedDataset, KeyedCollate, cached_loader
+from lit_distill.cache.loading import IndexedDataset, cached_loader
 from lit_distill.cache.manifest import differences, read_manifest, writer_hint
 from lit_distill.cache.reader import CacheReader
 from lit_distill.cache.writer import TeacherCacheWriter
@@ -209,18 +209,18 @@ class CachedTeacherDataModule(LightningDataModule):
         return {split: IndexedDataset(self._inner_loader(split).dataset).dataset for split in self.splits}
 
     def begin_write(self, plan: dict[str, list[int]], batch_size: int | None = None) -> None:
-        """Called by TeacherCacheWriter: ``predict_dataloader`` then yields ``(ids, batch)`` for these samples."""
+        """Called by TeacherCacheWriter: ``predict_dataloader`` then yields the batches of these samples, in order."""
         self._plan, self.write_splits, self._write_batch_size = plan, list(plan), batch_size
 
     def _write_loader(self, split: str) -> DataLoader:
         base = self._inner_loader(split)
         batch_size = self._write_batch_size or base.batch_size or getattr(base.batch_sampler, "batch_size", None) or 1
         return DataLoader(
-            Subset(IndexedDataset(base.dataset), self._plan[split]),
+            Subset(base.dataset, self._plan[split]),
             batch_size=batch_size,
             shuffle=False,
             num_workers=base.num_workers,
-            collate_fn=KeyedCollate(base.collate_fn),
+            collate_fn=base.collate_fn,
             pin_memory=base.pin_memory,
         )
 

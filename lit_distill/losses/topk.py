@@ -156,7 +156,8 @@ def _check(name: str, student_logits: Tensor, teacher: TopKTeacher, options: dic
         raise ValueError(
             f"the teacher cache stores its mass outside the top-k at temperature {tail_t}, but this loss uses "
             f"temperature {temperature}: the tail depends on it. Rewrite the cache with TeacherCacheWriter("
-            f"tail_temperature={temperature}), or renormalise over the k (TokenKD(topk_tail=False))."
+            f"tail_temperature={temperature}), or renormalise over the k (TokenKD(topk_tail=False), or a cache written "
+            "with tail_temperature: null)."
         )
     infinite = {
         "reverse_kl": True,
@@ -219,6 +220,10 @@ def topk_divergence(
     teacher = TopKTeacher(values, indices, tail, tail_temperature)
     options = {"temperature": temperature, "beta": beta, "alpha": alpha, "head_mass": head_mass}
     _check(name, student_logits, teacher, options, mask)
+    if tail is not None and mask is not None:
+        # Rows left out may hold anything (a cache pads them with zeros: all teacher mass in the tail, an infinite
+        # reverse KL whose NaN gradient would survive the mask); a tail of ½ keeps every divergence finite there.
+        teacher = teacher._replace(tail=tail.masked_fill(~mask.to(torch.bool), -math.log(2.0)))
     dtype = torch.float64 if torch.float64 in (student_logits.dtype, values.dtype) else torch.float32
     log_q = _student_log_probs(student_logits, indices.long(), temperature, dtype)
     log_p = _teacher_log_probs(teacher, temperature, dtype)
