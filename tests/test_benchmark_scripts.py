@@ -154,6 +154,24 @@ def _text_kd(out, tmp):
     assert result["teacher_ppl"] > 1 and all(r["kd"] > 1 and r["no_kd"] > 1 for r in result["runs"])
 
 
+@check("benchmarks/quality/divergences_text.py")
+def _divergences_text(out, tmp):
+    runs = last_json(out)["runs"]
+    assert [r["divergence"] for r in runs] == [
+        "forward_kl", "reverse_kl", "jsd", "skew_forward_kl", "skew_reverse_kl", "adaptive_kl"
+    ]  # fmt: skip
+    assert all(r["val_ppl"] > 1 and 0 < r["teacher_nll"] < 10 for r in runs)
+
+
+@check("benchmarks/quality/topk_tail.py")
+def _topk_tail(out, tmp):
+    result = last_json(out)
+    assert [r["variant"] for r in result["runs"]] == ["full logits", "top-4 tail", "top-4 renormalised"]
+    for side in result["gaps"]["4"].values():
+        assert set(side) == {"tail", "renormalised"} and all(-1 <= v["cosine"] <= 1 for v in side.values())
+    assert (tmp / "topk_tail_work" / "top4" / "manifest.json").is_file()
+
+
 @check("benchmarks/quality/generation_kd.py")
 def _generation_kd(out, tmp):
     students = last_json(out)["students"]
