@@ -45,8 +45,9 @@ def _mixture(la, lb, p, q, w, DIV: tl.constexpr, STABLE: tl.constexpr):
     kl_p = tl.where(p > 0, p * to_m_p, 0.0)
     kl_q = tl.where(q > 0, q * to_m_q, 0.0)
     if DIV == 2:
-        value = kl_p / (1.0 - w) + kl_q / w
-        x = to_m_q / w
+        inv_w = 1.0 / w  # scalars: one division per block, not per element
+        value = kl_p * (1.0 / (1.0 - w)) + kl_q * inv_w
+        x = to_m_q * inv_w
     elif DIV == 4:
         value = kl_p
         x = -(1.0 - w) * tl.exp2(lb - lm)
