@@ -243,10 +243,8 @@ class DistillationModule(TeacherLifecycle, LightningModule):
 
     def predict_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> Tensor | ModelOutput | None:
         """The student's logits (or embedding); the teacher's ModelOutput if ``predict_teacher`` (cache writer)."""
-        if self.predict_teacher:
-            return self.forward_teacher(batch)
-        out = self.forward_student(batch)
-        return out.logits if out.logits is not None else out.extra.get("embedding")
+        out = self.forward_teacher(batch) if self.predict_teacher else self.forward_student(batch)
+        return out if self.predict_teacher else (out.logits if out.logits is not None else out.extra.get("embedding"))
 
     def setup(self, stage: str) -> None:
         super().setup(stage)  # the teacher's trained-weights rule

@@ -37,7 +37,8 @@ class TeacherCacheWriter(BasePredictionWriter):
     where the last finished shard ended; a cache written with another teacher, data or settings is refused, and a
     finished one is never rewritten unless ``overwrite``. With ``fast_dev_run`` everything runs on one batch and
     nothing is written. Under DDP every rank writes shards of the samples its sampler gives it (``shard-rank<N>-*``)
-    and rank 0 the manifest; a damaged shard found on a rerun is written again.
+    and rank 0 the manifest; a damaged shard found on a rerun is written again. The predictions go to disk only:
+    ``trainer.predict`` returns None while the writer runs.
 
     Args:
         top_k: keep the k largest logits per row; None keeps all of them.
