@@ -164,7 +164,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         return DistillationModule(student=make_student(), teacher=with_teacher, losses=losses)
 
     start = time.perf_counter()
-    writer = TeacherCacheWriter(top_k=args.top_k, dtype=args.dtype)
+    writer = TeacherCacheWriter(top_k=args.top_k, dtype=args.dtype, tail_temperature=temperature)
     data = CachedTeacherDataModule(base, cache_dir, splits=["train"])
     trainer(args, callbacks=[writer]).predict(module(teacher), datamodule=data)
     write_s = time.perf_counter() - start
