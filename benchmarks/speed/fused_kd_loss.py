@@ -76,7 +76,8 @@ def methods(args, first_shape: bool):
             def liger(make_module):
                 def make(hs, ws, ht, wt, labels):
                     mod = make_module()
-                    return backward_step(lambda: mod(hs, ws, ht, wt, labels))
+                    # Liger's JSD(beta) is GKD's; ours is divided by beta(1 - beta) (docs/losses.md): same scale here
+                    return backward_step(lambda: mod(hs, ws, ht, wt, labels) / (beta * (1 - beta)))
 
                 return make
 
