@@ -160,7 +160,7 @@ def _divergences_text(out, tmp):
     assert [r["divergence"] for r in runs] == [
         "forward_kl", "reverse_kl", "jsd", "skew_forward_kl", "skew_reverse_kl", "adaptive_kl"
     ]  # fmt: skip
-    assert all(r["val_ppl"] > 1 and 0 < r["teacher_nll"] < 10 for r in runs)
+    assert all(r["heldout_ppl"] > 1 and r["prompt_ppl"] > 1 and 0 < r["teacher_nll"] < 10 for r in runs)
 
 
 @check("benchmarks/quality/topk_tail.py")

@@ -6,7 +6,8 @@ student per divergence, all starting from the same weights and seeing the same b
 1 layer x 48, AdamW 3e-3, T=1). Reported per divergence, mean ± std over seeds: perplexity per byte on the corpus's
 held-out split (a forward-KL-like measure), and on the held-out pydoc prompts the teacher's mean NLL per byte of
 the student's own samples (T=1, up to ``--max-new`` bytes; what mode-seeking divergences aim for) with their
-distinct 4-grams (a student that games the NLL by repeating itself shows). Nothing is downloaded.
+distinct 4-grams (a student that games the NLL by repeating itself shows), and the perplexity of the prompts'
+reference answers. Nothing is downloaded.
 
     python -m benchmarks.quality.divergences_text --teacher-dir /tmp/teacher --seeds 3
     python -m benchmarks.quality.divergences_text --smoke       # 1 seed, a few batches: seconds
@@ -52,7 +53,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     prompts = PromptDataModule(batch_size=32, seed=0)
     teacher, teacher_ppl = text_teacher(args, data)
     names = args.divergences.split(",")
-    print(f"teacher val ppl {teacher_ppl:.3f}", flush=True)
+    own = evaluate(teacher, teacher, prompts, 0, args.max_new)  # the teacher's own samples, for scale
+    print(f"teacher val ppl {teacher_ppl:.3f}, NLL of its own samples {own['teacher_nll']:.3f}", flush=True)
     rows = []
     for seed in range(1, args.seeds + 1):
         for name in names:
@@ -61,7 +63,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             module = DistillationModule(student=student, teacher=teacher, losses=[kd], optimizer=adamw(args.lr))
             ppl = fit_then_validate(module, data, args.student_epochs, seed, args)["val/student_ppl"]
             scores = evaluate(student, teacher, prompts, seed, args.max_new)
-            rows.append({"seed": seed, "divergence": name, "val_ppl": ppl, **scores})
+            scores["prompt_ppl"] = scores.pop("val_ppl")  # of the prompts' reference answers
+            rows.append({"seed": seed, "divergence": name, "heldout_ppl": ppl, **scores})
             print(f"seed {seed} {name}: val ppl {ppl:.3f}, teacher NLL of samples {scores['teacher_nll']:.3f}, "
                   f"distinct-4 {scores['distinct4']:.3f}", flush=True)  # fmt: skip
     print(
@@ -70,14 +73,17 @@ def main(argv: Sequence[str] | None = None) -> None:
         f"beta={args.beta} alpha={args.alpha} head_mass={args.head_mass}; {args.accelerator}, {args.threads} "
         f"threads; {time.time() - start:.0f} s in all\n"
     )
-    print("| divergence | held-out ppl | teacher NLL of samples | distinct-4 |")
-    print("|---|---|---|---|")
-    print(f"| (teacher) | {teacher_ppl:.3f} | | |")
+    print("| divergence | held-out ppl | reference ppl (prompts) | teacher NLL of samples | distinct-4 |")
+    print("|---|---|---|---|---|")
+    print(
+        f"| (teacher) | {teacher_ppl:.3f} | {own['val_ppl']:.3f} | {own['teacher_nll']:.3f} | {own['distinct4']:.3f} |"
+    )
     for name in names:
         mine = [r for r in rows if r["divergence"] == name]
-        cells = [mean_std_text([r[key] for r in mine]) for key in ("val_ppl", "teacher_nll", "distinct4")]
+        keys = ("heldout_ppl", "prompt_ppl", "teacher_nll", "distinct4")
+        cells = [mean_std_text([r[key] for r in mine]) for key in keys]
         print(f"| {name} | " + " | ".join(cells) + " |")
-    result = {"args": vars(args), "teacher_ppl": teacher_ppl, "runs": rows}
+    result = {"args": vars(args), "teacher_ppl": teacher_ppl, "teacher_own": own, "runs": rows}
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2))
     print_json(result)
