@@ -154,7 +154,8 @@ def test_top_k_cache_stores_fp16_values_and_gives_the_direct_formula_loss(tmp_pa
             q_tail = 1 - float(log_q_k.exp().sum())
             want += p_tail * (math.log(p_tail) - math.log(q_tail)) * t2
         want += float((p * (p.log() - log_q_k)).sum().detach()) * t2
-    assert loss.item() == pytest.approx(want / len(s), rel=1e-5)
+    # float32 loss of a small KL (p close to q) against float64: about 1e-5 relative rounding
+    assert loss.item() == pytest.approx(want / len(s), rel=1e-4)
 
 
 def test_token_level_dict_batches_read_back_under_other_padding(tmp_path):

@@ -10,7 +10,8 @@ import torch
 
 from lit_distill import DistillationModule
 from lit_distill.batch import cached_teacher_output
-from lit_distill.cache import CacheReader, TeacherCacheWriter, read_manifest
+from lit_distill.cache import CacheReader, TeacherCacheWriter
+from lit_distill.cache.manifest import read_manifest
 from lit_distill.data import CachedTeacherDataModule
 from lit_distill.losses import TokenKD
 from lit_distill.losses.arguments import DIVERGENCES

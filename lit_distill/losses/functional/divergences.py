@@ -8,6 +8,7 @@ top-k cache use the same per-row formulas (:mod:`lit_distill.losses.divergence_r
 
 from __future__ import annotations
 
+import torch  # noqa: F401 - the examples below run in this module's namespace
 from torch import Tensor
 
 from lit_distill.losses.arguments import (
