@@ -112,6 +112,9 @@ class TeacherCacheWriter(BasePredictionWriter):
         teacher = getattr(pl_module, "teacher", None)
         if teacher is None or getattr(teacher, "reads_from_batch", False):
             raise ValueError("TeacherCacheWriter needs the real teacher model in `model.teacher`: it is what runs.")
+        check = getattr(pl_module, "check_teacher_weights", None)
+        if check is not None:
+            check()  # a cache of a randomly initialised teacher would be silently useless
         if not hasattr(pl_module, "predict_teacher"):
             raise TypeError(
                 f"TeacherCacheWriter needs a lit_distill.DistillationModule (its predictions are the teacher's "

@@ -39,6 +39,7 @@ OUTPUTS: dict[str, Producer] = {
     "checkpoints/text/sft_student.ckpt": Producer("fit", "configs/text/sft_student.yaml"),
     "checkpoints/llm/teacher": Producer("fit", "configs/llm/teacher.yaml", _OVERWRITE),
     "artifacts/digits/teacher_cache": Producer("predict", "configs/digits/teacher_cache.yaml"),
+    "artifacts/text/teacher_cache": Producer("predict", "configs/text/teacher_cache.yaml"),
     "generated/text/teacher_responses.jsonl": Producer("predict", "configs/text/generate.yaml"),
     "generated/text/chat_teacher_answers.jsonl": Producer("predict", "configs/text/hf_chat_generate.yaml"),
 }
