@@ -36,6 +36,7 @@ def hold() -> None:
     The handlers are those of Lightning's loggers and the root logger's (Lightning logs through the root's
     when logging was configured before it was imported).
     """
+    discard()  # what an earlier run in this process left held belongs to handlers that may be closed by now
     names = ["", *(n for n in logging.Logger.manager.loggerDict if n == "lightning" or n.startswith("lightning."))]
     for handler in {h for name in names for h in logging.getLogger(name).handlers}:
         if not any(isinstance(f, _Hold) for f in handler.filters):
