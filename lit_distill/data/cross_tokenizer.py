@@ -19,6 +19,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor
 
+from lit_distill.batch import TEACHER_TOKENS as TEACHER
 from lit_distill.data.byte_offsets import encode_with_offsets, special_roles, token_bytes
 from lit_distill.data.tokenizers import Tokenizer, load_tokenizer
 from lit_distill.losses.functional.alignment import aligned_pairs
@@ -27,7 +28,6 @@ IGNORE_INDEX = -100
 #: A piece that is the tokenizer's own end-of-text token (zero-width, not text).
 EOS = None
 Piece = tuple[str | None, bool]
-TEACHER = "teacher_"
 
 
 class Side(NamedTuple):

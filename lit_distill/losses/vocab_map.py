@@ -6,7 +6,7 @@ the same. ``match="token"`` (what GOLD does): one class per byte string found in
 student ``" the"`` and a teacher ``" the"`` share a class and tokens without a twin are unmatched.
 ``match="byte"``: one class per first byte, so every token is matched by the byte the text continues with; this
 is what tokenizers of very different granularity (bytes and BPE) can still compare exactly. Specials are
-matched by role (the two eos tokens share a class); padding is never matched.
+matched by role (the two eos tokens share a class, so do the two pads); tokens with no text are unmatched.
 
 Building it walks both vocabularies once in Python; :func:`vocab_map` keeps every map it built in memory, keyed by
 the two tokenizers' ids, so a run builds it once.
@@ -66,7 +66,7 @@ def _keys(vocab: list[bytes], roles: dict[int, str], match: Match) -> list[objec
     for i, piece in enumerate(vocab):
         role = roles.get(i)
         if role is not None:
-            keys.append(None if role == "pad" else ("role", role))
+            keys.append(("role", role))
         elif not piece:
             keys.append(None)
         else:
