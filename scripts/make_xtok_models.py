@@ -17,6 +17,7 @@ and saved with ``save_pretrained``.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import tempfile
 from collections.abc import Sequence
@@ -28,41 +29,39 @@ DEFAULT_OUT = "checkpoints/text/xtok"
 EOS, PAD, UNK = "<|endoftext|>", "<|pad|>", "<unk>"
 
 
+def _tiny_models():
+    """scripts/make_tiny_hf_models.py, for its byte-level BPE and its brief teacher training."""
+    spec = importlib.util.spec_from_file_location(
+        "make_tiny_hf_models", Path(__file__).with_name("make_tiny_hf_models.py")
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def byte_level_bpe(vocab_size: int, texts: list[str]):
+    """A byte-level BPE (GPT-2 style: every byte is a token, merges on top) with eos and pad tokens."""
+    return _tiny_models().build_tokenizer(vocab_size, texts)
+
+
 def _texts(limit: int | None) -> list[str]:
     from lit_distill.data.text import pydoc_documents
 
     return pydoc_documents()[:limit]
 
 
-def _fast(core, **special):
-    from transformers import PreTrainedTokenizerFast
-
-    return PreTrainedTokenizerFast(tokenizer_object=core, model_max_length=1024, **special)
-
-
-def byte_level_bpe(vocab_size: int, texts: list[str]):
-    """A byte-level BPE (GPT-2 style: every byte is a token, merges on top) with eos and pad tokens."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-
-    core = Tokenizer(models.BPE())
-    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    core.decoder = decoders.ByteLevel()
-    alphabet = pre_tokenizers.ByteLevel.alphabet()
-    core.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[EOS, PAD],
-                                                        initial_alphabet=alphabet))  # fmt: skip
-    return _fast(core, eos_token=EOS, pad_token=PAD)
-
-
 def unigram(vocab_size: int, texts: list[str]):
     """A SentencePiece-style Unigram tokenizer (``▁`` marks a word start) with eos, pad and unk tokens."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
 
     core = Tokenizer(models.Unigram())
     core.pre_tokenizer = pre_tokenizers.Metaspace()
     core.decoder = decoders.Metaspace()
     trainer = trainers.UnigramTrainer(vocab_size=vocab_size, special_tokens=[EOS, PAD, UNK], unk_token=UNK)
     core.train_from_iterator(texts, trainer)
-    return _fast(core, eos_token=EOS, pad_token=PAD, unk_token=UNK)
+    special = {"eos_token": EOS, "pad_token": PAD, "unk_token": UNK}
+    return PreTrainedTokenizerFast(tokenizer_object=core, model_max_length=1024, **special)
 
 
 def gpt2(tokenizer, seed: int):
@@ -86,29 +85,6 @@ def llama(tokenizer, seed: int):
     return LlamaForCausalLM(config)
 
 
-def train_briefly(model, tokenizer, steps: int, seq_len: int = 128, batch_size: int = 16, lr: float = 2e-3) -> float:
-    """Plain next-token training on pydoc blocks of the model's own tokenizer; returns the last loss."""
-    from lit_distill.data import TextDataModule
-    from lit_distill.data.tokenizers import HFTokenizer
-
-    data = TextDataModule(seq_len=seq_len, batch_size=batch_size)
-    data.connect(tokenizer=HFTokenizer.wrap(tokenizer))
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
-    model.train()
-    loss, batches = float("nan"), iter(())
-    for _ in range(steps):
-        batch = next(batches, None)
-        if batch is None:
-            batches = iter(data.train_dataloader())
-            batch = next(batches)
-        out = model(input_ids=batch["input_ids"], labels=batch["labels"])
-        out.loss.backward()
-        optimizer.step()
-        optimizer.zero_grad()
-        loss = float(out.loss.detach())
-    return loss
-
-
 def make(out: str | Path = DEFAULT_OUT, teacher_steps: int = 0, seed: int = 0, texts: int | None = None) -> Path:
     """Write ``<out>/bpe``, ``<out>/hf_teacher`` and ``<out>/hf_student``; ``texts`` limits the pydoc topics used."""
     out, corpus = Path(out), _texts(texts)
@@ -117,9 +93,8 @@ def make(out: str | Path = DEFAULT_OUT, teacher_steps: int = 0, seed: int = 0, t
     for i, (name, (tokenizer, build)) in enumerate(pairs.items()):
         model = build(tokenizer, seed + i)
         if name == "hf_teacher" and teacher_steps:
-            print(
-                f"teacher trained {teacher_steps} steps, last loss {train_briefly(model, tokenizer, teacher_steps):.3f}"
-            )
+            loss = _tiny_models().train_briefly(model, tokenizer, teacher_steps)
+            print(f"teacher trained {teacher_steps} steps, last loss {loss:.3f}")
         model.save_pretrained(str(out / name))
         tokenizer.save_pretrained(str(out / name))
     return out
