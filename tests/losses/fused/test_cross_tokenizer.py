@@ -120,3 +120,15 @@ def test_bad_arguments_are_refused(change, message):
     }  # fmt: skip
     with pytest.raises(ValueError, match=message):
         fused_span_kd(**{**args, **change})
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_on_cuda_in_bf16_it_matches_the_float64_reference():
+    student, teacher = make(n=300, dtype=torch.float64)
+    kl, w1, want = reference(student, teacher, S_CLS, T_CLS, 1.0, 1.0, None)
+    cuda = [[None if x is None else x.cuda().bfloat16() for x in side] for side in (student, teacher)]
+    parts, got = fused(*cuda, S_CLS.cuda(), T_CLS.cuda(), 1.0, 1.0, None, 64)
+    assert parts.loss.item() == pytest.approx((kl + w1).item(), rel=2e-2)
+    for g, w in zip(got, want):
+        assert float((g.double().cpu() - w).norm() / w.norm()) < 2e-2
