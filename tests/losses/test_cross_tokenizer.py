@@ -207,3 +207,27 @@ def test_a_teacher_cached_under_its_own_tokenizer_gives_the_live_teachers_loss(t
     assert got["kl"].item() == pytest.approx(live["kl"].item(), abs=1e-6 if top_k is None else 1e-3)  # fp16 values
     stand_in = DistillationModule(student=gpt(dm.vocab_size, 0), teacher=CachedTeacher(), losses=[AlignedSpanKD()])
     Trainer(max_steps=2, limit_val_batches=0, enable_checkpointing=False, **quiet).fit(stand_in, datamodule=cached)
+
+
+@pytest.mark.parametrize("hidden", [False, True])
+def test_a_batch_where_nothing_aligns_gives_zero_and_a_gradient(hidden):
+    ids = torch.tensor([[1, 2, 3]])
+    batch = {"input_ids": ids, "labels": ids, "offsets": torch.tensor([[[0, 1], [1, 3], [3, 5]]])}
+    batch |= {
+        "teacher_input_ids": ids,
+        "teacher_labels": ids,
+        "teacher_offsets": torch.tensor([[[0, 2], [2, 4], [4, 6]]]),
+    }
+    student, teacher = gpt(258, 0), gpt(258, 1)
+    loss = AlignedSpanKD(lm_weight=0.0)
+    loss.use_vocabularies(TextDataModule().vocabularies())
+    terms = loss(outputs_of(student, ids, hidden), outputs_of(teacher, ids, hidden), batch)
+    total = terms["kl"] + terms["uld"]
+    total.backward()
+    assert total.item() == 0.0 and student.head.weight.grad is not None
+
+
+def outputs_of(model, ids, hidden):
+    if hidden:
+        return ModelOutput(hidden=model.forward_hidden(ids), head=model.get_output_embeddings())
+    return ModelOutput(logits=model(ids))

@@ -109,6 +109,14 @@ def test_no_class_at_all_is_uld():
     assert span_kd(s, t, none_s, none_t).item() == pytest.approx(uld(s, t).item(), abs=1e-7)
 
 
+def test_no_rows_give_zero_not_nan():
+    s = torch.zeros(0, 6, requires_grad=True)
+    cls = torch.arange(6)
+    total = uld(s, torch.zeros(0, 4)) + span_kd(s, torch.zeros(0, 6), cls, cls)
+    total.backward()
+    assert total.item() == 0.0 and s.grad.shape == (0, 6)
+
+
 def test_gradients_match_finite_differences():
     s = torch.randn(3, 6, dtype=torch.float64, requires_grad=True)
     t = torch.randn(3, 5, dtype=torch.float64)

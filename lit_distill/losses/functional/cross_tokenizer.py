@@ -59,6 +59,11 @@ def _check_rows(student_logits: Tensor, teacher_logits: Tensor, mask: Tensor | N
         raise ValueError(f"mask {tuple(mask.shape)} must equal the logits' rows {tuple(student_logits.shape[:-1])}.")
 
 
+def _mean(per_row: Tensor, mask: Tensor | None) -> Tensor:
+    # No aligned row at all (a batch of prompts only) is 0, not NaN.
+    return masked_mean(per_row, torch.ones_like(per_row, dtype=torch.bool) if mask is None else mask)
+
+
 def _check_top_k(top_k: int | None) -> None:
     if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
         raise ValueError(f"uld_top_k must be an int >= 1 or None (sort whole vocabularies), got {top_k!r}.")
@@ -103,7 +108,7 @@ def uld(
     dtype = _compute_dtype(student_logits, teacher_logits)
     p_s = F.softmax(student_logits.to(dtype) / temperature, -1)
     p_t = F.softmax(teacher_logits.to(dtype) / temperature, -1)
-    return masked_mean(sorted_l1(p_s, p_t, top_k), mask)
+    return _mean(sorted_l1(p_s, p_t, top_k), mask)
 
 
 def span_kd_terms(
@@ -134,7 +139,7 @@ def span_kd_terms(
     p_cls = p_t.new_zeros(*rows, n + 1).index_add(-1, torch.where(t_cls < 0, n, t_cls), p_t)
     kl = (torch.xlogy(p_cls, p_cls) - torch.xlogy(p_cls, q_cls)).sum(-1) * temperature**2 if n else p_s.sum(-1) * 0
     unmatched = sorted_l1(p_s[..., s_cls < 0], p_t[..., t_cls < 0], uld_top_k)
-    return masked_mean(kl, mask), masked_mean(unmatched, mask)
+    return _mean(kl, mask), _mean(unmatched, mask)
 
 
 def span_kd(
