@@ -17,6 +17,7 @@ from torch.autograd.function import once_differentiable
 
 from lit_distill.losses.arguments import check_nonnegative, check_temperature
 from lit_distill.losses.fused.chunks import _backward_block
+from lit_distill.losses.fused.linear_kd import _matmul_dtype
 from lit_distill.losses.fused.matmul import _linear
 
 __all__ = ["fused_span_kd", "SpanKDParts"]
@@ -142,13 +143,6 @@ class _FusedSpanKD(torch.autograd.Function):
         if not bool(grad_loss == 1):
             grads = tuple(None if g is None else g.mul_(grad_loss.to(g.dtype)) for g in grads)
         return (*grads, None, None, None, None)
-
-
-def _matmul_dtype(x: Tensor) -> torch.dtype:
-    dev = x.device.type
-    if dev in ("cuda", "cpu") and torch.is_autocast_enabled(dev) and x.dtype in (torch.float32, torch.float16):
-        return torch.get_autocast_dtype(dev)
-    return x.dtype
 
 
 def _auto_chunk(n: int, bytes_per_row: int, budget: int) -> int:
