@@ -1,16 +1,17 @@
-"""Cross-tokenizer KD vs. cross-entropy alone: a byte-level teacher, a BPE student, the same steps, several seeds.
+"""Cross-tokenizer KD vs. cross-entropy alone: a BPE teacher, a byte-level student, the same steps, several seeds.
 
 A 1024-token byte-level BPE is trained on CPython's pydoc topics (offline, scripts/make_xtok_models.py). Every block
 of the corpus is tokenized both ways (TextDataModule with ``teacher_tokenizer``), cut where both read the same text.
-A byte-level GPT teacher and, for the same-tokenizer reference, a BPE GPT teacher of the same shape learn the train
-blocks (the same ones the students see; neither sees the held-out blocks). Then, per seed, identically initialised
-BPE students train for the same steps on the same batches with: cross-entropy alone; ULD + CE; AlignedSpanKD
-(match=token, GOLD's hybrid) + CE; AlignedSpanKD (match=byte) + CE; and TokenKD + CE from the BPE teacher.
+A BPE GPT teacher and, for the same-tokenizer reference, a byte-level GPT teacher of the same shape learn the train
+blocks (the ones the students see; no teacher sees the held-out blocks). Then, per seed, identically initialised
+byte-level students train for the same steps on the same batches with: cross-entropy alone; ULD + CE;
+AlignedSpanKD (match=token, GOLD's hybrid) + CE; AlignedSpanKD (match=byte) + CE, all from the BPE teacher; and
+TokenKD + CE from the byte-level teacher.
 
 Reported per run, on held-out blocks: bits per byte of the text (both tokenizers cover the same bytes, so it
-compares students, teachers and tokenizers) and the byte teacher's NLL per byte of the student's own samples
-(continuations of held-out prompts at temperature 1: lower means text the teacher finds likelier), with the share of
-distinct byte 4-grams of those samples (a repetitive student would look good on NLL alone).
+compares students, teachers and tokenizers) and the BPE teacher's NLL per byte of the student's own samples
+(continuations of held-out prompts at temperature 1, tokenized for the teacher: lower means text the teacher finds
+likelier), with the share of distinct byte 4-grams of those samples (a repetitive student would look good on NLL).
 
     python -m benchmarks.quality.cross_tokenizer --seeds 3 --json benchmarks/results/cross_tokenizer_cpu.json
     python -m benchmarks.quality.cross_tokenizer --smoke     # 1 seed, a few steps: seconds
@@ -20,7 +21,9 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import json
 import math
+import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -33,7 +36,7 @@ from benchmarks._lib.trainers import adamw, parse, parser, print_json, quiet, qu
 from lit_distill import CrossEntropy, DistillationModule
 from lit_distill.batch import teacher_view
 from lit_distill.data import TextDataModule
-from lit_distill.data.byte_offsets import token_bytes
+from lit_distill.data.cross_tokenizer import tokenize
 from lit_distill.generation import generate
 from lit_distill.losses import ULD, AlignedSpanKD, TokenKD
 from lit_distill.models import GPT
@@ -48,14 +51,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = parser(__doc__)
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--teacher-steps", type=int, default=3000)
-    p.add_argument("--student-steps", type=int, default=1500)
-    p.add_argument("--seq-len", type=int, default=128, help="student (BPE) tokens per block at most")
-    p.add_argument("--teacher-seq-len", type=int, default=256, help="teacher bytes per block at most")
+    p.add_argument("--student-steps", type=int, default=800)
+    p.add_argument("--seq-len", type=int, default=256, help="student bytes per block at most")
+    p.add_argument("--teacher-seq-len", type=int, default=128, help="teacher (BPE) tokens per block at most")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--vocab", type=int, default=1024, help="BPE vocabulary size")
     p.add_argument("--lr", type=float, default=3e-3)
-    p.add_argument("--prompt-tokens", type=int, default=16, help="student tokens of a held-out block as the prompt")
-    p.add_argument("--sample-tokens", type=int, default=48, help="student tokens sampled after each prompt")
+    p.add_argument("--prompt-bytes", type=int, default=64, help="bytes of a held-out block given as the prompt")
+    p.add_argument("--sample-bytes", type=int, default=128, help="bytes the student samples after each prompt")
     p.add_argument("--eval-blocks", type=int, default=None, help="held-out blocks scored (all)")
     p.add_argument("--work", default="artifacts/xtok_bench", help="tokenizer and teachers are kept (and reused) here")
     p.add_argument("--threads", type=int, default=1)
@@ -100,6 +103,7 @@ def fit(module: DistillationModule, data: TextDataModule, steps: int, seed: int)
 
 
 def teacher(kind: str, data: TextDataModule, vocab: int, block: int, args: argparse.Namespace, work: Path | None):
+    """A ``TEACHER``-shaped GPT trained with cross-entropy on one side of the blocks (reused from ``work``)."""
     folder = None if work is None else work / f"teacher_{kind}_{args.teacher_steps}"
     if folder is not None and (folder / "config.json").is_file():
         return GPT.from_pretrained(folder).eval()
@@ -125,8 +129,7 @@ def bits_per_byte(model: GPT, data: TextDataModule, prefix: str, limit: int | No
         logits = model(ids, batch[f"{prefix}attention_mask"])[..., : model.vocab_size].float()
         targets = labels[:, 1:]
         nll += float(torch.nn.functional.cross_entropy(logits[:, :-1].transpose(1, 2), targets, reduction="sum"))
-        width = (offsets[:, 1:, 1] - offsets[:, 1:, 0]) * (targets != -100)
-        size += float(width.sum())
+        size += float(((offsets[:, 1:, 1] - offsets[:, 1:, 0]) * (targets != -100)).sum())
         limit = None if limit is None else limit - len(ids)
         if limit is not None and limit <= 0:
             break
@@ -134,31 +137,33 @@ def bits_per_byte(model: GPT, data: TextDataModule, prefix: str, limit: int | No
 
 
 @torch.no_grad()
-def sample_scores(student: GPT, teacher: GPT, data: TextDataModule, vocab: list[bytes], seed: int, args) -> dict:
-    """The byte teacher's NLL per byte of the student's continuations of held-out prompts; their distinct 4-grams."""
-    nll = count = 0.0
+def sample_scores(student: GPT, teacher: GPT, data: TextDataModule, seed: int, args) -> dict:
+    """The BPE teacher's NLL per byte of the student's continuations of held-out prompts; their distinct 4-grams."""
+    nll = size = 0.0
     grams: list[bytes] = []
-    eos = data.tokenizer.eos_id
+    eos, t_tok = data.tokenizer.eos_id, data.teacher_tokenizer
     for i, batch in enumerate(data.val_dataloader()):
         if args.eval_blocks is not None and i * args.batch_size >= args.eval_blocks:
             break
-        prompts = batch["input_ids"][:, : args.prompt_tokens]
-        out = generate(student, prompts, max_new_tokens=args.sample_tokens, temperature=1.0, seed=seed * 1000 + i,
+        prompts = batch["input_ids"][:, : args.prompt_bytes]
+        out = generate(student, prompts, max_new_tokens=args.sample_bytes, temperature=1.0, seed=seed * 1000 + i,
                        eos_token_id=eos, pad_token_id=eos)  # fmt: skip
         for row, prompt in zip(out.tolist(), prompts.tolist()):
             new = row[len(prompt) :]
-            new = new[: new.index(eos)] if eos in new else new
-            head, tail = b"".join(vocab[t] for t in prompt), b"".join(vocab[t] for t in new)
-            text = list(head + tail)[-teacher.block_size :]
-            if not tail or len(text) < 2:
+            tail = bytes(new[: next((j for j, t in enumerate(new) if t >= 256), len(new))])  # up to eos (or pad)
+            text = [bytes(prompt).decode("utf-8", "replace"), tail.decode("utf-8", "replace")]
+            if not text[1]:
                 continue
-            logits = teacher(torch.tensor([text]))[0, :-1, : teacher.vocab_size].float()
-            scored = min(len(tail), len(text) - 1)
-            target = torch.tensor(text[1:])[-scored:]
-            nll += float(torch.nn.functional.cross_entropy(logits[-scored:], target, reduction="sum"))
-            count += scored
+            side = tokenize(t_tok, [(text[0], False), (text[1], True)])
+            ids, labels = (
+                torch.tensor([side.ids[-teacher.block_size :]]),
+                torch.tensor(side.labels[-teacher.block_size :]),
+            )
+            logits = teacher(ids)[0, :-1, : teacher.vocab_size].float()
+            nll += float(torch.nn.functional.cross_entropy(logits, labels[1:], reduction="sum"))
+            size += len(text[1].encode("utf-8"))
             grams += [tail[j : j + 4] for j in range(len(tail) - 3)]
-    return {"teacher_nll_per_byte": nll / max(count, 1), "distinct4": len(set(grams)) / max(len(grams), 1)}
+    return {"teacher_nll_per_byte": nll / max(size, 1), "distinct4": len(set(grams)) / max(len(grams), 1)}
 
 
 def losses(name: str):
@@ -175,27 +180,22 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
     quiet(args.threads)
     start = time.time()
+    scratch = tempfile.TemporaryDirectory()
     work = Path(args.work) if args.work else None
     if work is not None:
         work.mkdir(parents=True, exist_ok=True)
-    tmp = None
-    if work is None:
-        import tempfile
-
-        tmp = tempfile.TemporaryDirectory()
-    tokenizer = bpe_tokenizer(work or Path(tmp.name), args.vocab, args.smoke)
-    shape = dict(tokenizer=tokenizer, teacher_tokenizer="bytes", seq_len=args.seq_len,
-                 teacher_seq_len=args.teacher_seq_len, batch_size=args.batch_size, seed=0)  # fmt: skip
+    bpe = bpe_tokenizer(work or Path(scratch.name), args.vocab, args.smoke)
+    shape = dict(tokenizer="bytes", teacher_tokenizer=bpe, seq_len=args.seq_len, teacher_seq_len=args.teacher_seq_len,
+                 batch_size=args.batch_size, seed=0)  # fmt: skip
     both = TextDataModule(**shape)
-    students_only, teachers_only = OneSide("student", **shape), OneSide("teacher", **shape)
-    for dm in (both, students_only, teachers_only):
+    bytes_only, bpe_only = OneSide("student", **shape), OneSide("teacher", **shape)
+    for dm in (both, bytes_only, bpe_only):
         dm.setup()
-    vocab = token_bytes(both.tokenizer)
-    byte_teacher = teacher("bytes", teachers_only, 258, args.teacher_seq_len, args, work)
-    bpe_teacher = teacher(f"bpe{args.vocab}", students_only, args.vocab, args.seq_len, args, work)
+    bpe_teacher = teacher(f"bpe{args.vocab}", bpe_only, args.vocab, args.teacher_seq_len, args, work)
+    byte_teacher = teacher("bytes", bytes_only, 258, args.seq_len, args, work)
     teachers = {
-        "bytes": bits_per_byte(byte_teacher, both, "teacher_", args.eval_blocks),
-        "bpe": bits_per_byte(bpe_teacher, both, "", args.eval_blocks),
+        "bpe": bits_per_byte(bpe_teacher, both, "teacher_", args.eval_blocks),
+        "bytes": bits_per_byte(byte_teacher, both, "", args.eval_blocks),
     }
     print(f"teachers {TEACHER}, {args.teacher_steps} steps: held-out bits/byte {teachers}", flush=True)
 
@@ -203,24 +203,24 @@ def main(argv: Sequence[str] | None = None) -> None:
     for seed in range(1, args.seeds + 1):
         for name in RUNS:
             seed_everything(seed, verbose=False)
-            student = GPT(vocab_size=args.vocab, block_size=args.seq_len, **STUDENT)  # the same weights every run
-            t = {"ce": None, "token_kd": bpe_teacher}.get(name, byte_teacher)
-            data = students_only if name in ("ce", "token_kd") else both
+            student = GPT(vocab_size=258, block_size=args.seq_len, **STUDENT, tokenizer_id="bytes")  # same start
+            t = {"ce": None, "token_kd": byte_teacher}.get(name, bpe_teacher)
+            data = bytes_only if name in ("ce", "token_kd") else both
             module = DistillationModule(student=student, teacher=t, losses=losses(name), optimizer=adamw(args.lr))
             fit(module, data, args.student_steps, seed)
             student.eval()
             row = {"seed": seed, "run": name, "bits_per_byte": bits_per_byte(student, both, "", args.eval_blocks)}
-            row.update(sample_scores(student, byte_teacher, both, vocab, seed, args))
+            row.update(sample_scores(student, bpe_teacher, both, seed, args))
             rows.append(row)
             scores = "  ".join(f"{k} {v:.4f}" for k, v in row.items() if k not in ("seed", "run"))
             print(f"seed {seed} {name:>10}: {scores}", flush=True)
 
     print(
-        f"\nstudent {STUDENT} on a {args.vocab}-token BPE, {args.student_steps} steps of {args.batch_size} blocks "
-        f"(<= {args.seq_len} tokens, <= {args.teacher_seq_len} teacher bytes), lr {args.lr}; {len(both.splits['val'])} "
-        f"held-out blocks; CPU, {args.threads} thread(s); {time.time() - start:.0f} s in all"
+        f"\nbyte-level student {STUDENT}, {args.student_steps} steps of {args.batch_size} blocks (<= {args.seq_len} "
+        f"bytes, <= {args.teacher_seq_len} teacher tokens of a {args.vocab}-token BPE), lr {args.lr}; "
+        f"{len(both.splits['val'])} held-out blocks; CPU, {args.threads} thread(s); {time.time() - start:.0f} s in all"
     )
-    print("\n| run | held-out bits/byte | teacher NLL/byte of samples | distinct 4-grams | beats CE (bpb, NLL) |")
+    print("\n| run | held-out bits/byte | BPE teacher's NLL/byte of samples | distinct 4-grams | beats CE (bpb, NLL) |")
     print("|---|---|---|---|---|")
     ce = {r["seed"]: r for r in rows if r["run"] == "ce"}
     for name in RUNS:
@@ -228,12 +228,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         wins = [sum(r[k] < ce[r["seed"]][k] for r in mine) for k in ("bits_per_byte", "teacher_nll_per_byte")]
         cells = [mean_std_text([r[k] for r in mine]) for k in ("bits_per_byte", "teacher_nll_per_byte", "distinct4")]
         print(f"| {name} | {' | '.join(cells)} | {wins[0]}/{len(mine)}, {wins[1]}/{len(mine)} |")
-    print(f"| teacher (bytes / BPE) | {teachers['bytes']:.3f} / {teachers['bpe']:.3f} | | | |")
+    print(f"| teacher (BPE / bytes) | {teachers['bpe']:.3f} / {teachers['bytes']:.3f} | | | |")
     result = {"args": vars(args), "teachers_bits_per_byte": teachers, "runs": rows}
     if args.json:
-        Path(args.json).write_text(__import__("json").dumps(result, indent=2))
-    if tmp is not None:
-        tmp.cleanup()
+        Path(args.json).write_text(json.dumps(result, indent=2))
+    scratch.cleanup()
     print_json(result)
 
 

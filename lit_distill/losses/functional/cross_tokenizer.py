@@ -7,8 +7,8 @@ over its own vocabulary. Student and teacher logits may have different widths.
 * :func:`uld`: the Wasserstein-1 distance between the two probability vectors sorted in decreasing order
   (Boizard et al. 2024), which needs no vocabulary map at all.
 * :func:`span_kd`: a vocabulary map (:mod:`lit_distill.losses.vocab_map`) puts tokens that continue the text the
-  same way into shared classes; the KL divergence between the class distributions (unmatched tokens pooled into
-  one more class) covers the matched tokens and ULD the unmatched ones: the hybrid of TRL's GOLD trainer. With one
+  same way into shared classes; the KL divergence between the class distributions (each renormalised over the
+  matched classes) covers the matched tokens and ULD the unmatched ones: the hybrid of TRL's GOLD trainer. With one
   tokenizer on both sides every token is its own class and it is exactly token-level forward KL.
 
 ``uld_top_k`` sorts only the ``k`` largest probabilities of each side and compares the rest as one remaining mass
@@ -62,6 +62,11 @@ def _check_rows(student_logits: Tensor, teacher_logits: Tensor, mask: Tensor | N
 def _mean(per_row: Tensor, mask: Tensor | None) -> Tensor:
     # No aligned row at all (a batch of prompts only) is 0, not NaN.
     return masked_mean(per_row, torch.ones_like(per_row, dtype=torch.bool) if mask is None else mask)
+
+
+def matched_share(class_probs: Tensor) -> Tensor:
+    """Class probabilities renormalised over the matched classes (all zeros where a side has no matched mass)."""
+    return class_probs / class_probs.sum(-1, keepdim=True).clamp_min(torch.finfo(class_probs.dtype).tiny)
 
 
 def _check_top_k(top_k: int | None) -> None:
@@ -120,10 +125,11 @@ def span_kd_terms(
     uld_top_k: int | None = None,
     mask: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
-    """``(T²·KL(P‖Q) over the classes, ULD over the unmatched tokens)``, each a mean over counted rows.
+    """``(T²·KL(P‖Q) over the matched classes, ULD over the unmatched tokens)``, each a mean over counted rows.
 
-    ``P_c = Σ_{j: class(j)=c} p_t(j)``, ``Q_c = Σ_{i: class(i)=c} q_s(i)``, with every unmatched token of a side
-    pooled into one more class; ULD compares the unmatched probabilities of the two sides (:func:`sorted_l1`).
+    ``P_c ∝ Σ_{j: class(j)=c} p_t(j)`` and ``Q_c ∝ Σ_{i: class(i)=c} q_s(i)``, each renormalised over the matched
+    classes (what each model predicts given that the text continues with a token both vocabularies hold); ULD
+    compares the unmatched probabilities of the two sides (:func:`sorted_l1`).
     """
     check_temperature(temperature)
     _check_top_k(uld_top_k)
@@ -135,9 +141,9 @@ def span_kd_terms(
     p_s = F.softmax(student_logits.to(dtype) / temperature, -1)
     p_t = F.softmax(teacher_logits.to(dtype) / temperature, -1)
     rows = p_s.shape[:-1]
-    q_cls = p_s.new_zeros(*rows, n + 1).index_add(-1, torch.where(s_cls < 0, n, s_cls), p_s)
-    p_cls = p_t.new_zeros(*rows, n + 1).index_add(-1, torch.where(t_cls < 0, n, t_cls), p_t)
-    kl = (torch.xlogy(p_cls, p_cls) - torch.xlogy(p_cls, q_cls)).sum(-1) * temperature**2 if n else p_s.sum(-1) * 0
+    q_cls = matched_share(p_s.new_zeros(*rows, n + 1).index_add(-1, torch.where(s_cls < 0, n, s_cls), p_s)[..., :n])
+    p_cls = matched_share(p_t.new_zeros(*rows, n + 1).index_add(-1, torch.where(t_cls < 0, n, t_cls), p_t)[..., :n])
+    kl = (torch.xlogy(p_cls, p_cls) - torch.xlogy(p_cls, q_cls)).sum(-1) * temperature**2
     unmatched = sorted_l1(p_s[..., s_cls < 0], p_t[..., t_cls < 0], uld_top_k)
     return _mean(kl, mask), _mean(unmatched, mask)
 
@@ -155,7 +161,7 @@ def span_kd(
     """Aligned-span KD at aligned positions (the hybrid of TRL's GOLD trainer), mean over counted rows.
 
     ``T²·KL(P‖Q) + uld_weight · ULD(unmatched)``, ``P``/``Q`` the teacher's/student's probabilities summed per
-    class of the vocabulary map, every unmatched token pooled into one extra class (:func:`span_kd_terms`).
+    class of the vocabulary map and renormalised over the matched classes (:func:`span_kd_terms`).
     One tokenizer on both sides (every token its own class): ``T²·KL(p_t‖q_s)``, token-level forward KL.
 
     Args:

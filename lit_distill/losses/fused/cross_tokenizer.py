@@ -35,7 +35,7 @@ class SpanKDParts(NamedTuple):
 
 
 class _Classes(NamedTuple):
-    student: Tensor  # class per student logit, unmatched -> n (the pooled class)
+    student: Tensor  # class per student logit, unmatched -> n (a column of its own, outside the KL)
     teacher: Tensor
     n: int
     s_free: Tensor  # ids of unmatched student logits
@@ -198,15 +198,20 @@ def _rows(zs: Tensor, zt: Tensor, cls: _Classes, temperature: float, uld_weight:
     kl = p_s.new_zeros(())
     if cls.n:
         rows = p_s.shape[0]
-        q = p_s.new_zeros(rows, cls.n + 1).index_add_(1, cls.student, p_s)
+        q = p_s.new_zeros(rows, cls.n + 1).index_add_(1, cls.student, p_s)  # column n: the unmatched tokens
         p = p_t.new_zeros(rows, cls.n + 1).index_add_(1, cls.teacher, p_t)
-        kl = (torch.xlogy(p, p) - torch.xlogy(p, q)).sum() * t * t
+        tiny = torch.finfo(q.dtype).tiny
+        share = q[:, : cls.n].sum(-1, keepdim=True).clamp_min(tiny)
+        p_m = p[:, : cls.n] / p[:, : cls.n].sum(-1, keepdim=True).clamp_min(tiny)
+        kl = (torch.xlogy(p_m, p_m) - torch.xlogy(p_m, q[:, : cls.n] / share)).sum() * t * t
         if g is not None:
-            # d(T²·KL)/dz_i = T · q_i (Σ_c P_c[Q_c>0] - P_c(i)/Q_c(i)): the teacher's class mass spread within the
-            # class in proportion to the student's probabilities.
-            ratio = torch.where(q > 0, p / q, torch.zeros_like(q))
-            centre = (q * ratio).sum(-1, keepdim=True)
-            g.copy_(ratio.index_select(1, cls.student)).sub_(centre).mul_(p_s).mul_(-t)
+            # dKL/dq_i = 1/share - P_c/Q_c for a student token i of matched class c, 0 for an unmatched one; through
+            # the softmax, d(T²·KL)/dz_i = T · q_i (dKL/dq_i - Σ_j q_j dKL/dq_j).
+            coef = torch.zeros_like(q)
+            coef[:, : cls.n] = torch.where(q[:, : cls.n] > 0, p_m / q[:, : cls.n], torch.zeros_like(p_m)).neg_()
+            coef[:, : cls.n] += 1 / share
+            centre = (q * coef).sum(-1, keepdim=True)
+            g.copy_(coef.index_select(1, cls.student)).sub_(centre).mul_(p_s).mul_(t)
     w1 = p_s.new_zeros(())
     if uld_weight > 0 and (cls.s_free.numel() or cls.t_free.numel()):
         a = p_s if cls.s_free.numel() == p_s.shape[1] else p_s.index_select(1, cls.s_free)
