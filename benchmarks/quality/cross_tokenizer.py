@@ -75,12 +75,15 @@ class OneSide(TextDataModule):
         self.side = side
 
     @property
-    def vocab_size(self) -> int:  # what the model trained on this side must embed
-        return self.teacher_vocab_size if self.side == "teacher" else self.tokenizer.vocab_size
+    def vocab_size(self) -> int:  # what the models reading this side must embed (student and teacher alike)
+        return (self.teacher_tokenizer if self.side == "teacher" else self.tokenizer).vocab_size
 
     @property
     def tokenizer_id(self) -> str:
-        return self.teacher_tokenizer_id if self.side == "teacher" else self.tokenizer.tokenizer_id
+        return (self.teacher_tokenizer if self.side == "teacher" else self.tokenizer).tokenizer_id
+
+    teacher_vocab_size = vocab_size  # one tokenization per batch: a teacher reads what the student reads
+    teacher_tokenizer_id = tokenizer_id
 
     def collate_both(self, rows):
         batch = super().collate_both(rows)
