@@ -3,8 +3,8 @@
 Nothing is downloaded: every tokenizer is trained with the ``tokenizers`` library on CPython's bundled pydoc topics
 and saved with ``save_pretrained``.
 
-* ``<out>/bpe``: a byte-level BPE of 1024 tokens, the student's tokenizer in xtok_span_kd.yaml and xtok_uld.yaml
-  (the teacher there is the byte-level GPT of configs/text/teacher.yaml).
+* ``<out>/bpe``: a byte-level BPE of 1024 tokens, the teacher's tokenizer in xtok_teacher.yaml, xtok_span_kd.yaml
+  and xtok_uld.yaml (their student reads bytes).
 * ``<out>/hf_teacher``: a GPT-2 model with its own byte-level BPE (512 tokens), and ``<out>/hf_student``: a Llama
   model with a SentencePiece-style Unigram tokenizer (400 tokens, ``▁`` word marks): two model families whose
   tokenizers really differ, for xtok_hf.yaml. Both are random unless ``--teacher-steps`` trains the teacher briefly.
