@@ -36,7 +36,7 @@ from benchmarks._lib.trainers import adamw, parse, parser, print_json, quiet, qu
 from lit_distill import CrossEntropy, DistillationModule
 from lit_distill.batch import teacher_view
 from lit_distill.data import TextDataModule
-from lit_distill.data.cross_tokenizer import tokenize
+from lit_distill.data.cross_tokenizer import EOS, tokenize
 from lit_distill.generation import generate
 from lit_distill.losses import ULD, AlignedSpanKD, TokenKD
 from lit_distill.models import GPT
@@ -154,19 +154,33 @@ def sample_scores(student: GPT, teacher: GPT, data: TextDataModule, seed: int, a
         for row, prompt in zip(out.tolist(), prompts.tolist()):
             new = row[len(prompt) :]
             tail = bytes(new[: next((j for j, t in enumerate(new) if t >= 256), len(new))])  # up to eos (or pad)
-            text = [bytes(prompt).decode("utf-8", "replace"), tail.decode("utf-8", "replace")]
-            if not text[1]:
+            text = tail.decode("utf-8", "replace")
+            if not text or data.tokenizer.pad_id in prompt:
                 continue
-            side = tokenize(t_tok, [(text[0], False), (text[1], True)])
+            side = tokenize(t_tok, [*_pieces(prompt, eos), (text, True)])
             ids, labels = (
                 torch.tensor([side.ids[-teacher.block_size :]]),
                 torch.tensor(side.labels[-teacher.block_size :]),
             )
             logits = teacher(ids)[0, :-1, : teacher.vocab_size].float()
             nll += float(torch.nn.functional.cross_entropy(logits, labels[1:], reduction="sum"))
-            size += len(text[1].encode("utf-8"))
+            size += len(text.encode("utf-8"))
             grams += [tail[j : j + 4] for j in range(len(tail) - 3)]
     return {"teacher_nll_per_byte": nll / max(size, 1), "distinct4": len(set(grams)) / max(len(grams), 1)}
+
+
+def _pieces(ids: list[int], eos: int) -> list[tuple[str | None, bool]]:
+    """A byte prompt as the pieces of :func:`lit_distill.data.cross_tokenizer.tokenize`: its text, and its eos tokens
+    (documents end inside blocks) as each tokenizer's own eos; nothing of it is scored."""
+    pieces, run = [], []
+    for t in [*ids, None]:
+        if t is None or t == eos:
+            pieces += [(bytes(run).decode("utf-8", "replace"), False)] if run else []
+            pieces += [(EOS, False)] if t == eos else []
+            run = []
+        else:
+            run.append(t)
+    return pieces
 
 
 def losses(name: str):
