@@ -20,6 +20,8 @@ from lit_distill.outputs import ModelOutput
 
 #: Key under which a batch may carry precomputed teacher outputs (see :mod:`lit_distill.cache`).
 TEACHER_OUTPUTS_KEY = "teacher_outputs"
+#: Prefix of the teacher's own tokenization in a cross-tokenizer batch (:mod:`lit_distill.data.cross_tokenizer`).
+TEACHER_TOKENS = "teacher_"
 
 
 class BatchParts(NamedTuple):
@@ -75,3 +77,20 @@ def cached_teacher_output(batch: Any) -> ModelOutput | None:
     else:
         found = None
     return found if isinstance(found, ModelOutput) else None
+
+
+def teacher_view(batch: Any) -> Any:
+    """The batch as the teacher reads it: a cross-tokenizer batch's ``teacher_*`` entries under their plain names
+    (``teacher_input_ids`` -> ``input_ids``); any other batch as it is.
+
+    Example:
+        >>> sorted(teacher_view({"input_ids": 1, "teacher_input_ids": 2, "teacher_offsets": 3}).items())
+        [('input_ids', 2), ('offsets', 3)]
+    """
+    if isinstance(batch, Mapping) and f"{TEACHER_TOKENS}input_ids" in batch:
+        return {
+            key.removeprefix(TEACHER_TOKENS): value
+            for key, value in batch.items()
+            if key.startswith(TEACHER_TOKENS) and key != TEACHER_OUTPUTS_KEY
+        }
+    return batch

@@ -77,9 +77,13 @@ def check_teacher_placement(student: nn.Module, teacher: nn.Module | None, teach
         )
 
 
-def check_models(losses: Iterable[Any], student: nn.Module, teacher: nn.Module | None) -> None:
-    """Each strategy's own cheap configuration checks (``check_models(student, teacher)``), before any compute."""
+def check_models(losses: Iterable[Any], student: nn.Module, teacher: nn.Module | None, datamodule: Any = None) -> None:
+    """Each strategy's own cheap configuration checks (``check_models(student, teacher)``), before any compute; a
+    strategy that reads the data's tokenizers (``connect_data``, cross-tokenizer KD) gets the data module first."""
     for loss in losses:
+        connect = getattr(loss, "connect_data", None)
+        if connect is not None and datamodule is not None:
+            connect(datamodule)
         check = getattr(loss, "check_models", None)
         if check is not None:
             check(student, teacher)
@@ -200,4 +204,8 @@ def check_data_vocabulary(trainer: Any, student: nn.Module, teacher: nn.Module |
     datamodule = getattr(trainer, "datamodule", None) if trainer is not None else None
     if datamodule is not None:
         vocab, tokenizer = getattr(datamodule, "vocab_size", None), getattr(datamodule, "tokenizer_id", None)
-        check_vocabulary({"student": student, "teacher": teacher}, vocab, tokenizer)
+        t_vocab = getattr(datamodule, "teacher_vocab_size", None)  # the teacher's own tokenizer (cross-tokenizer KD)
+        check_vocabulary({"student": student}, vocab, tokenizer)
+        check_vocabulary(
+            {"teacher": teacher}, t_vocab or vocab, getattr(datamodule, "teacher_tokenizer_id", None) or tokenizer
+        )

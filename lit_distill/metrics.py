@@ -42,11 +42,19 @@ class EvalMetrics(nn.ModuleDict):
                 module.log(f"{stage}/{name}", metric, batch_size=batch_size, prog_bar=name == "student_acc")
 
     @torch.no_grad()
-    def observe(self, student: Tensor | None, teacher: Tensor | None, targets: Tensor | None) -> None:
+    def observe(
+        self,
+        student: Tensor | None,
+        teacher: Tensor | None,
+        targets: Tensor | None,
+        teacher_targets: Tensor | None = None,
+    ) -> None:
+        """``teacher_targets``: the teacher's own labels when it reads other tokens (cross-tokenizer); default: the
+        student's. Top-1 agreement is only measured over one tokenization."""
         if student is None:
             return
         if student.ndim == 3:
-            self._update_lm(student, teacher, targets)
+            self._update_lm(student, teacher, targets, targets if teacher_targets is None else teacher_targets)
             return
         student_pred = student.argmax(-1)
         if targets is not None and targets.ndim == 1:
@@ -56,20 +64,20 @@ class EvalMetrics(nn.ModuleDict):
         if teacher is not None:
             self["agreement"].update((student_pred == teacher.argmax(-1)).float())
 
-    def _update_lm(self, student: Tensor, teacher: Tensor | None, labels: Tensor | None) -> None:
+    def _update_lm(self, student: Tensor, teacher: Tensor | None, labels: Tensor | None, t_labels: Tensor) -> None:
         if labels is None:
             return
         shifted = labels[:, 1:]
         counted = shifted != IGNORE_INDEX
-        if not counted.any():
+        if counted.any():
+            self["student_ppl"].update(student[:, :-1].float(), shifted)
+        if teacher is None or not (t_labels[:, 1:] != IGNORE_INDEX).any():
             return
-        logits_s = student[:, :-1].float()
-        self["student_ppl"].update(logits_s, shifted)
-        if teacher is not None:
+        logits_t = teacher[:, :-1].float()
+        self["teacher_ppl"].update(logits_t, t_labels[:, 1:])
+        if t_labels is labels:  # one tokenization: the same positions, the same (shared part of the) vocabulary
             vocab = min(student.shape[-1], teacher.shape[-1])
-            logits_t = teacher[:, :-1].float()
-            self["teacher_ppl"].update(logits_t, shifted)
-            agree = logits_s[..., :vocab].argmax(-1) == logits_t[..., :vocab].argmax(-1)
+            agree = student[:, :-1, :vocab].float().argmax(-1) == logits_t[..., :vocab].argmax(-1)
             self["agreement"].update(agree[counted].float())
 
 

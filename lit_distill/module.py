@@ -12,7 +12,7 @@ from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 
-from lit_distill.batch import BatchParts, cached_teacher_output, split_batch
+from lit_distill.batch import BatchParts, cached_teacher_output, split_batch, teacher_view
 from lit_distill.checks import (
     check_data_vocabulary,
     check_fit_start,
@@ -150,7 +150,7 @@ class DistillationModule(TeacherLifecycle, LightningModule):
         return split_batch(batch)
 
     def _run(self, model: nn.Module, side: str, batch: Any, cast: torch.dtype | None = None) -> ModelOutput:
-        args, kwargs, _ = self.split_batch(batch)
+        args, kwargs, _ = self.split_batch(teacher_view(batch) if side == "teacher" else batch)  # its own tokens
         if cast is not None or self.channels_last:
             args = tuple(prepare_input(a, cast, self.channels_last) for a in args)
         taps = self._taps.get(side)
@@ -232,7 +232,8 @@ class DistillationModule(TeacherLifecycle, LightningModule):
         for name, value in {**terms, "loss": total}.items():
             self.log(f"{stage}/{name}", value, batch_size=bs, sync_dist=True)
         teacher_logits = None if teacher_out is None else teacher_out.logits
-        metrics.observe(student_out.logits, teacher_logits, self.split_batch(batch).targets)
+        targets, teacher_targets = self.split_batch(batch).targets, self.split_batch(teacher_view(batch)).targets
+        metrics.observe(student_out.logits, teacher_logits, targets, teacher_targets)
         metrics.log_to(self, stage, bs)
 
     def validation_step(self, batch: Any, batch_idx: int) -> None:
@@ -251,7 +252,7 @@ class DistillationModule(TeacherLifecycle, LightningModule):
         taps_for_losses(self.losses, {"student": self.student, "teacher": self.teacher}, self._taps)
         if stage in ("fit", "validate", "test"):
             check_data_vocabulary(self._trainer, self.student, self.teacher)
-        check_models(self.losses, self.student, self.teacher)
+        check_models(self.losses, self.student, self.teacher, getattr(self._trainer, "datamodule", None))
 
     def on_fit_start(self) -> None:
         super().on_fit_start()

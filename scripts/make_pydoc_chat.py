@@ -1,11 +1,12 @@
-"""Write examples/pydoc_chat.jsonl: chat conversations about Python built from CPython's bundled pydoc topics.
+"""Write lit_distill/data/pydoc_chat.jsonl: chat conversations about Python built from CPython's bundled pydoc topics.
 
 Each help topic gives one conversation: a system message, the user asking about the topic by its title, and the
 topic's first prose paragraph as the assistant's answer; where the topic has a second prose paragraph, the user
 asks for more and the assistant answers with it (two assistant turns). Answers are cut at a sentence end near
-``--answer-chars``. Nothing is downloaded; the file is committed, so recipes do not depend on the Python version.
+``--answer-chars``. Nothing is downloaded; the file ships inside the package
+(ChatDataModule's default data), so recipes do not depend on the Python version or the working directory.
 
-    python scripts/make_pydoc_chat.py           # -> examples/pydoc_chat.jsonl
+    python scripts/make_pydoc_chat.py           # -> lit_distill/data/pydoc_chat.jsonl
     python scripts/make_pydoc_chat.py --smoke   # the same conversations into a temporary file; prints the count
 """
 
@@ -18,6 +19,7 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
+PACKAGED = Path(__file__).resolve().parents[1] / "lit_distill" / "data" / "pydoc_chat.jsonl"
 SYSTEM = "You answer questions about Python from its reference documentation, briefly."
 
 
@@ -65,7 +67,7 @@ def conversations(answer_chars: int = 220) -> list[dict]:
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", default="examples/pydoc_chat.jsonl")
+    parser.add_argument("--out", default=str(PACKAGED))
     parser.add_argument("--answer-chars", type=int, default=220)
     parser.add_argument("--smoke", action="store_true", help="write into a temporary folder (the committed file stays)")
     args = parser.parse_args(argv)

@@ -297,13 +297,34 @@ def _trl(out, tmp):
     assert "GKDTrainer" in row["run"] and row["tokens"] == 2 * 2 * 32 and 0 < row["train_loss"] < 10
 
 
+@check("benchmarks/quality/cross_tokenizer.py")
+def _xtok_quality(out, tmp):
+    runs = last_json(out)["runs"]
+    assert {r["run"] for r in runs} == {"ce", "uld", "span_token", "span_byte", "token_kd"}
+    assert all(0 < r["bits_per_byte"] < 10 and r["teacher_nll_per_byte"] > 0 for r in runs)
+
+
+@check("benchmarks/speed/cross_tokenizer.py")
+def _xtok_speed(out, tmp):
+    result = last_json(out)
+    ours = [r for r in result["rows"] if not r["case"].startswith("baseline")]
+    assert len(ours) == 5 and all(r["largest_fp32_vs_tokens_x_vocab"] < 1 for r in ours)  # chunks only
+    assert result["accuracy"]["loss"] < 1e-5 and len(result["phases_ms"]) == 8
+
+
 # --------------------------------------------------------------------------------------------- scripts
 @check("scripts/make_tiny_hf_models.py")
 def _tiny_models(out, tmp):
     assert last_json(out) == {"plain": ["student", "teacher", "tokenizer"], "chat": ["student", "teacher", "tokenizer"]}
 
 
+@check("scripts/make_xtok_models.py")
+def _xtok_models(out, tmp):
+    made = last_json(out)
+    assert sorted(made) == ["bpe", "hf_student", "hf_teacher"] and "model.safetensors" in made["hf_student"]
+
+
 @check("scripts/make_pydoc_chat.py")
 def _pydoc_chat(out, tmp):
-    committed = (ROOT / "examples" / "pydoc_chat.jsonl").read_text().splitlines()
+    committed = (ROOT / "lit_distill" / "data" / "pydoc_chat.jsonl").read_text().splitlines()
     assert last_json(out)["conversations"] > 50 and len(committed) > 50

@@ -63,7 +63,10 @@ def workdir(tmp_path_factory):
         script = ROOT / "scripts" / "make_tiny_hf_models.py"
         subprocess.run([sys.executable, str(script), "--out", "checkpoints/text/hf_tiny"], cwd=work, check=True)
         subprocess.run([sys.executable, str(script), "--chat"], cwd=work, check=True)  # chat recipes
-    shutil.copytree(ROOT / "examples", work / "examples")
+        xtok = ROOT / "scripts" / "make_xtok_models.py"  # the cross-tokenizer recipes' tokenizers and HF pair
+        subprocess.run([sys.executable, str(xtok)], cwd=work, check=True)
+    if (ROOT / "examples").is_dir():
+        shutil.copytree(ROOT / "examples", work / "examples")
     old = os.getcwd()
     os.chdir(work)
     producers = [

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from lit_distill.batch import teacher_view
 from lit_distill.cache.manifest import STORAGE_DTYPES, read_manifest, shard_dirs, writer_hint
 from lit_distill.cache.shards import FEATURE_PREFIX, file_names, shard_problem
 from lit_distill.losses.topk import TOPK_INDICES, TOPK_TAIL, TOPK_TAIL_TEMPERATURE, TOPK_VALUES
@@ -138,7 +139,7 @@ class CacheReader:
         ids = np.asarray(ids, dtype=np.int64)
         if ids.size and (ids.min() < 0 or ids.max() >= len(self)):
             raise IndexError(f"sample index {int(ids.max())} is outside the {self.split} cache of {len(self)} samples.")
-        valid = None
+        valid, batch = None, teacher_view(batch)  # a cross-tokenizer batch: the teacher's own tokens
         if any(spec["per_token"] for spec in self.fields.values()):
             if not isinstance(batch, Mapping) or "input_ids" not in batch:
                 raise ValueError("the cache holds token-level outputs but the batch is not a dict with 'input_ids'.")

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from lit_distill.batch import teacher_view
 from lit_distill.cache.manifest import SHARD_PREFIX, STORAGE_DTYPES, TMP_SUFFIX, shard_dirs
 from lit_distill.losses.topk import TOPK_INDICES, TOPK_TAIL, TOPK_VALUES
 from lit_distill.outputs import ModelOutput
@@ -31,7 +32,9 @@ def to_numpy(t: Tensor, storage: str) -> np.ndarray:
 
 
 def _valid_positions(batch: Any, logits: Tensor) -> Tensor | None:
-    """``[B, T]`` bool of real tokens for token-level outputs of a dict batch, else None (one row per sample)."""
+    """``[B, T]`` bool of real tokens for token-level outputs of a dict batch, else None (one row per sample).
+    The tokens are the teacher's own (its tokenization of a cross-tokenizer batch)."""
+    batch = teacher_view(batch)
     if not isinstance(batch, Mapping) or logits.ndim != 3 or "input_ids" not in batch:
         return None
     ids = batch["input_ids"]

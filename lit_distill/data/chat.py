@@ -11,12 +11,16 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
+from lit_distill.data.cross_tokenizer import Piece
 from lit_distill.data.prompts import PromptDataModule, Split
 from lit_distill.data.text import IGNORE_INDEX
 from lit_distill.data.tokenizers import Tokenizer
 
 Messages = list[dict[str, str]]
 AssistantTurns = Literal["all", "last"]
+#: The default conversations, shipped with the package: 79 chats about Python from CPython's pydoc topics
+#: (regenerate with ``python scripts/make_pydoc_chat.py``).
+PYDOC_CHAT = Path(__file__).with_name("pydoc_chat.jsonl")
 
 
 class Conversation:
@@ -102,9 +106,7 @@ def render(hf: Any, messages: Messages, generation_prompt: bool = False) -> str:
     return hf.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
 
 
-def chat_segments(
-    hf: Any, conversation: Conversation, assistant_turns: AssistantTurns = "all"
-) -> list[tuple[str, bool]]:
+def chat_segments(hf: Any, conversation: Conversation, assistant_turns: AssistantTurns = "all") -> list[Piece]:
     """The rendered conversation (up to its last assistant turn) as ``(text, learned)`` pieces in order.
 
     An assistant turn's piece is what the template writes after the generation prompt, up to and including the
@@ -179,7 +181,7 @@ class ChatDataModule(PromptDataModule):
     multi-turn data use ``assistant_turns: last`` there (the conversation up to the last assistant turn).
 
     Args:
-        messages: the JSONL file.
+        messages: the JSONL file; None: the conversations shipped with the package (:data:`PYDOC_CHAT`).
         tokenizer: a Hugging Face tokenizer folder / hub id that has a chat template (or see ``chat_template``).
         chat_template: a Jinja template (the string, or a file holding it) that replaces the tokenizer's own.
         assistant_turns: ``"all"`` or ``"last"`` assistant turns carry the loss.
@@ -191,18 +193,22 @@ class ChatDataModule(PromptDataModule):
         max_prompts: keep only the first N conversations.
         predict_split: which split ``predict`` answers (``"all"`` = every conversation).
         num_workers: DataLoader workers.
+        teacher_tokenizer: the teacher's own tokenizer when it differs from the student's: ``fit`` batches then
+            carry both tokenizations of the rendered chat with byte offsets, assistant tokens learned on both
+            sides (:mod:`lit_distill.data.cross_tokenizer`).
+        teacher_seq_len: longest example in teacher tokens (None: ``seq_len``).
 
     Example (YAML)::
 
         data:
           class_path: lit_distill.data.chat.ChatDataModule
-          init_args: {messages: examples/pydoc_chat.jsonl, tokenizer: checkpoints/text/hf_tiny_chat/tokenizer}
+          init_args: {tokenizer: checkpoints/text/hf_tiny_chat/tokenizer}
     """
 
     def __init__(
         self,
-        messages: str,
-        tokenizer: str,
+        messages: str | None = None,
+        tokenizer: str | None = None,
         chat_template: str | None = None,
         assistant_turns: AssistantTurns = "all",
         seq_len: int = 256,
@@ -213,12 +219,21 @@ class ChatDataModule(PromptDataModule):
         max_prompts: int | None = None,
         predict_split: Split = "all",
         num_workers: int = 0,
+        teacher_tokenizer: str | None = None,
+        teacher_seq_len: int | None = None,
     ) -> None:
+        if tokenizer is None:
+            raise ValueError(
+                "ChatDataModule needs `tokenizer`: the folder (or hub id) of a Hugging Face tokenizer with a chat "
+                "template, e.g. checkpoints/text/hf_tiny_chat/tokenizer from scripts/make_tiny_hf_models.py --chat."
+            )
         if assistant_turns not in ("all", "last"):
             raise ValueError(f"assistant_turns must be 'all' or 'last', got {assistant_turns!r}.")
         # PromptDataModule's arguments in its order; prompt_chars/response_chars (48, 64) only shape its embedded set.
+        messages = str(PYDOC_CHAT) if messages is None else messages
         args = (messages, tokenizer, 48, 64, seq_len, batch_size, val_fraction, test_fraction, seed, max_prompts)
-        super().__init__(*args, predict_split=predict_split, num_workers=num_workers)
+        teacher = {"teacher_tokenizer": teacher_tokenizer, "teacher_seq_len": teacher_seq_len}
+        super().__init__(*args, predict_split=predict_split, num_workers=num_workers, **teacher)
         self.chat_template, self.assistant_turns = chat_template, assistant_turns
 
     def load_rows(self) -> list[tuple[str, Any]]:
@@ -238,7 +253,19 @@ class ChatDataModule(PromptDataModule):
 
     def encode_rows(self, split: str) -> list[dict[str, Tensor]]:
         hf = template_owner(self.tokenizer, self.chat_template)
+        if self.teacher_tokenizer is not None:
+            return [self._encode_both(hf, conversation) for _, conversation in self.splits[split]]
         return [
             encode_chat(hf, conversation, self.tokenizer, self.seq_len, self.assistant_turns)
             for _, conversation in self.splits[split]
         ]
+
+    def _encode_both(self, hf: Any, conversation: Conversation) -> dict[str, Tensor]:
+        row = self.encode_both(chat_segments(hf, conversation, self.assistant_turns))
+        if row is None:
+            raise ValueError(
+                f"{conversation.where}: no assistant token fits seq_len={self.seq_len} student tokens and "
+                f"teacher_seq_len={self.teacher_seq_len or self.seq_len} teacher tokens after the prompt (both sides "
+                "are cut where they read the same text). Raise them or shorten the conversation."
+            )
+        return row

@@ -13,6 +13,7 @@ import torch
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader
 
+from lit_distill.data.cross_tokenizer import EOS, TeacherTokenizer
 from lit_distill.data.text import IGNORE_INDEX, encode_instruction, pad_collate, pydoc_documents
 from lit_distill.data.tokenizers import LazyTokenizer, Tokenizer
 
@@ -97,7 +98,7 @@ def _producer_hint(path: Path, config_dir: str = "configs") -> str:
     return ""
 
 
-class PromptDataModule(LazyTokenizer, LightningDataModule):
+class PromptDataModule(TeacherTokenizer, LazyTokenizer, LightningDataModule):
     """Prompts to generate from (``predict``) and prompt/reference pairs to train on (``fit``).
 
     ``predict`` batches are ``{"prompt": list[str]}`` (the model tokenizes and generates); prompts named by
@@ -120,6 +121,9 @@ class PromptDataModule(LazyTokenizer, LightningDataModule):
         max_prompts: keep only the first N prompts (quick runs).
         predict_split: which split ``predict`` generates for (``"all"`` = every prompt).
         num_workers: DataLoader workers.
+        teacher_tokenizer: the teacher's own tokenizer when it differs from the student's: ``fit`` batches then
+            carry both tokenizations with byte offsets (:mod:`lit_distill.data.cross_tokenizer`).
+        teacher_seq_len: longest training example in teacher tokens (None: ``seq_len``).
 
     Example:
         >>> dm = PromptDataModule(batch_size=4)
@@ -142,6 +146,8 @@ class PromptDataModule(LazyTokenizer, LightningDataModule):
         max_prompts: int | None = None,
         predict_split: Split = "train",
         num_workers: int = 0,
+        teacher_tokenizer: str | None = None,
+        teacher_seq_len: int | None = None,
     ) -> None:
         super().__init__()
         if batch_size < 1:
@@ -156,6 +162,7 @@ class PromptDataModule(LazyTokenizer, LightningDataModule):
         self.batch_size, self.seed, self.max_prompts = batch_size, seed, max_prompts
         self.val_fraction, self.test_fraction = val_fraction, test_fraction
         self.predict_split, self.num_workers = predict_split, num_workers
+        self.teacher_tokenizer_spec, self.teacher_seq_len = teacher_tokenizer, teacher_seq_len
         self.splits: dict[str, list[tuple[str, Any]]] = {}
         self.excluded: set[str] = set()
         self._tokenizer: Tokenizer | None = None
@@ -184,6 +191,8 @@ class PromptDataModule(LazyTokenizer, LightningDataModule):
                 f"{len(missing)} prompt(s) of the {split} split have no 'response' (e.g. {missing[0][:40]!r}); "
                 "training needs prompt/response pairs. Generate responses first (lit-distill predict)."
             )
+        if self.teacher_tokenizer is not None:
+            return [self.encode_both([(p, False), (r, True), (EOS, True)]) for p, r in self.splits[split]]
         return [encode_instruction(p, r, self.tokenizer, self.seq_len) for p, r in self.splits[split]]
 
     def exclude_prompts(self, prompts: Iterable[str]) -> None:
@@ -200,7 +209,7 @@ class PromptDataModule(LazyTokenizer, LightningDataModule):
 
     def _train_rows(self, split: str) -> list[dict[str, Any]]:
         self.setup()
-        rows = [r for r in self.encode_rows(split) if bool((r["labels"] != IGNORE_INDEX).any())]
+        rows = [r for r in self.encode_rows(split) if r is not None and bool((r["labels"] != IGNORE_INDEX).any())]
         if not rows:
             raise ValueError(f"the {split} split is empty or every prompt fills seq_len={self.seq_len}; add prompts.")
         return rows
@@ -210,7 +219,9 @@ class PromptDataModule(LazyTokenizer, LightningDataModule):
             self._train_rows(split),
             batch_size=self.batch_size,
             shuffle=shuffle,
-            collate_fn=partial(pad_collate, pad_id=self.tokenizer.pad_id),
+            collate_fn=self.collate_both
+            if self.teacher_tokenizer
+            else partial(pad_collate, pad_id=self.tokenizer.pad_id),
             num_workers=self.num_workers,
         )
 

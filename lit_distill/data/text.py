@@ -11,6 +11,7 @@ from lightning.pytorch import LightningDataModule
 from torch import Tensor
 from torch.utils.data import DataLoader
 
+from lit_distill.data.cross_tokenizer import EOS, TeacherTokenizer
 from lit_distill.data.resumable import ResumableTrainData
 from lit_distill.data.tokenizers import LazyTokenizer, Tokenizer
 
@@ -105,7 +106,7 @@ def _block_collate(rows: list[Tensor]) -> dict[str, Tensor]:
     return {"input_ids": ids, "labels": ids.clone()}  # the loss shifts: position t predicts token t+1
 
 
-class TextDataModule(LazyTokenizer, ResumableTrainData, LightningDataModule):
+class TextDataModule(TeacherTokenizer, LazyTokenizer, ResumableTrainData, LightningDataModule):
     """Causal-LM batches ``{"input_ids", "labels"[, "attention_mask"]}`` with ``labels`` aligned to the inputs.
 
     Corpus mode (default): the documents — CPython's ``pydoc_data.topics`` unless ``files`` is given — are
@@ -128,6 +129,10 @@ class TextDataModule(LazyTokenizer, ResumableTrainData, LightningDataModule):
         seed: split seed; the same seed always gives the same split.
         max_blocks: keep only the first N blocks/examples (quick experiments, tests).
         num_workers: DataLoader workers.
+        teacher_tokenizer: the teacher's own tokenizer when it differs from the student's (cross-tokenizer
+            distillation): batches then carry both tokenizations with byte offsets
+            (:mod:`lit_distill.data.cross_tokenizer`); blocks are cut where both sides read the same text.
+        teacher_seq_len: most teacher tokens per block/example (None: ``seq_len``).
 
     Example:
         >>> dm = TextDataModule(seq_len=64, batch_size=4)
@@ -150,6 +155,8 @@ class TextDataModule(LazyTokenizer, ResumableTrainData, LightningDataModule):
         seed: int = 0,
         max_blocks: int | None = None,
         num_workers: int = 0,
+        teacher_tokenizer: str | None = None,
+        teacher_seq_len: int | None = None,
     ) -> None:
         super().__init__()
         if files is not None and instructions is not None:
@@ -164,6 +171,7 @@ class TextDataModule(LazyTokenizer, ResumableTrainData, LightningDataModule):
         self.files, self.pattern, self.instructions = files, pattern, instructions
         self.val_fraction, self.test_fraction, self.seed = val_fraction, test_fraction, seed
         self.max_blocks, self.num_workers = max_blocks, num_workers
+        self.teacher_tokenizer_spec, self.teacher_seq_len = teacher_tokenizer, teacher_seq_len
         self.seq_len = self.batch_size = 0
         self.splits: dict[str, list[Any]] = {}
         self.connect(seq_len=seq_len, batch_size=batch_size)
@@ -190,13 +198,19 @@ class TextDataModule(LazyTokenizer, ResumableTrainData, LightningDataModule):
             return
         if self.instructions is not None:
             pairs = read_instructions(self.instructions)
-            items: list[Any] = [encode_instruction(p, r, self.tokenizer, self.seq_len) for p, r in pairs]
-            items = [x for x in items if bool((x["labels"] != IGNORE_INDEX).any())]
+            if self.teacher_tokenizer is not None:
+                items: list[Any] = [self.encode_both([(p, False), (r, True), (EOS, True)]) for p, r in pairs]
+            else:
+                items = [encode_instruction(p, r, self.tokenizer, self.seq_len) for p, r in pairs]
+            items = [x for x in items if x is not None and bool((x["labels"] != IGNORE_INDEX).any())]
             if not items:
                 raise ValueError(f"every prompt is at least seq_len={self.seq_len} tokens long; raise seq_len.")
         else:
             documents = read_documents(self.files, self.pattern) if self.files is not None else pydoc_documents()
-            items = list(blocks_from_documents(documents, self.tokenizer, self.seq_len))
+            if self.teacher_tokenizer is not None:
+                items = self.blocks_both(documents)
+            else:
+                items = list(blocks_from_documents(documents, self.tokenizer, self.seq_len))
         items = items[: self.max_blocks]
         order = torch.randperm(len(items), generator=torch.Generator().manual_seed(self.seed)).tolist()
         n_test, n_val = int(len(items) * self.test_fraction), int(len(items) * self.val_fraction)
@@ -214,6 +228,8 @@ class TextDataModule(LazyTokenizer, ResumableTrainData, LightningDataModule):
                 )
 
     def _collate(self, rows: list[Any]) -> dict[str, Tensor]:
+        if self.teacher_tokenizer is not None:
+            return self.collate_both(rows)
         if self.instructions is not None:
             return pad_collate(rows, self.tokenizer.pad_id)
         return _block_collate(rows)

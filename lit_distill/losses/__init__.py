@@ -1,6 +1,7 @@
 """Loss strategies: thin ``nn.Module`` wrappers around :mod:`lit_distill.losses.functional`."""
 
 from lit_distill.losses.base import DistillationLoss
+from lit_distill.losses.cross_tokenizer import ULD, AlignedSpanKD
 from lit_distill.losses.embedding import InBatchContrastive
 from lit_distill.losses.feature import FeaturePairLoss, HiddenCosine, HiddenMSE, HintLoss
 from lit_distill.losses.logit import DIST, DKD, CrossEntropy, LogitKD
@@ -21,3 +22,4 @@ __all__ += [
 ]
 __all__ += ["TokenKD"]
 __all__ += ["InBatchContrastive"]
+__all__ += ["ULD", "AlignedSpanKD"]

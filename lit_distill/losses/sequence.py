@@ -140,8 +140,9 @@ class TokenKD(DistillationLoss):
         if s_id is not None and t_id is not None and s_id != t_id:
             raise ValueError(
                 f"{self.name}: the student speaks tokenizer {s_id!r} and the teacher {t_id!r}. Token-level KD "
-                "compares distributions over the same token ids, so both must use one tokenizer; retokenize, "
-                "or distill through teacher-generated text instead."
+                "compares distributions over the same token ids, so both must use one tokenizer. For two tokenizers "
+                "use lit_distill.losses.AlignedSpanKD (or ULD) with `teacher_tokenizer:` on the data module: it "
+                "compares the models where they read the same text (docs/cross_tokenizer.md)."
             )
         s_width, t_width = logits_width(student), logits_width(teacher)
         if s_width is None or t_width is None:
@@ -167,7 +168,7 @@ class TokenKD(DistillationLoss):
         return (
             f"{self.name}: student logits have {s_width} entries and teacher logits {t_width}. If both use one "
             "tokenizer and one vocabulary is only padded, give both models the same `tokenizer_id` or set "
-            "TokenKD(vocab_size=<real token count>); if the tokenizers differ, token-level KD cannot compare them."
+            "TokenKD(vocab_size=<real token count>); if the tokenizers differ, use AlignedSpanKD (or ULD) instead."
         )
 
     def _vocab(self, s_width: int, t_width: int) -> int:

@@ -18,7 +18,7 @@ def test_short_help_leads_with_the_module_strategies_data_and_recipes(capsys, mo
     main(["--help"])
     text = capsys.readouterr().out
     lines = text.splitlines()
-    assert 40 < len(lines) <= 110  # Lightning's own `fit --help` is ~480 lines of Trainer flags
+    assert 40 < len(lines) <= 125  # one screenful or two; Lightning's own `fit --help` is ~480 lines of Trainer flags
     order = [text.index(h) for h in ("DistillationModule (", "Loss strategies", "Data modules", "Recipes (")]
     assert order == sorted(order)
     from lit_distill import losses

@@ -5,7 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from lit_distill.data.chat import ChatDataModule, read_conversations
+import lit_distill
+from lit_distill.data.chat import PYDOC_CHAT, ChatDataModule, read_conversations
 from lit_distill.data.text import IGNORE_INDEX
 from lit_distill.data.tokenizers import HFTokenizer
 from lit_distill.generation.sampling import prompts_from_batch
@@ -143,9 +144,23 @@ def test_malformed_lines_name_file_and_line(tmp_path, line, word):
         read_conversations(path)
 
 
-def test_the_shipped_example_renders_with_the_tiny_chat_tokenizer(tokenizer_dirs):
-    dm = ChatDataModule(str(ROOT / "examples/pydoc_chat.jsonl"), str(tokenizer_dirs / "chat"), seq_len=2048)
+def test_the_shipped_example_renders_with_the_tiny_chat_tokenizer(tokenizer_dirs, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the default data ships with the package: any working directory will do
+    dm = ChatDataModule(tokenizer=str(tokenizer_dirs / "chat"), seq_len=2048)
     dm.setup()
+    assert Path(dm.prompts_path) == PYDOC_CHAT
     assert len(dm.splits["all"]) >= 50 and isinstance(dm.tokenizer, HFTokenizer)
     batch = batch_of(dm)
     assert bool((batch["labels"] != IGNORE_INDEX).any(-1).all()) and batch["input_ids"].shape[1] <= 2048
+
+
+def test_the_default_conversations_are_package_data_of_an_installed_wheel():
+    tomllib = pytest.importorskip("tomllib")
+    package = Path(lit_distill.__file__).parent
+    declared = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
+    assert PYDOC_CHAT.is_file() and any(PYDOC_CHAT.relative_to(package).match(g) for g in declared["lit_distill"])
+
+
+def test_a_chat_data_module_without_a_tokenizer_says_what_it_needs():
+    with pytest.raises(ValueError, match="needs `tokenizer`"):
+        ChatDataModule()

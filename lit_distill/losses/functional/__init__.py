@@ -21,6 +21,8 @@ from lit_distill.losses.arguments import (  # noqa: F401
     temperature_factor,
 )
 from lit_distill.losses.functional._common import masked_mean  # noqa: F401
+from lit_distill.losses.functional.alignment import aligned_pairs, alignment_groups
+from lit_distill.losses.functional.cross_tokenizer import sorted_l1, span_kd, span_kd_terms, uld
 from lit_distill.losses.functional.decoupled import dist, dist_terms, dkd, dkd_terms
 from lit_distill.losses.functional.divergences import (
     adaptive_kl,
@@ -42,7 +44,7 @@ from lit_distill.losses.functional.features import (  # noqa: F401
     rkd,
     rkd_terms,
 )
-from lit_distill.losses.fused import fused_linear_kd
+from lit_distill.losses.fused import fused_linear_kd, fused_span_kd
 
 __all__ = [
     "kl_divergence",
@@ -62,4 +64,11 @@ __all__ = [
     "hint_mse",
     "feature_cosine",
     "fused_linear_kd",
+    "uld",
+    "span_kd",
+    "span_kd_terms",
+    "sorted_l1",
+    "aligned_pairs",
+    "alignment_groups",
+    "fused_span_kd",
 ]

@@ -5,8 +5,9 @@ dispatches each chunk's elementwise work to :mod:`~lit_distill.losses.fused.trit
 :mod:`~lit_distill.losses.fused.torch_path`; :mod:`~lit_distill.losses.fused.matmul` does the LM-head matmuls.
 """
 
+from lit_distill.losses.fused.cross_tokenizer import SpanKDParts, fused_span_kd
 from lit_distill.losses.fused.linear_kd import FusedKDParts, fused_linear_kd
 from lit_distill.losses.fused.matmul import auto_chunk_size
 from lit_distill.losses.fused.triton_kernel import TRITON_CONFIG  # noqa: F401 - the launch table benchmarks tune
 
-__all__ = ["fused_linear_kd", "FusedKDParts", "auto_chunk_size"]
+__all__ = ["fused_linear_kd", "FusedKDParts", "auto_chunk_size", "fused_span_kd", "SpanKDParts"]
