@@ -45,6 +45,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("data", ("lit_distill.data.*",)),
     ("models", ("lit_distill.models.*",)),
     ("generation", ("lit_distill.generation.*",)),
+    ("quantization", ("lit_distill.quantization.*",)),  # torchao QAT/PTQ and quantized exports; builds models
     ("callbacks", ("lit_distill.callbacks.*",)),
     ("cli", ("lit_distill.cli.*",)),
 ]
