@@ -28,6 +28,10 @@ def main(args: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if args is None else args)
     verbose = bool(os.environ.get("LIT_DISTILL_TRACEBACK")) or any(a in ("-v", "--verbose") for a in argv)
     argv = [a for a in argv if a not in ("-v", "--verbose")]
+    if argv[:1] == ["quantize"]:  # post-training quantization has its own small parser: lit_distill/cli/quantize.py
+        from lit_distill.cli.quantize import main as quantize
+
+        sys.exit(quantize(argv[1:], verbose))
     subcommand = next((a for a in argv if a in SUBCOMMANDS), None)
     if not argv or any(a in ("-h", "--help") for a in argv):
         from lit_distill.cli.help import short_help
