@@ -192,6 +192,14 @@ def _onpolicy_from_scratch(out, tmp):
     assert result["steps"] == 2 and len(result) == 7 and 0 <= result["teacher"]["agreement"] <= 1
 
 
+@check("benchmarks/quality/qad.py")
+def _qad(out, tmp):
+    result = last_json(out)
+    assert list(result["rows"][0]) == ["seed", "bf16", "PTQ int4_weight_only", "QAD int4_weight_only"]
+    assert all(row["bpb"] > 0 for name, row in result["rows"][0].items() if name != "seed")
+    assert 0 < result["sizes"]["int4_weight_only"] < result["sizes"]["bf16"]
+
+
 @check("benchmarks/quality/minilm_distill.py")
 def _minilm(out, tmp):
     rows = {r["model"]: r for r in last_json(out)["rows"]}

