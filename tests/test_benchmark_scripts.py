@@ -214,6 +214,15 @@ def _fused_loss(out, tmp):
     assert rows["ours"]["err_h"] < 0.05 and rows["ours, torch elementwise"]["err_w"] < 0.05
 
 
+@check("benchmarks/speed/quantized_speed.py")
+def _quantized_speed(out, tmp):
+    rows = last_json(out)["rows"]
+    assert not [r for r in rows if "error" in r]  # every CPU variant quantizes and decodes (tinygemm: CUDA only)
+    assert {r["variant"] for r in rows} == {"bf16", "int8_weight_only", "int8_dynamic_int8_weight", "int4_weight_only",
+                                            "int8_dynamic_int4_weight"}  # fmt: skip
+    assert all(r["tokens_per_s"] > 0 for r in rows)
+
+
 def summary_of(out: str, name: str, tmp: Path) -> str:
     """``benchmarks.speed.speed_summary``'s table over this script's output, saved as run_speed_gpu.sh does."""
     from benchmarks.speed import speed_summary
