@@ -51,6 +51,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--epochs", type=int, default=None, help="student epochs (default: the recipe's, 2 / 20)")
     p.add_argument("--teacher-epochs", type=int, default=None, help="default: the teacher recipe's, 6 / 30")
     p.add_argument("--limit-batches", type=int, default=None, help="batches per epoch and validation (all)")
+    p.add_argument(
+        "--qad-start",
+        type=float,
+        default=0.5,
+        help="share of the steps trained in full precision before fake quantization switches on",
+    )
     p.add_argument("--teacher-dir", default=None, help="reuse the teacher saved here (trained and saved if absent)")
     p.add_argument("--out", default=None, help="folder for the exports (sizes) and result.json")
     p.add_argument("--threads", type=int, default=1)
@@ -166,7 +172,9 @@ def main(argv: Sequence[str] | None = None) -> None:
                 sizes[scheme.name] = export_size(ptq, out / scheme.name, {"scheme": scheme.name, "layers": layers})
             qad_student = build_student()
             qad_student.load_state_dict(initial)
-            qad = QuantizationAwareDistillation(scheme.name, group_size=args.group_size, export=False)
+            steps = args.epochs * (args.limit_batches or len(data.train_dataloader()))
+            qad_from = int(args.qad_start * steps)
+            qad = QuantizationAwareDistillation(scheme.name, args.group_size, start_step=qad_from, export=False)
             module = DistillationModule(student=qad_student, teacher=teacher, losses=losses(), optimizer=adamw(lr))
             fit(module, data, args.epochs, seed, args, callbacks=[qad])
             converted = copy.deepcopy(qad_student).to(torch.bfloat16)
@@ -179,7 +187,8 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 def report(args, rows, sizes, teacher_score, schemes, seconds, out: Path) -> None:
     key = "bpb" if args.task == "text" else "nll"
-    print(f"\n{args.task}: {args.seeds} seeds, {args.epochs} student epochs, group size {args.group_size}, CPU "
+    print(f"\n{args.task}: {args.seeds} seeds, {args.epochs} student epochs (QAD: fake quantization after "
+          f"{args.qad_start:.0%} of the steps), group size {args.group_size}, CPU "
           f"{args.threads} thread(s), {seconds:.0f} s; teacher {teacher_score}")  # fmt: skip
     names = ["bf16"] + [f"{kind} {s.name}" for s in schemes for kind in ("PTQ", "QAD")]
     metrics = ["bpb"] if args.task == "text" else ["acc", "nll"]

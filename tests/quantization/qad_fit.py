@@ -2,6 +2,7 @@
 
 import json
 import sys
+from pathlib import Path
 
 import torch
 from lightning.pytorch import Callback, Trainer, seed_everything
@@ -38,7 +39,46 @@ def run(root, callbacks=(), ckpt_path=None, devices=1, scheme="int8_dynamic_int4
     return module, trainer
 
 
+def fsdp2(root: str, out: str) -> None:
+    """QAD of a GPT under FSDP2 on 2 processes, fused TokenKD: the sharded blocks train fake-quantized."""
+    from torch.distributed.tensor import DTensor
+
+    from lit_distill.data import TextDataModule
+    from lit_distill.losses import TokenKD
+    from lit_distill.models import GPT
+
+    seed_everything(0)
+    gpt = lambda width: GPT(vocab_size=258, block_size=32, n_layer=2, n_head=2, n_embd=width, tokenizer_id="bytes")  # noqa: E731
+    module = make_module(student=gpt(32), teacher=gpt(64), losses=[TokenKD(lm_weight=0.5)])
+    qad = QuantizationAwareDistillation("int4_weight_only", group_size=16, export=False)
+    trainer = Trainer(
+        default_root_dir=root, accelerator="cpu", devices=2, strategy="fsdp2", max_steps=3, logger=False,
+        enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False, limit_val_batches=0,
+        callbacks=[qad],
+    )  # fmt: skip
+    before = {k: v.clone() for k, v in module.student.state_dict().items()}  # not sharded yet
+    trainer.fit(module, TextDataModule(tokenizer="bytes", seq_len=32, batch_size=4, seed=0))
+    qkv = module.student.blocks[0].attn.qkv
+    after = {k: v.full_tensor() for k, v in module.student.state_dict().items()}
+    try:
+        qad.export_student(module, Path(root) / "int4")
+        refused = ""
+    except ValueError as err:
+        refused = str(err)
+    if trainer.global_rank == 0:
+        result = {
+            "steps": trainer.global_step,
+            "layers": fake_quantized_layers(module.student),
+            "sharded": isinstance(qkv.weight, DTensor),
+            "trained": all(not torch.equal(after[k], before[k]) for k in before if "qkv" in k),
+            "export_refused": refused,
+        }
+        Path(out).write_text(json.dumps(result))
+
+
 def main(mode: str, root: str, out: str, ckpt: str | None = None) -> None:
+    if mode == "fsdp2":
+        return fsdp2(root, out)
     if mode == "resume":
         module, trainer = run(root, ckpt_path=ckpt)
     else:  # ddp: two processes, exported by rank 0

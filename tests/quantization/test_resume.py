@@ -83,3 +83,17 @@ def test_ddp_two_cpu_processes_train_in_sync_and_rank_zero_exports(tmp_path):
     wrapped = ["DistributedDataParallel", "module.student.body.0", "module.student.head"]
     assert result["wrapped_layers"] == wrapped  # prepared before DDP wrapped the module
     assert result["export_matches"]
+
+
+def test_fsdp2_two_cpu_processes_train_the_sharded_student_fake_quantized(tmp_path):
+    out = tmp_path / "fsdp2.json"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "PL_DISABLE_FORK": "1"}
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "tests" / "quantization" / "qad_fit.py"), "fsdp2", str(tmp_path), str(out)],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert result["steps"] == 3 and result["sharded"] and result["trained"]
+    assert len(result["layers"]) == 8  # qkv, proj and the two MLP layers of both blocks; the tied head stays out
+    assert "lit-distill quantize FOLDER --scheme int4_weight_only --group_size 16" in result["export_refused"]
