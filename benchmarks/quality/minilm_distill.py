@@ -90,8 +90,7 @@ def int8_variants(model: torch.nn.Module, prefix: str, args, warm: list[str]) ->
     print(int8_report(model, int8))
     found = {f"{prefix}_int8": int8}
     if args.compile_int8:
-        compiled = quantize_int8(model)
-        compiled.compile(dynamic=True)
+        compiled = quantize_int8(model, compile=True)
         compiled.encode(warm)  # compile before the timed passes
         found[f"{prefix}_int8_compiled"] = compiled
     if args.legacy_int8:

@@ -62,11 +62,13 @@ def neighbour_agreement(student: Tensor, teacher: Tensor, k: int = 1) -> float:
     return float(shared.float().mean() / k)
 
 
-def quantize_int8(encoder: nn.Module, scheme: str = "int8_dynamic_int8_weight") -> nn.Module:
+def quantize_int8(encoder: nn.Module, scheme: str = "int8_dynamic_int8_weight", compile: bool = False) -> nn.Module:
     """A copy of ``encoder`` on the CPU whose ``nn.Linear`` layers are int8, with torchao.
 
     ``int8_dynamic_int8_weight``: weights int8 per output row, activations quantized per token on the fly (dynamic
-    int8); ``int8_weight_only``: weights only. Embeddings and LayerNorms stay float. Needs torchao
+    int8); ``int8_weight_only``: weights only. Embeddings and LayerNorms stay float. ``compile``: the copy runs
+    under ``torch.compile`` (dynamic shapes): on the CPU eager torchao int8 is barely faster than fp32, compiled
+    it matches the former ``torch.ao`` dynamic int8 (BENCHMARKS.md); the first calls compile. Needs torchao
     (``pip install 'lit-distill[quant]'``).
 
     Example:
@@ -80,6 +82,8 @@ def quantize_int8(encoder: nn.Module, scheme: str = "int8_dynamic_int8_weight") 
         raise ValueError(f"quantize_int8 takes an int8 scheme, got {scheme!r}; use lit_distill.quantization for int4.")
     model = copy.deepcopy(encoder).cpu().eval()
     quantize_model(model, chosen)
+    if compile:
+        model.compile(dynamic=True)
     return model
 
 
