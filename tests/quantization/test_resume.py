@@ -9,22 +9,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from lightning.pytorch import Callback
 
 from lit_distill.quantization import fake_quantized_layers
 from tests.quantization.qad_fit import START, STEPS, run
+from tests.test_resume import StopAt  # a preemption right after a checkpoint
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-class StopAt(Callback):
-    def __init__(self, step, path):
-        self.step, self.path = step, path
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        if trainer.global_step == self.step:
-            trainer.save_checkpoint(self.path)
-            trainer.should_stop = True
 
 
 def script(*args):
