@@ -1,21 +1,24 @@
-"""Inference speed of quantized students against bf16: greedy decoding tokens/s at batch 1 and 32.
+"""Inference speed of quantized students against the unquantized one (bf16 on CUDA, fp32 on the CPU): greedy decoding
+tokens/s at batch 1 and 32.
 
 The student is a random-init Llama-shaped model (the Llama-3.2-1B shape of pair (b) in benchmarks/_lib/llm.py by
 default; weights do not change the speed of a dense model), quantized with lit-distill's schemes (torchao):
 ``int8_weight_only``, ``int8_dynamic_int8_weight``, ``int4_weight_only`` and ``int8_dynamic_int4_weight``
 (the portable int4 layout the exports use: int4 values held in int8, dequantized into the matmul), plus on CUDA
 ``int4_tinygemm``: torchao's int4 weight-only GPU kernel layout (``Int4WeightOnlyConfig(tile_packed_to_4d)``,
-group 128), which is what an int4 student is converted to for fast GPU serving. The LM head and embedding stay
-bf16, as in every lit-distill export. Each variant decodes ``--new-tokens`` tokens after a ``--prompt``-token
-prompt with a static KV cache, eagerly and (``--compile``, the default on CUDA) with the decoding step compiled;
+group 128), torchao's fast int4 GPU path (applied to the unquantized weights). The LM head and embedding stay
+unquantized, as in every lit-distill export. Each variant decodes ``--new-tokens`` tokens after a ``--prompt``-token
+prompt with a static KV cache, eagerly and (``--compile``, CUDA) with the decoding step compiled;
 tokens/s = batch x new tokens / median wall time of ``--reps`` runs after a warm-up. A variant that fails (a
 kernel missing on this build) is reported with its error, not hidden.
 
     # on one GPU (needs torchao; the lead's machine has it only when its wheel is carried):
-    python -m benchmarks.speed.quantized_speed --device cuda --out results/quantized_speed_gpu   # ~10 min on H100
+    python -m benchmarks.speed.quantized_speed --device cuda --out results/quantized_speed_gpu   # eager, ~4 min
+    python -m benchmarks.speed.quantized_speed --device cuda --compile \
+        --variants unquantized,int8_weight_only,int4_tinygemm --out results/quantized_speed_gpu_compiled   # ~8 min
     # int8 on the CPU, a smaller student:
     OMP_NUM_THREADS=1 python -m benchmarks.speed.quantized_speed --device cpu --shape smallcpu --batches 1,8 \\
-        --variants bf16,int8_weight_only,int8_dynamic_int8_weight --out results/quantized_speed_cpu
+        --variants unquantized,int8_weight_only,int8_dynamic_int8_weight --out results/quantized_speed_cpu
     python -m benchmarks.speed.quantized_speed --smoke
 """
 
@@ -40,13 +43,14 @@ SHAPES = {
     "smallcpu": LlamaShape(hidden=512, layers=4, heads=8, kv_heads=2, intermediate=1536, vocab=32000, tied=True),
     "smoke": LlamaShape(hidden=64, layers=1, heads=2, kv_heads=1, intermediate=128, vocab=256, tied=True),
 }
-VARIANTS = ["bf16", "int8_weight_only", "int8_dynamic_int8_weight", "int4_weight_only", "int8_dynamic_int4_weight",
-            "int4_tinygemm"]  # fmt: skip
+VARIANTS = ["unquantized", "int8_weight_only", "int8_dynamic_int8_weight", "int4_weight_only",
+            "int8_dynamic_int4_weight", "int4_tinygemm"]  # fmt: skip
 
 
 def parse_args(argv: Sequence[str] | None):
     p = parser(__doc__)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--dtype", default=None, help="the student's dtype (default: bf16 on CUDA, fp32 on the CPU)")
     p.add_argument("--shape", choices=sorted(SHAPES), default="1b")
     p.add_argument("--layers", type=int, default=None, help="replace the shape's layer count")
     p.add_argument("--batches", default="1,32", help="comma-separated batch sizes")
@@ -55,10 +59,15 @@ def parse_args(argv: Sequence[str] | None):
     p.add_argument("--new-tokens", type=int, default=128, help="decoded tokens per run")
     p.add_argument("--reps", type=int, default=3)
     p.add_argument("--group-size", type=int, default=128, help="int4 group size")
-    p.add_argument("--no-compile", action="store_true", help="eager only (default on CUDA: eager and compiled)")
+    p.add_argument(
+        "--compile",
+        action="store_true",
+        help="also time each variant with the decoding step compiled "
+        "(CUDA graphs; a compilation per variant and batch)",
+    )
     p.add_argument("--out", default=None, help="folder for the raw output (result.json)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    return parse(p, argv, device="cpu", shape="smoke", batches="1,2", prompt=4, new_tokens=2, reps=1, no_compile=True,
+    return parse(p, argv, device="cpu", shape="smoke", batches="1,2", prompt=4, new_tokens=2, reps=1,
                  group_size=32)  # fmt: skip
 
 
@@ -67,7 +76,7 @@ def quantized(model: torch.nn.Module, variant: str, group_size: int) -> torch.nn
     from lit_distill.quantization import get_scheme, quantize_model
 
     model = copy.deepcopy(model)
-    if variant == "bf16":
+    if variant == "unquantized":
         return model
     if variant == "int4_tinygemm":
         from torchao.quantization import Int4WeightOnlyConfig, quantize_
@@ -111,9 +120,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
     quiet(args.threads)
     shape = SHAPES[args.shape] if args.layers is None else dataclasses.replace(SHAPES[args.shape], layers=args.layers)
-    base = llama(shape, device=args.device, dtype="bf16").eval()
+    args.dtype = args.dtype or ("bf16" if args.device == "cuda" else "fp32")
+    base = llama(shape, device=args.device, dtype=args.dtype).eval()
     batches = [int(b) for b in args.batches.split(",")]
-    modes = [False] if args.no_compile or args.device != "cuda" else [False, True]
+    modes = [False, True] if args.compile and args.device == "cuda" else [False]
     env = {"device": torch.cuda.get_device_name() if args.device == "cuda" else platform.processor() or "cpu",
            "torch": torch.__version__, "threads": torch.get_num_threads()}  # fmt: skip
     import torchao
@@ -152,9 +162,10 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 def table(rows: list[dict]) -> None:
-    """tokens/s and the ratio to bf16 of the same batch and mode."""
-    base = {(r["compiled"], r["batch"]): r["tokens_per_s"] for r in rows if r["variant"] == "bf16" and "seconds" in r}
-    print("\n| variant | compiled | batch | tokens/s | vs bf16 |\n|---|---|---|---|---|")
+    """tokens/s and the ratio to the unquantized student of the same batch and mode."""
+    done = [r for r in rows if "seconds" in r]
+    base = {(r["compiled"], r["batch"]): r["tokens_per_s"] for r in done if r["variant"] == "unquantized"}
+    print("\n| variant | compiled | batch | tokens/s | vs unquantized |\n|---|---|---|---|---|")
     for r in rows:
         if "seconds" not in r:
             print(f"| {r['variant']} | {r.get('compiled', '')} | {r.get('batch', '')} | failed: {r['error'][:80]} | |")
