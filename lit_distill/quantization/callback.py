@@ -81,7 +81,10 @@ class QuantizationAwareDistillation(Callback):
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         student = pl_module.student
-        if self.quantize_head and all(getattr(loss, "accepts_hidden", False) for loss in pl_module.losses):
+        fused = all(getattr(loss, "accepts_hidden", False) for loss in pl_module.losses) and all(
+            hasattr(student, name) for name in ("forward_hidden", "get_output_embeddings")
+        )  # the module's hidden-state path: the loss gets the head module and reads its weight
+        if self.quantize_head and fused:
             raise ValueError(
                 "QuantizationAwareDistillation(quantize_head=true) with a fused LM-head loss: the fused loss reads the "
                 "head's weight directly and would train it without fake quantization. Set fused: false on the loss, "
