@@ -103,3 +103,16 @@ def test_a_hugging_face_student_reloads_from_its_folder(tmp_path):
     x = torch.randint(0, 258, (2, 16))
     with torch.no_grad():
         assert torch.equal(model(x), reloaded(x))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("name", ["int8_dynamic_int4_weight", "int4_weight_only", "int8_weight_only"])
+def test_an_export_reloads_on_the_gpu_and_computes_what_the_cpu_does(tmp_path, name):
+    model, record = quantized(gpt(), name)
+    save_quantized(model, tmp_path / "q", record)
+    on_gpu = load_quantized(tmp_path / "q", device="cuda")
+    x = torch.randint(0, 258, (2, 16))
+    with torch.no_grad():
+        cpu, gpu = model(x).float(), on_gpu(x.cuda()).float().cpu()
+    assert torch.allclose(cpu, gpu, atol=0.05 * float(cpu.abs().max()))  # bf16 matmuls in another order
