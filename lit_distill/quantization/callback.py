@@ -147,7 +147,7 @@ class QuantizationAwareDistillation(Callback):
 
     def export_student(self, pl_module: LightningModule, folder: Path) -> Path:
         """Convert a copy of the student (on the CPU, in ``dtype``) and write it; rank 0 writes."""
-        from lit_distill.sharding.state import is_sharded
+        from lit_distill.sharding.fill import is_sharded
 
         if is_sharded(pl_module.student):
             raise ValueError(
