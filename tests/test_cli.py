@@ -220,23 +220,23 @@ def test_validate_and_test_from_a_checkpoint_use_the_recipe(workdir, monkeypatch
     assert "student_acc" in capsys.readouterr().out
 
 
-def readme_block(first_line: str) -> str:
-    """The README code block whose first line is ``first_line``."""
-    blocks = re.findall(r"```\w*\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
+def docs_block(first_line: str, page: str = "docs/extending.md") -> str:
+    """The code block of a docs page whose first line is ``first_line``."""
+    blocks = re.findall(r"```\w*\n(.*?)```", (ROOT / page).read_text(), re.S)
     found = [b for b in blocks if b.splitlines()[0].strip() == first_line]
-    assert len(found) == 1, f"README has {len(found)} blocks starting with {first_line!r}"
+    assert len(found) == 1, f"{page} has {len(found)} blocks starting with {first_line!r}"
     return found[0]
 
 
-def test_readme_custom_strategy_runs_from_yaml_and_from_the_command_line(workdir, tmp_path, monkeypatch):
-    """The README's complete custom strategy, as written, used by class_path from YAML and from the shell."""
+def test_the_documented_custom_strategy_runs_from_yaml_and_from_the_command_line(workdir, tmp_path, monkeypatch):
+    """docs/extending.md's complete custom strategy, as written, used by class_path from YAML and from the shell."""
     from lit_distill.cli.app import build
 
-    (tmp_path / "mylosses.py").write_text(readme_block("# mylosses.py"))
+    (tmp_path / "mylosses.py").write_text(docs_block("# mylosses.py"))
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.chdir(workdir)
     recipe = yaml.safe_load((ROOT / "configs" / "quickstart.yaml").read_text())
-    recipe["model"]["init_args"].update(yaml.safe_load(readme_block("losses:")))
+    recipe["model"]["init_args"].update(yaml.safe_load(docs_block("losses:")))
     (tmp_path / "my_recipe.yaml").write_text(yaml.safe_dump(recipe))
     fast = ["--trainer.fast_dev_run=true", *FAST]
     runs = [
