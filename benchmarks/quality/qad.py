@@ -36,7 +36,8 @@ from lit_distill import CrossEntropy, DistillationModule, LogitKD
 from lit_distill.data import DigitsDataModule, TextDataModule
 from lit_distill.losses import TokenKD
 from lit_distill.models import GPT, MLP
-from lit_distill.quantization import QuantizationAwareDistillation, get_scheme, quantize_model, save_quantized
+from lit_distill.quantization import QuantizationAwareDistillation, quantize_model, save_quantized
+from lit_distill.quantization.schemes import get_scheme
 
 TEXT_TEACHER = {"n_layer": 3, "n_embd": 96, "n_head": 4, "tokenizer_id": "bytes"}
 TEXT_STUDENT = {"n_layer": 2, "n_embd": 64, "n_head": 2, "tokenizer_id": "bytes"}

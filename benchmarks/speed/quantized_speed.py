@@ -73,7 +73,8 @@ def parse_args(argv: Sequence[str] | None):
 
 def quantized(model: torch.nn.Module, variant: str, group_size: int) -> torch.nn.Module:
     """A copy of ``model`` with ``variant`` applied to its decoder's linear layers."""
-    from lit_distill.quantization import get_scheme, quantize_model
+    from lit_distill.quantization import quantize_model
+    from lit_distill.quantization.schemes import get_scheme
 
     model = copy.deepcopy(model)
     if variant == "unquantized":

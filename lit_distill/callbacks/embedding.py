@@ -75,7 +75,8 @@ def quantize_int8(encoder: nn.Module, scheme: str = "int8_dynamic_int8_weight", 
         >>> type(quantize_int8(nn.Sequential(nn.Linear(4, 4)))[0].weight).__name__
         'Int8Tensor'
     """
-    from lit_distill.quantization import get_scheme, quantize_model
+    from lit_distill.quantization import quantize_model
+    from lit_distill.quantization.schemes import get_scheme
 
     chosen = get_scheme(scheme)
     if chosen.weight_bits != 8:

@@ -64,7 +64,8 @@ def load_student(path: str, config: str | None) -> Any:
 
 
 def run(args: argparse.Namespace) -> Path:
-    from lit_distill.quantization import get_scheme, quantize_model, save_quantized
+    from lit_distill.quantization import quantize_model, save_quantized
+    from lit_distill.quantization.schemes import get_scheme
     from lit_distill.weights import parse_dtype
 
     scheme = get_scheme(args.scheme)

@@ -37,6 +37,7 @@ OUTPUTS: dict[str, Producer] = {
     "checkpoints/digits/cnn_teacher.ckpt": Producer("fit", "configs/digits/cnn_teacher.yaml", _OVERWRITE),
     "checkpoints/text/teacher.ckpt": Producer("fit", "configs/text/teacher.yaml", _OVERWRITE),
     "checkpoints/text/sft_student.ckpt": Producer("fit", "configs/text/sft_student.yaml"),
+    "checkpoints/text/xtok_teacher.ckpt": Producer("fit", "configs/text/xtok_teacher.yaml", _OVERWRITE),
     "checkpoints/llm/teacher": Producer("fit", "configs/llm/teacher.yaml", _OVERWRITE),
     "artifacts/digits/teacher_cache": Producer("predict", "configs/digits/teacher_cache.yaml"),
     "artifacts/text/teacher_cache": Producer("predict", "configs/text/teacher_cache.yaml"),

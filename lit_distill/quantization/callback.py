@@ -32,8 +32,10 @@ class QuantizationAwareDistillation(Callback):
     together with a fused loss is refused (set ``fused: false`` on the loss to quantize the head).
 
     Args:
-        scheme: ``int8_dynamic_int4_weight`` (8da4w), ``int4_weight_only`` or ``int8_weight_only``
-            (see :data:`~lit_distill.quantization.SCHEMES`).
+        scheme: ``int8_dynamic_int4_weight`` (8da4w: int4 weights in groups, int8 dynamic activations),
+            ``int4_weight_only`` or ``int8_weight_only`` (one scale per output row). ``int8_dynamic_int8_weight``
+            has no fake quantization in torchao and is refused; apply it after training
+            (:func:`~lit_distill.quantization.quantize_model`).
         group_size: input features sharing one scale (grouped schemes); must divide every quantized layer's width.
         quantize_head: quantize the LM head too.
         skip: module-name patterns (``fnmatch``) left in full precision.

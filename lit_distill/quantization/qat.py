@@ -13,7 +13,7 @@ from fnmatch import fnmatch
 
 from torch import nn
 
-from lit_distill.quantization.schemes import Scheme, require_torchao
+from lit_distill.quantization.schemes import Scheme, get_scheme, require_torchao
 
 __all__ = [
     "convert_qat",
@@ -85,7 +85,7 @@ def prepare_qat(
     keep their names).
 
     Example:
-        >>> from lit_distill.quantization import get_scheme
+        >>> from lit_distill.quantization.schemes import get_scheme
         >>> model = nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 10))
         >>> prepare_qat(model, get_scheme("int8_dynamic_int4_weight"))
         ['0']
@@ -130,17 +130,41 @@ def convert_qat(model: nn.Module, scheme: Scheme, group_size: int = 32) -> nn.Mo
 
 
 def quantize_model(
-    model: nn.Module, scheme: Scheme, group_size: int = 32, quantize_head: bool = False, skip: Iterable[str] = ()
+    model: nn.Module,
+    scheme: str | Scheme,
+    group_size: int = 32,
+    quantize_head: bool = False,
+    skip: Iterable[str] = (),
 ) -> list[str]:
-    """Post-training quantization in place: the layers :func:`layers_to_quantize` picks; returns their names.
+    """Post-training quantization (PTQ) of ``model``'s ``nn.Linear`` layers in place; returns their names.
 
     On a model trained with fake quantization of the same scheme and ``group_size``, this is exactly its
     conversion: quantizing the trained full-precision weights gives the integers the training rounded to. A model
-    that is still fake-quantized is converted (:func:`convert_qat`).
+    that is still fake-quantized is converted (:func:`convert_qat`). Write the result with
+    :func:`~lit_distill.quantization.save_quantized`.
+
+    Args:
+        model: the model, quantized in place (on the device and in the dtype it should run in).
+        scheme: ``int8_dynamic_int4_weight`` (8da4w), ``int4_weight_only``, ``int8_weight_only`` or
+            ``int8_dynamic_int8_weight``.
+        group_size: input features sharing one scale (int4 schemes); must divide every quantized layer's width.
+        quantize_head: quantize the LM head (``get_output_embeddings``) and linear layers tied to an embedding too.
+        skip: module-name patterns (``fnmatch``: ``"blocks.0.*"``) left in full precision.
+
+    Raises:
+        ValueError: an unknown scheme, a ``group_size`` that does not divide a layer's width, or no layer to quantize.
+
+    Example:
+        >>> model = nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 10))
+        >>> quantize_model(model, "int4_weight_only", group_size=32)
+        ['0', '2']
+        >>> type(model[0].weight).__name__
+        'IntxUnpackedToInt8Tensor'
     """
     require_torchao()
     from torchao.quantization import quantize_
 
+    scheme = get_scheme(scheme) if isinstance(scheme, str) else scheme
     prepared = fake_quantized_layers(model)
     if prepared:
         convert_qat(model, scheme, group_size)

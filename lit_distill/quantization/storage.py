@@ -103,7 +103,15 @@ def save_quantized(model: nn.Module, folder: str | Path, record: dict[str, Any],
     """Write a quantized ``model`` (after :func:`~lit_distill.quantization.quantize_model`) to ``folder``.
 
     ``record`` describes the quantization (scheme, group size, layers); it is stored in the file's metadata and in
-    ``quantization.json``. A non-empty folder is refused unless ``overwrite``.
+    ``quantization.json``. A non-empty folder is refused unless ``overwrite``. Returns the folder.
+
+    Example:
+        >>> from lit_distill.quantization import quantize_model
+        >>> model = nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 10))
+        >>> layers = quantize_model(model, "int8_weight_only")
+        >>> folder = save_quantized(model, "student_int8", {"scheme": "int8_weight_only", "layers": layers})
+        >>> sorted(p.name for p in folder.iterdir())
+        ['model.safetensors', 'quantization.json']
     """
     require_torchao()
     from safetensors.torch import save_file
@@ -155,6 +163,19 @@ def load_quantized(folder: str | Path, model: nn.Module | None = None, device: s
         model: the student's architecture (any weights: they are replaced); None builds it from ``config.json``
             (lit-distill GPT and Hugging Face students).
         device: where the weights go (quantized layers run there with torchao's kernels for that device).
+
+    Example:
+        >>> from lit_distill.quantization import quantize_model
+        >>> def mlp():
+        ...     return nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 10))
+        >>> model = mlp()
+        >>> layers = quantize_model(model, "int4_weight_only", group_size=32)
+        >>> record = {"scheme": "int4_weight_only", "group_size": 32, "layers": layers}
+        >>> folder = save_quantized(model, "student_int4", record)
+        >>> reloaded = load_quantized(folder, model=mlp())  # a GPT or Hugging Face student needs no model=
+        >>> x = torch.randn(2, 64)
+        >>> torch.equal(reloaded(x), model(x))
+        True
     """
     require_torchao()
     from safetensors import safe_open

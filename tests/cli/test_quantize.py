@@ -10,7 +10,9 @@ from lit_distill.cli import main  # noqa: E402
 from lit_distill.export import save_state  # noqa: E402
 from lit_distill.models import GPT, MLP  # noqa: E402
 from lit_distill.models.hf import export_pretrained  # noqa: E402
-from lit_distill.quantization import get_scheme, load_quantized, quantize_model, read_record  # noqa: E402
+from lit_distill.quantization import load_quantized, quantize_model  # noqa: E402
+from lit_distill.quantization.schemes import get_scheme  # noqa: E402
+from lit_distill.quantization.storage import read_record  # noqa: E402
 
 
 def quantize(*argv):

@@ -9,7 +9,8 @@ from lightning.pytorch import Callback, Trainer, seed_everything
 
 from lit_distill.data import DigitsDataModule
 from lit_distill.models import MLP
-from lit_distill.quantization import QuantizationAwareDistillation, fake_quantized_layers, load_quantized
+from lit_distill.quantization import QuantizationAwareDistillation, load_quantized
+from lit_distill.quantization.qat import fake_quantized_layers
 from tests.helpers import end_process_group, make_module
 
 STEPS, START = 12, 3

@@ -18,12 +18,8 @@ from lit_distill.losses import (
     TokenKD,
 )
 from lit_distill.models import GPT, MLP, SmallCNN
-from lit_distill.quantization import (
-    QuantizationAwareDistillation,
-    fake_quantized_layers,
-    load_quantized,
-    set_fake_quant,
-)
+from lit_distill.quantization import QuantizationAwareDistillation, load_quantized
+from lit_distill.quantization.qat import fake_quantized_layers, set_fake_quant
 from tests.helpers import loaders, make_module, trainer
 
 MLP_LOSSES = {

@@ -6,15 +6,15 @@ import torch
 from torch import nn
 
 from lit_distill.models import GPT
-from lit_distill.quantization import (
+from lit_distill.quantization import quantize_model
+from lit_distill.quantization.qat import (
     convert_qat,
     fake_quantized_layers,
-    get_scheme,
     layers_to_quantize,
     prepare_qat,
-    quantize_model,
     set_fake_quant,
 )
+from lit_distill.quantization.schemes import get_scheme
 
 TRAINABLE = ["int8_dynamic_int4_weight", "int4_weight_only", "int8_weight_only"]
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from lit_distill.quantization import fake_quantized_layers
+from lit_distill.quantization.qat import fake_quantized_layers
 from tests.quantization.qad_fit import START, STEPS, run
 from tests.test_resume import StopAt  # a preemption right after a checkpoint
 

@@ -4,7 +4,7 @@ import importlib.util
 
 import pytest
 
-from lit_distill.quantization import SCHEMES, get_scheme, require_torchao
+from lit_distill.quantization.schemes import SCHEMES, get_scheme, require_torchao
 
 
 def test_unknown_scheme_names_the_known_ones():

@@ -6,8 +6,9 @@ import pytest
 import torch
 
 from lit_distill.models import GPT, MLP
-from lit_distill.quantization import get_scheme, load_quantized, quantize_model, read_record, save_quantized
-from lit_distill.quantization.storage import _pack_int4, _unpack_int4
+from lit_distill.quantization import load_quantized, quantize_model, save_quantized
+from lit_distill.quantization.schemes import get_scheme
+from lit_distill.quantization.storage import _pack_int4, _unpack_int4, read_record
 
 
 def gpt(width=64, layers=2):

@@ -129,7 +129,15 @@ def span_kd_terms(
 
     ``P_c ∝ Σ_{j: class(j)=c} p_t(j)`` and ``Q_c ∝ Σ_{i: class(i)=c} q_s(i)``, each renormalised over the matched
     classes (what each model predicts given that the text continues with a token both vocabularies hold); ULD
-    compares the unmatched probabilities of the two sides (:func:`sorted_l1`).
+    compares the unmatched probabilities of the two sides (:func:`sorted_l1`). :func:`span_kd` is
+    ``kl + uld_weight · unmatched``; the two terms apart are what a strategy logs.
+
+    Example:
+        >>> s, t = torch.randn(4, 6), torch.randn(4, 5)
+        >>> s_cls, t_cls = torch.tensor([0, 1, 2, -1, -1, 3]), torch.tensor([0, 1, 2, 3, -1])
+        >>> kl, unmatched = span_kd_terms(s, t, s_cls, t_cls)
+        >>> torch.allclose(span_kd(s, t, s_cls, t_cls, uld_weight=0.5), kl + 0.5 * unmatched)
+        True
     """
     check_temperature(temperature)
     _check_top_k(uld_top_k)

@@ -26,8 +26,15 @@ _BUDGET = {"cuda": 1536 << 20, "cpu": 256 << 20}  # bytes of per-chunk temporari
 
 
 class SpanKDParts(NamedTuple):
-    """``loss`` (differentiable) ``= kl + uld_weight · uld``; ``kl`` (with ``T²``) and ``uld`` detached (``uld`` is
-    not computed, and 0, when ``uld_weight`` is 0)."""
+    """``loss`` (differentiable) ``= kl + uld_weight · uld``; ``kl`` (with ``T²``) and ``uld`` detached, for logging
+    (``uld`` is not computed, and 0, when ``uld_weight`` is 0).
+
+    Example:
+        >>> hs, ws, ht, wt = torch.randn(4, 8), torch.randn(12, 8), torch.randn(4, 16), torch.randn(10, 16)
+        >>> classes = torch.arange(12).where(torch.arange(12) < 8, -1), torch.arange(10).where(torch.arange(10) < 8, -1)
+        >>> parts = fused_span_kd(hs, ws, ht, wt, *classes, uld_weight=0.5)
+        >>> torch.allclose(parts.loss, parts.kl + 0.5 * parts.uld)
+        True"""
 
     loss: Tensor
     kl: Tensor
