@@ -5,7 +5,10 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
+
+import pytest
 
 from lit_distill.callbacks import JsonlPredictionWriter
 from lit_distill.cli import main
@@ -40,13 +43,18 @@ data:
 """
 
 
-def lit_distill_predict(cwd: Path, out: str, *flags: str) -> str:
+def lit_distill_predict(
+    cwd: Path, out: str, *flags: str, writer: str = "lit_distill.callbacks.JsonlPredictionWriter", ok: bool = True
+):
     env = {**os.environ, "PYTHONPATH": str(ROOT), "PL_DISABLE_FORK": "1", "OMP_NUM_THREADS": "1"}
-    (cwd / f"{out}.yaml").write_text(CONFIG.format(out=out))
+    config = CONFIG.format(out=out).replace("lit_distill.callbacks.JsonlPredictionWriter", writer)
+    (cwd / f"{out}.yaml").write_text(config)
     command = [sys.executable, "-m", "lit_distill.cli", "predict", "--config", f"{out}.yaml"]
     run = subprocess.run([*command, *flags], cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
-    assert run.returncode == 0, run.stderr[-3000:]
-    return run.stdout + run.stderr
+    if ok:
+        assert run.returncode == 0, run.stderr[-3000:]
+        return run.stdout + run.stderr
+    return run
 
 
 def prompts_of(path: Path) -> list[str]:
@@ -88,3 +96,34 @@ def test_part_files_of_a_crashed_run_are_merged_once_on_resume(in_tmp):
     assert [p for p, _ in written] == prompts and written[:5] == [(p, f"r{i}") for i, p in enumerate(prompts[:5])]
     assert not list(in_tmp.glob("*.part"))
     assert JsonlPredictionWriter(str(path)).ranks == 1
+
+
+class FailsOnRankZero(JsonlPredictionWriter):
+    """Raises on rank 0 inside one rank-0-only section (``LIT_DISTILL_TEST_FAIL``: ``prepare`` or ``finish``)."""
+
+    def _fail(self, section: str) -> None:
+        if os.environ.get("LIT_DISTILL_TEST_FAIL") == section and self.rank == 0:
+            raise OSError(f"disk full while {section} (injected)")
+
+    def _prepare(self):
+        self._fail("prepare")
+        super()._prepare()
+
+    def _finish(self, complete, pl_module):
+        self._fail("finish")
+        super()._finish(complete, pl_module)
+
+
+@pytest.mark.parametrize("section", ["prepare", "finish"])
+def test_a_failure_on_rank_zero_stops_every_rank_with_its_cause(tmp_path, monkeypatch, section):
+    monkeypatch.setenv("LIT_DISTILL_TEST_FAIL", section)
+    flags = ["--trainer.devices=2", "--trainer.strategy=ddp"]
+    start = time.monotonic()
+    run = lit_distill_predict(tmp_path, "fail.jsonl", *flags, writer=f"{__name__}.FailsOnRankZero", ok=False)
+    assert time.monotonic() - start < 60  # not the process group's 30-minute timeout
+    assert run.returncode != 0
+    # Both processes print their error line (their outputs interleave): rank 0 its own, rank 1 that rank 0 failed.
+    cause = f"OSError: disk full while {section} (injected)"
+    assert f"lit-distill: error: {cause}" in run.stderr, run.stderr[-3000:]
+    assert "lit-distill: error: RuntimeError: rank 0 failed while " in run.stderr, run.stderr[-3000:]
+    assert run.stderr.count(cause) == 2 and "Traceback" not in run.stderr
