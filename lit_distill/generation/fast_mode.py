@@ -1,17 +1,18 @@
 """The ``fast`` option of ``generate``, ``OnPolicyDistillationModule`` and ``GenerationModule``: which sampler runs.
 
 ``False``: the plain path. ``"auto"``: the static-cache sampler (:mod:`lit_distill.generation.fast`) compiled with CUDA
-graphs on CUDA when the model supports it, the plain path elsewhere, and the plain path from then on (said once) if
-the fast one fails. ``True``: the static-cache sampler on any device; an unsupported model or a failure raises.
+graphs on CUDA when the model supports it, the plain path elsewhere (the reason said once); a failure of the fast
+path is raised, never turned into a silent switch. ``True``: the static-cache sampler on any device; an unsupported
+model raises.
 """
 
 from __future__ import annotations
 
-import warnings
 import weakref
 from typing import Any, Literal
 
 import torch
+from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 
 from lit_distill.generation.fast import FastSampler
@@ -38,23 +39,34 @@ _SAMPLERS: weakref.WeakKeyDictionary[nn.Module, FastSampler | None] = weakref.We
 def fast_sampler(model: nn.Module, fast: FastMode, device: torch.device) -> FastSampler | None:
     """The fast sampler of ``model`` for this call, or None for the plain path.
 
-    ``False``: None. ``"auto"``: a compiled sampler on CUDA when the model supports it and compiling works,
-    else None (said once per model). ``True``: a compiled sampler on any device; unsupported models raise.
+    ``False``: None. ``"auto"``: a compiled sampler when nothing rules it out (CUDA, a supported unsharded model,
+    a working compiler), else None, the reason said once per model. ``True``: a compiled sampler on any device;
+    an unsupported model raises. Only these known reasons choose the plain path: a failure while compiling or
+    sampling is raised, so a seeded run never switches samplers mid-way.
     """
     check_fast(fast)
-    if fast is False or (fast == "auto" and device.type != "cuda"):
+    if fast is False:
         return None
     if model in _SAMPLERS and (_SAMPLERS[model] is not None or fast == "auto"):
         return _SAMPLERS[model]
     reason = unsupported_reason(model)
-    if reason is None and fast == "auto" and not _compile_available():
-        reason = "torch.compile is not available here (no dynamo support or no Triton)"
+    if reason is None and fast == "auto":
+        reason = auto_reason(device)
     if reason is not None and fast is True:
         raise ValueError(f"fast=True cannot sample from {type(model).__name__}: {reason}. Use fast: auto or false.")
     if reason is not None:
-        warnings.warn(f"fast sampling off for {type(model).__name__}: {reason}; using the plain path.", stacklevel=3)
+        rank_zero_info(f"[lit-distill] fast sampling off for {type(model).__name__}: {reason}; using the plain path.")
     _SAMPLERS[model] = None if reason else FastSampler(model, **DEFAULT_COMPILE)
     return _SAMPLERS[model]
+
+
+def auto_reason(device: torch.device) -> str | None:
+    """Why ``fast: auto`` takes the plain path on ``device`` whatever the model, or None."""
+    if device.type != "cuda":
+        return f"the model is on {device.type}, and the compiled step (CUDA graphs) is for CUDA"
+    if not _compile_available():
+        return "torch.compile is not available here (no dynamo support or no Triton)"
+    return None
 
 
 def seeded_generator(seed: int | None, temperature: float, device: torch.device) -> torch.Generator | None:
@@ -88,20 +100,8 @@ def fast_generate(
     try:
         return sampler.generate(model, input_ids, mask, max_new_tokens, sampling, generator)
     except Exception as err:
-        if fast is True:
-            raise
-        disable(model, err)
-        return None
-
-
-def disable(model: nn.Module, error: BaseException) -> None:
-    """After a failure of the compiled path in ``auto`` mode: say why once and use the plain path from now on."""
-    warnings.warn(
-        f"fast sampling failed for {type(model).__name__} ({type(error).__name__}: {error}); using the plain path "
-        "from now on. Set fast: false to silence this, or fast: true to see the error.",
-        stacklevel=3,
-    )
-    _SAMPLERS[model] = None
+        err.add_note("(in fast sampling; fast: false samples on the plain path)")
+        raise
 
 
 def _compile_available() -> bool:

@@ -2,7 +2,6 @@
 
 import math
 import os
-import warnings
 from pathlib import Path
 
 import pytest
@@ -173,49 +172,63 @@ def test_length_buckets_grow_geometrically():
 def test_fast_modes_pick_the_path(monkeypatch):
     gpt = tiny_gpt()
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
-    assert fast_sampler(gpt, False, cuda) is None and fast_sampler(gpt, "auto", cpu) is None
+    assert fast_sampler(gpt, False, cuda) is None
     for bad in ("on", "always", 1):
         with pytest.raises(ValueError, match="'auto'.*true.*false"):
             generate(gpt, torch.tensor([[1, 2]]), fast=bad)
-    llama = tiny_llama()
-    llama.generation_config.repetition_penalty = 1.3  # only transformers' generate applies it
-    with pytest.raises(ValueError, match="repetition_penalty"):
-        fast_sampler(llama, True, cpu)
-    with pytest.warns(UserWarning, match="repetition_penalty.*plain path"):
-        assert fast_sampler(llama, "auto", cuda) is None
-    with pytest.raises(ValueError, match="neither a lit-distill GPT"):
-        fast_sampler(torch.nn.Linear(2, 2), True, cpu)
-    sharded = tiny_gpt()
-    sharded.blocks[0].__class__ = type("FSDPBlock", (type(sharded.blocks[0]),), {})  # what fully_shard does
-    with pytest.raises(ValueError, match="sharded"):
-        fast_sampler(sharded, True, cpu)
     monkeypatch.setitem(fast_mode.DEFAULT_COMPILE, "compile", False)
     assert isinstance(fast_sampler(gpt, True, cpu), FastSampler)
 
 
-def test_auto_falls_back_to_the_plain_path_when_the_fast_one_fails(monkeypatch):
+def unsupported_models():
+    """Each known reason for the plain path: (model, device, compiler works, words of the reason)."""
+    llama = tiny_llama()
+    llama.generation_config.repetition_penalty = 1.3  # only transformers' generate applies it
+    sharded = tiny_gpt()
+    sharded.blocks[0].__class__ = type("FSDPBlock", (type(sharded.blocks[0]),), {})  # what fully_shard does
+    cuda = torch.device("cuda")
+    return [
+        (tiny_gpt(), torch.device("cpu"), True, "on cpu"),
+        (tiny_gpt(), cuda, False, "torch.compile is not available"),
+        (llama, cuda, True, "repetition_penalty"),
+        (torch.nn.Linear(2, 2), cuda, True, "neither a lit-distill GPT"),
+        (sharded, cuda, True, "sharded"),
+    ]
+
+
+@pytest.mark.parametrize("case", range(5))
+def test_auto_takes_the_plain_path_for_each_known_reason_said_once(case, monkeypatch, caplog):
+    model, device, compiles, words = unsupported_models()[case]
+    monkeypatch.setattr(fast_mode, "_compile_available", lambda: compiles)
+    with caplog.at_level("INFO"):
+        assert fast_sampler(model, "auto", device) is None and fast_sampler(model, "auto", device) is None
+    said = [r.getMessage() for r in caplog.records if "fast sampling off" in r.getMessage()]
+    assert len(said) == 1 and words in said[0] and "plain path" in said[0]
+    if words != "on cpu" and words != "torch.compile is not available":  # the model's own reasons: True refuses
+        with pytest.raises(ValueError, match=words):
+            fast_sampler(model, True, torch.device("cpu"))
+
+
+@pytest.mark.parametrize("error", [RuntimeError("no CUDA graph today"), torch.OutOfMemoryError("CUDA out of memory")])
+def test_auto_raises_a_failure_of_the_fast_path_instead_of_switching(error, monkeypatch):
     gpt = tiny_gpt()
     ids, mask = left_pad(PROMPTS, PAD)
-    plain = generate(gpt, ids, mask, max_new_tokens=6, temperature=0.0, fast=False)
 
     def broken(*args, **kwargs):
-        raise RuntimeError("no CUDA graph today")
+        raise error
 
     monkeypatch.setitem(fast_mode.DEFAULT_COMPILE, "compile", False)
     monkeypatch.setattr(FastSampler, "generate", broken)
-    with pytest.raises(RuntimeError, match="no CUDA graph"):
-        generate(gpt, ids, mask, max_new_tokens=6, temperature=0.0, fast=True)
     # "auto" takes the fast path only on CUDA with a working compiler: pretend both to reach the failure
     real = fast_mode.fast_sampler
     monkeypatch.setattr(fast_mode, "fast_sampler", lambda m, f, d: real(m, f, torch.device("cuda")))
     monkeypatch.setattr(fast_mode, "_compile_available", lambda: True)
-    with pytest.warns(UserWarning, match="fast sampling failed.*no CUDA graph.*plain path"):
-        out = generate(gpt, ids, mask, max_new_tokens=6, temperature=0.0, fast="auto")
-    assert torch.equal(out, plain)
-    assert fast_mode._SAMPLERS[gpt] is None  # said once; later calls go straight to the plain path
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        assert torch.equal(generate(gpt, ids, mask, max_new_tokens=6, temperature=0.0, fast="auto"), plain)
+    for fast in (True, "auto", "auto"):  # every call: the error is raised, never swallowed
+        with pytest.raises(type(error), match=str(error)) as raised:
+            generate(gpt, ids, mask, max_new_tokens=6, temperature=0.0, fast=fast)
+        assert "fast: false" in "".join(getattr(raised.value, "__notes__", []))
+        raised.value.__notes__.clear()
+    assert isinstance(fast_mode._SAMPLERS[gpt], FastSampler)
 
 
 def test_block_size_overflow_is_the_users_error_on_both_paths():
