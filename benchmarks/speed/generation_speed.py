@@ -40,8 +40,8 @@ from torch.utils.data import DataLoader
 from benchmarks._lib.llm import PAIRS, llama
 from benchmarks._lib.timing import Clock, FitClock, sync
 from benchmarks._lib.trainers import parse, parser, print_json, quiet, quiet_trainer
-from lit_distill.generation import fast_mode, generate
-from lit_distill.generation.onpolicy import OnPolicyDistillationModule
+from lit_distill.generation import OnPolicyDistillationModule, generate
+from lit_distill.generation import fast as fast_mode
 from lit_distill.generation.sampling import completion_batch, left_pad, new_tokens
 from lit_distill.models.hf import HFCausalLM
 

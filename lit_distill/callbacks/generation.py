@@ -276,6 +276,6 @@ def _check_rows(prediction: Any) -> list[dict[str, str]]:
     ):
         raise TypeError(
             "JsonlPredictionWriter expects predict_step to return a list of {'prompt': str, 'response': str} "
-            f"dicts, got {type(prediction).__name__}; use lit_distill.generation.predict.GenerationModule."
+            f"dicts, got {type(prediction).__name__}; use lit_distill.generation.GenerationModule."
         )
     return list(prediction)
