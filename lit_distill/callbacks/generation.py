@@ -70,10 +70,17 @@ class JsonlPredictionWriter(BasePredictionWriter):
         if self.done and exclude is not None:
             exclude(self.done)
         pending = getattr(datamodule, "pending_prompts", None) if datamodule is not None else None
-        if self.ranks > 1 and callable(pending) and 0 < len(pending()) < self.ranks:
+        pending = pending() if callable(pending) else None
+        if self.ranks > 1 and pending is not None and 0 < len(pending) < self.ranks:
             raise ValueError(
-                f"{len(pending())} prompt(s) are left for {self.ranks} processes; every process needs one. Finish "
+                f"{len(pending)} prompt(s) are left for {self.ranks} processes; every process needs one. Finish "
                 "them with devices: 1 (the file resumes either way)."
+            )
+        distinct = len(set(pending or ()))
+        if pending is not None and distinct < len(pending):  # the file has one row per distinct prompt
+            rank_zero_info(
+                f"{len(pending) - distinct} of the {len(pending)} prompts repeat an earlier one word for word; "
+                f"{self.path} gets one row per distinct prompt ({distinct})."
             )
         if self.done:
             rank_zero_info(f"resuming {self.path}: {len(self.done)} prompt(s) already answered are skipped.")

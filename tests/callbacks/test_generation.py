@@ -127,3 +127,20 @@ def test_a_failure_on_rank_zero_stops_every_rank_with_its_cause(tmp_path, monkey
     assert f"lit-distill: error: {cause}" in run.stderr, run.stderr[-3000:]
     assert "lit-distill: error: RuntimeError: rank 0 failed while " in run.stderr, run.stderr[-3000:]
     assert run.stderr.count(cause) == 2 and "Traceback" not in run.stderr
+
+
+def test_prompts_that_repeat_word_for_word_are_answered_once_and_said(in_tmp, caplog):
+    from lit_distill.data import PromptDataModule
+
+    prompts = ["alpha", "beta", "alpha", "gamma", "delta", "beta", "epsilon"]
+    (in_tmp / "prompts.jsonl").write_text("".join(json.dumps({"prompt": p}) + "\n" for p in prompts))
+    dm = PromptDataModule(prompts=str(in_tmp / "prompts.jsonl"), batch_size=3, predict_split="all")
+    with caplog.at_level("INFO"):
+        module, rows = predict(in_tmp / "answers.jsonl", dm=dm)
+    assert len(rows) == len(prompts)  # every prompt was sent to the model: no batch or row lost on the way
+    assert read_prompts(in_tmp / "answers.jsonl") == [(p, r["response"]) for p, r in zip(prompts[:2], rows)] + [
+        ("gamma", rows[3]["response"]), ("delta", rows[4]["response"]), ("epsilon", rows[6]["response"])
+    ]  # fmt: skip
+    said = [r.getMessage() for r in caplog.records if "repeat an earlier one" in r.getMessage()]
+    assert said == [f"2 of the 7 prompts repeat an earlier one word for word; {in_tmp / 'answers.jsonl'} gets one row "
+                    "per distinct prompt (5)."]  # fmt: skip
