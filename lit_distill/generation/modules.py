@@ -14,8 +14,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 
 from lit_distill.checks import check_vocabulary
-from lit_distill.data.tokenizers import BYTES_ID, ByteTokenizer, HFTokenizer, Tokenizer, load_tokenizer
-from lit_distill.generation.fast import FastMode, check_fast
+from lit_distill.generation.fast import FastMode, check_fast, is_sharded
 from lit_distill.generation.sampling import (
     IGNORE_INDEX,
     check_sampling,
@@ -25,6 +24,7 @@ from lit_distill.generation.sampling import (
     new_tokens,
     prompts_from_batch,
     sequence_nll,
+    tokenizer_for,
 )
 from lit_distill.losses.base import DistillationLoss
 from lit_distill.losses.sequence import TokenKD
@@ -83,32 +83,11 @@ class GenerationModule(LightningModule):
         self.save_hyperparameters(ignore=["model"])
         if checkpoint is not None:
             load_weights(model, checkpoint, prefix=checkpoint_prefix)
-        self.model, self.checkpoint, self.tokenizer = model, checkpoint, self._resolve_tokenizer(model, tokenizer)
+        self.model, self.checkpoint, self.tokenizer = model, checkpoint, tokenizer_for(model, tokenizer)
         self.max_new_tokens, self.temperature, self.top_k, self.top_p = max_new_tokens, temperature, top_k, top_p
         self.seed, self.fast, self.allow_untrained = seed, fast, allow_untrained
         self.generated_tokens, self.generation_seconds, self.prompts_done = 0, 0.0, 0
         self._placed = False
-
-    @staticmethod
-    def _resolve_tokenizer(model: nn.Module, spec: str | None) -> Tokenizer:
-        declared = getattr(model, "tokenizer_id", None)
-        if spec is not None:
-            tokenizer = load_tokenizer(spec)
-        elif getattr(model, "tokenizer", None) is not None:
-            tokenizer = HFTokenizer.wrap(model.tokenizer)
-        elif declared == BYTES_ID:
-            tokenizer = ByteTokenizer()
-        else:
-            raise ValueError(
-                f"{type(model).__name__} declares tokenizer_id={declared!r} and carries no tokenizer; set "
-                "GenerationModule(tokenizer=...) to 'bytes' or a Hugging Face tokenizer folder."
-            )
-        if declared is not None and declared != tokenizer.tokenizer_id:
-            raise ValueError(
-                f"the model speaks tokenizer {declared!r} but the tokenizer given is {tokenizer.tokenizer_id!r}; "
-                "prompts would be encoded into ids the model does not know. Give the model's own tokenizer."
-            )
-        return tokenizer
 
     def setup(self, stage: str) -> None:
         check_vocabulary({"model": self.model}, self.tokenizer.vocab_size, self.tokenizer.tokenizer_id)
@@ -120,6 +99,15 @@ class GenerationModule(LightningModule):
         if not self._placed:
             place_models(self.model, None, self._trainer)
             self._placed = True
+
+    def on_predict_start(self) -> None:
+        # Lightning gives the ranks unpadded shares of the prompts, so one may get a batch more than another. A sharded
+        # model's every forward is a collective: the ranks with fewer batches generate as often with a stand-in prompt.
+        self._behind = 0
+        if self.trainer.world_size > 1 and is_sharded(self.model):
+            mine = int(sum(self.trainer.num_predict_batches))
+            most = self.trainer.strategy.reduce(torch.tensor(mine, device=self.device), reduce_op="max")
+            self._behind = int(most) - mine
 
     def generation_settings(self) -> dict[str, Any]:
         """What decides the responses; the JSONL writer refuses to resume a file written with other settings."""
@@ -146,6 +134,9 @@ class GenerationModule(LightningModule):
             fast=self.fast,
         )  # fmt: skip
         self.generation_seconds += time.perf_counter() - start
+        if getattr(self, "_behind", 0) and batch_idx == sum(self.trainer.num_predict_batches) - 1:
+            for _ in range(self._behind):  # in step with ranks that have batches left; the stand-in's text is dropped
+                generate(self.model, ids[:1, -1:], None, max_new_tokens=self.max_new_tokens, temperature=0.0)
         responses = new_tokens(out, ids.shape[1], self.tokenizer.eos_id)
         self.generated_tokens += sum(len(r) for r in responses)
         self.prompts_done += len(prompts)

@@ -20,6 +20,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from lit_distill.data.tokenizers import BYTES_ID, ByteTokenizer, HFTokenizer, Tokenizer, load_tokenizer
 from lit_distill.generation.fast import FastMode, check_fast, fast_sampler, is_sharded
 from lit_distill.models.gpt import GPT
 from lit_distill.models.next_token import SamplingSpec, hf_model, spec_for, trim, unwrap
@@ -167,6 +168,29 @@ def _root_generate(model: nn.Module, hf: Any) -> Any:
         model._lit_distill_generate = hf.generate
         register_fsdp_forward_method(model, "_lit_distill_generate")
     return model._lit_distill_generate
+
+
+def tokenizer_for(model: nn.Module, spec: str | None) -> Tokenizer:
+    """The tokenizer ``spec`` names (``"bytes"`` or a folder), else the model's own; refused if the model speaks
+    another (its ``tokenizer_id``), since prompts would be encoded into ids it does not know."""
+    declared = getattr(model, "tokenizer_id", None)
+    if spec is not None:
+        tokenizer = load_tokenizer(spec)
+    elif getattr(model, "tokenizer", None) is not None:
+        tokenizer = HFTokenizer.wrap(model.tokenizer)
+    elif declared == BYTES_ID:
+        tokenizer = ByteTokenizer()
+    else:
+        raise ValueError(
+            f"{type(model).__name__} declares tokenizer_id={declared!r} and carries no tokenizer; set "
+            "GenerationModule(tokenizer=...) to 'bytes' or a Hugging Face tokenizer folder."
+        )
+    if declared is not None and declared != tokenizer.tokenizer_id:
+        raise ValueError(
+            f"the model speaks tokenizer {declared!r} but the tokenizer given is {tokenizer.tokenizer_id!r}; "
+            "prompts would be encoded into ids the model does not know. Give the model's own tokenizer."
+        )
+    return tokenizer
 
 
 def left_pad(
