@@ -75,3 +75,17 @@ def test_on_policy_recipe_trains_on_its_own_samples(tmp_path, strategy):
     assert float(logged["train/sampled"]) == 1.0 and float(logged["train/gen_tokens"]) > 0  # every batch sampled
     assert "val/teacher_nll_of_samples" in "".join(metrics)  # validation sampled from the (sharded) student too
     assert (next(tmp_path.glob("lightning_logs/version_*/student")) / "model.safetensors").is_file(), output
+
+
+def test_the_on_policy_step_benchmark_runs_on_two_sharded_processes(tmp_path):
+    """``benchmarks.speed.generation_speed --devices 2 --strategy fsdp2`` (the command for 2 GPUs), tiny and on CPU."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "PL_DISABLE_FORK": "1", "OMP_NUM_THREADS": "1"}
+    out = tmp_path / "step.json"
+    command = ["-m", "benchmarks.speed.generation_speed", "--smoke", "--devices", "2", "--strategy", "fsdp2"]
+    run = subprocess.run(
+        [sys.executable, *command, "--out", str(out)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    step = json.loads(out.read_text())["onpolicy_step"]
+    assert (step["devices"], step["strategy"], step["rank"]) == (2, "fsdp2", 0)
+    assert 0 < step["sampling_ms"] < step["total_ms"] and 0 < step["sampling_share"] < 1
