@@ -1,13 +1,14 @@
 """Fast sampling: a static KV cache and one compiled decode step (replayed as a CUDA graph on GPU), and the ``fast``
 option that picks it.
 
-One function is the whole decode step: forward on the static cache, the sampling spec's
-:func:`~lit_distill.models.next_token.next_token` and :func:`~lit_distill.models.next_token.finish`, and the write of
-the new token, all on fixed-shape buffers; ``torch.compile(mode="reduce-overhead")`` fuses it and replays it as one
-CUDA graph per ``(batch, length)`` bucket. A batch of left-padded prompts lives on a ``[B, L]`` grid of slots: the
-prompt fills slots ``0..P-1``, the ``i``-th new token slot ``P + i``; attention reads all ``L`` slots through a mask
-and positions count real tokens only, so a padded row computes what the unpadded row would. lit-distill's ``GPT``
-runs on buffers of its own; ``transformers`` models on ``transformers.StaticCache``.
+One function is the whole decode step: forward on the static cache, the step's random draws (a hash of a key and the
+step counter, both device tensors), :func:`~lit_distill.models.next_token.next_token` and ``finish`` of the sampling
+spec, and the write of the new token, all on fixed-shape buffers; ``torch.compile(mode="reduce-overhead")`` fuses it
+and replays it as one CUDA graph per ``(batch, length)`` bucket. The host only launches it, and reads one device
+value every ``check_every`` steps (have all rows ended?). Prompts (left-padded) fill slots ``0..P-1`` of a ``[B, L]``
+grid, the ``i``-th new token slot ``P + i``; attention reads all ``L`` slots through a mask and positions count real
+tokens only, so a padded row computes what the unpadded row would. lit-distill's ``GPT`` runs on buffers of its own
+(:class:`~lit_distill.models.kv_cache.GPTCache`), ``transformers`` models on ``transformers.StaticCache``.
 
 ``fast``: ``False`` = the plain path; ``True`` = this sampler on any device (an unsupported model raises); ``"auto"`` =
 this sampler unless a known reason rules it out before compiling (not CUDA, no compiler, a model it cannot run, a
@@ -130,7 +131,8 @@ class _Slots:
     position: Tensor  # [B, 1] its position (real tokens before it)
     slot: Tensor  # [1] its slot
     done: Tensor  # [B] row emitted eos
-    noise: Tensor  # [B, vocab] exponential draws of the next step
+    key: Tensor  # [1] the key of this generation's random draws
+    index: Tensor  # [1] the index of the newest token among the new ones (it keys its step's draws)
 
 
 def bucketed(n: int, bucket: int) -> int:
@@ -181,26 +183,26 @@ class FastSampler:
             options: dict[str, Any] = {"backend": backend, "dynamic": False, "fullgraph": fullgraph}
             self.step = torch.compile(self._step, **options, **({"mode": mode} if backend == "inductor" else {}))
 
-    def _slots(self, inner: Any, batch: int, length: int, vocab: int, device: torch.device) -> _Slots:
+    def _slots(self, inner: Any, batch: int, length: int, device: torch.device) -> _Slots:
         dtype = next(inner.parameters()).dtype
         autocast = torch.get_autocast_dtype(device.type) if torch.is_autocast_enabled(device.type) else None
-        key = (batch, length, vocab, device, dtype, autocast)  # the cache's dtype follows the last two
+        key = (batch, length, device, dtype, autocast)  # the cache's dtype follows the last two
         if key not in self.buckets:
             if len(self.buckets) >= self.max_buckets:
                 self.buckets.pop(next(iter(self.buckets)))
-            long = {"dtype": torch.long, "device": device}
             cache = GPTCache(inner, batch, length) if isinstance(inner, GPT) else HFCache(inner, batch, length)
-            zeros = [torch.zeros(*shape, **long) for shape in ((batch, length), (batch, 1), (batch, 1), (1,))]
-            done, noise = torch.zeros(batch, dtype=torch.bool, device=device), torch.ones(batch, vocab, device=device)
-            slots = _Slots(cache, zeros[0], torch.ones(batch, length, **long), *zeros[1:], done, noise)
-            mark_static(slots.ids, slots.mask, slots.token, slots.position, slots.slot, slots.done, slots.noise)
+            shapes = ((batch, length), (batch, length), (batch, 1), (batch, 1), (1,), (batch,), (1,), (1,))
+            slots = _Slots(cache, *(torch.zeros(*shape, dtype=torch.long, device=device) for shape in shapes))
+            slots.done = slots.done.bool()
+            mark_static(*(value for value in vars(slots).values() if isinstance(value, Tensor)))
             self.buckets[key] = slots
         return self.buckets[key]
 
     def _step(self, model: Any, st: _Slots, spec: SamplingSpec) -> None:
         """One decode step, entirely on ``st``'s buffers (the function that is compiled)."""
         logits = st.cache.decode(model, st.token, st.position, st.slot, st.mask)
-        token = finish(next_token(logits, spec, st.noise), st.done, spec)
+        st.index.add_(1)
+        token = finish(next_token(logits, spec, draw_noise(spec, logits, st.key, st.index)), st.done, spec)
         st.slot.add_(1)
         st.ids.index_copy_(1, st.slot, token[:, None])
         st.token.copy_(token[:, None])
@@ -212,25 +214,26 @@ class FastSampler:
     @torch.no_grad()
     def generate(
         self, model: nn.Module, input_ids: Tensor, attention_mask: Tensor | None, spec: SamplingSpec,
-        generator: torch.Generator | None = None,
+        key: Tensor | None = None,
     ) -> Tensor:  # fmt: skip
         """Continue left-padded prompts: ``[B, P + n]``, ``n <= spec.max_new_tokens``, as the plain path returns.
 
         Rows after their eos hold ``spec.pad``; decoding stops within ``check_every`` steps of the last row
-        finishing, and the output is cut where the plain path stops.
+        finishing, and the output is cut where the plain path stops. ``key`` (``race_key``) keys the random draws.
         """
         (batch, prompt_len), device, n = input_ids.shape, input_ids.device, spec.max_new_tokens
         inner = unwrap(model) if isinstance(unwrap(model), GPT) else hf_model(model)
         if prompt_len + n > getattr(inner, "block_size", prompt_len + n):
             raise ValueError(f"prompt ({prompt_len}) + max_new_tokens ({n}) exceed block_size={inner.block_size}.")
         mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
-        vocab = spec.vocab or int(inner.get_output_embeddings().weight.shape[0])
-        st = self._slots(inner, batch, bucketed(prompt_len + n, self.bucket), vocab, device)
+        st = self._slots(inner, batch, bucketed(prompt_len + n, self.bucket), device)
         st.ids[:, :prompt_len], st.mask[:, :prompt_len], st.mask[:, prompt_len:] = input_ids, mask, 1
         positions = (mask.long().cumsum(-1) - 1).clamp_min(0)
         logits = st.cache.prefill(inner, input_ids, st.mask, positions)
         st.done.zero_()
-        token = finish(next_token(logits, spec, draw_noise(spec, logits, generator)), st.done, spec)
+        st.key.random_(0, 2**62) if key is None else st.key.copy_(key)  # unkeyed: torch's global RNG
+        st.index.zero_()
+        token = finish(next_token(logits, spec, draw_noise(spec, logits, st.key, st.index)), st.done, spec)
         st.ids[:, prompt_len] = token
         st.token.copy_(token[:, None])
         st.position.copy_(positions[:, -1:] + 1)
@@ -239,8 +242,6 @@ class FastSampler:
         with torch._dynamo.config.patch(**{_RECOMPILE_LIMIT: max(64, getattr(torch._dynamo.config, _RECOMPILE_LIMIT))}):
             # one compiled graph per (batch, length, spec): more than dynamo's default 8 in a long run
             while steps < n and not (spec.eos and steps % self.check_every == 0 and bool(st.done.all())):
-                if spec.temperature > 0:
-                    st.noise.exponential_(generator=generator)
                 if self.cuda_graphs:  # a new step: the graph may overwrite what the last replay wrote
                     torch.compiler.cudagraph_mark_step_begin()
                 self.step(inner, st, spec)

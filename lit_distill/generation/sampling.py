@@ -23,7 +23,7 @@ from torch import Tensor, nn
 from lit_distill.data.tokenizers import BYTES_ID, ByteTokenizer, HFTokenizer, Tokenizer, load_tokenizer
 from lit_distill.generation.fast import FastMode, check_fast, fast_sampler, is_sharded
 from lit_distill.models.gpt import GPT
-from lit_distill.models.next_token import SamplingSpec, hf_model, spec_for, trim, unwrap
+from lit_distill.models.next_token import SamplingSpec, hf_model, race_key, spec_for, trim, unwrap
 
 IGNORE_INDEX = -100
 
@@ -94,19 +94,17 @@ def generate(
     in_step = dist.is_available() and dist.is_initialized() and is_sharded(model)
     if in_step:
         spec = agree(spec, input_ids, getattr(gpt, "block_size", None))
-    generator = None
-    if seed is not None and spec.temperature > 0:
-        generator = torch.Generator(device=input_ids.device).manual_seed(seed)
+    key = race_key(seed, input_ids.device) if spec.temperature > 0 else None
     with eval_mode(model):
         sampler = fast_sampler(model, fast, input_ids.device)
         if sampler is not None:
             try:
-                return sampler.generate(model, input_ids, attention_mask, spec, generator)
+                return sampler.generate(model, input_ids, attention_mask, spec, key)
             except Exception as err:  # said, then raised as it is: a seeded run never switches sampler mid-way
                 getattr(err, "add_note", lambda _: None)("(raised by fast sampling; fast: false takes the plain path)")
                 raise
         if gpt is not None:
-            out = gpt.sample(input_ids, attention_mask, spec, generator, all_done=all_ranks_done if in_step else None)
+            out = gpt.sample(input_ids, attention_mask, spec, key, all_done=all_ranks_done if in_step else None)
             return trim(out, input_ids.shape[1], spec)  # stepping on with other ranks added only padding
         return _hf_generate(model, hf, input_ids, attention_mask, spec, seed, in_step)
 

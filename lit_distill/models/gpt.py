@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lit_distill.models.kv_cache import LayerCache
-from lit_distill.models.next_token import SamplingSpec, decode, sample_next  # noqa: F401 (sample_next: old home)
+from lit_distill.models.next_token import SamplingSpec, decode, race_key, sample_next  # noqa: F401 (sample_next)
 
 
 class RMSNorm(nn.Module):
@@ -230,7 +230,8 @@ class GPT(nn.Module):
             torch.Size([1, 7])
         """
         spec = SamplingSpec(max_new_tokens, temperature, top_k, top_p, eos_token_id, pad_token_id, self.vocab_size)
-        return self.sample(input_ids, attention_mask, spec, generator, use_cache)
+        key = race_key(generator, input_ids.device) if temperature > 0 else None
+        return self.sample(input_ids, attention_mask, spec, key, use_cache)
 
     @torch.no_grad()
     def sample(
@@ -238,11 +239,11 @@ class GPT(nn.Module):
         input_ids: Tensor,
         attention_mask: Tensor | None,
         spec: SamplingSpec,
-        generator: torch.Generator | None = None,
+        key: Tensor | None = None,
         use_cache: bool = True,
         all_done: Callable[[Tensor], bool] | None = None,
     ) -> Tensor:
-        """:meth:`generate` with one :class:`SamplingSpec`; ``all_done`` as in :func:`~.next_token.decode`."""
+        """:meth:`generate` with one :class:`SamplingSpec`; ``key``, ``all_done``: see :func:`~.next_token.decode`."""
         b, t = input_ids.shape
         n = spec.max_new_tokens
         if t + n > self.block_size:
@@ -263,7 +264,7 @@ class GPT(nn.Module):
             return (self(token[:, None], mask[:, :w], cache) if use_cache else self(ids[:, :w], mask[:, :w]))[:, -1]
 
         first = self(input_ids, mask[:, :t], cache)[:, -1]
-        return torch.cat([input_ids, decode(step, first, spec, generator, all_done)], 1)
+        return torch.cat([input_ids, decode(step, first, spec, key, all_done)], 1)
 
     def save_pretrained(self, path: str | Path, overwrite: bool = False, state_dict: dict | None = None) -> Path:
         """Write ``config.json`` and ``model.safetensors`` (``state_dict`` instead of the module's own weights, if

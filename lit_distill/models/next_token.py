@@ -3,9 +3,9 @@ temperature, top-k, top-p, end-of-sequence, padding, real vocabulary) and the pe
 
 ``GPT.generate``, the plain path of :func:`lit_distill.generation.generate` and the compiled static-cache step of
 :mod:`lit_distill.generation.fast` all pick tokens with :func:`next_token` and close rows with :func:`finish`.
-Sampling is the exponential race ``argmax(p / E)`` with ``E ~ Exp(1)`` drawn per step and token (it picks each token
-with probability ``p``): the draws come from a seeded ``torch.Generator`` into a ``[B, vocab]`` tensor, so the plain
-loop and the compiled step (which draws into a fixed buffer outside its graph) sample the same tokens from one seed.
+Sampling is the exponential race ``argmax(p / E)`` with ``E ~ Exp(1)`` per step and token (it picks each token with
+probability ``p``); the draws are a hash of (key, step, row, token), so the plain loop and the compiled step (inside
+its CUDA graph, with no generator and no host work) sample the same tokens from one seed.
 """
 
 from __future__ import annotations
@@ -107,12 +107,41 @@ def filter_logits(logits: Tensor, temperature: float, top_k: int | None = None, 
     return logits
 
 
-def draw_noise(spec: SamplingSpec, logits: Tensor, generator: torch.Generator | None = None) -> Tensor | None:
-    """The ``Exp(1)`` draws of one step for ``logits [B, >= vocab]``; None when greedy (nothing is drawn)."""
+# splitmix64 (Steele et al. 2014) in signed 64-bit arithmetic: torch's int64 multiply wraps like the unsigned one.
+_GOLDEN, _MIX1, _MIX2 = -7046029254386353131, -4658895280553007687, -7723592293110705685
+
+
+def _mix(x: Tensor) -> Tensor:
+    """splitmix64's finalizer: every output bit depends on every input bit (logical shifts on int64)."""
+    x = (x ^ ((x >> 30) & ((1 << 34) - 1))) * _MIX1
+    x = (x ^ ((x >> 27) & ((1 << 37) - 1))) * _MIX2
+    return x ^ ((x >> 31) & ((1 << 33) - 1))
+
+
+def race_key(seed: int | torch.Generator | None, device: torch.device | str = "cpu") -> Tensor:
+    """The ``[1]`` int64 key of one generation's random draws: ``seed`` itself, a draw from a ``torch.Generator``,
+    or (None) a draw from torch's global RNG, so ``torch.manual_seed`` makes unseeded runs repeat too."""
+    if isinstance(seed, int):
+        return torch.tensor([seed], dtype=torch.long, device=device)
+    where = seed.device if isinstance(seed, torch.Generator) else "cpu"
+    return torch.randint(0, 2**62, (1,), generator=seed, device=where).to(device)
+
+
+def draw_noise(spec: SamplingSpec, logits: Tensor, key: Tensor | None, index: Tensor | int) -> Tensor | None:
+    """The ``Exp(1)`` draws for the ``index``-th new token of ``logits [B, >= vocab]``; None when greedy.
+
+    Counter-based: a hash of ``(key, index, row, column)`` turned into 24-bit uniforms (as ``exponential_`` draws
+    float32 ones), so every decoder computes the same draws with no generator state: the plain loop, and the
+    compiled step inside its CUDA graph (``index`` a tensor there: no host value per step).
+    """
     if spec.temperature == 0:
         return None
-    width = spec.vocab or logits.shape[-1]
-    return torch.empty(logits.shape[0], width, device=logits.device).exponential_(generator=generator)
+    key = race_key(None, logits.device) if key is None else key
+    rows = torch.arange(logits.shape[0], device=logits.device)[:, None]
+    cols = torch.arange(spec.vocab or logits.shape[-1], device=logits.device)[None, :]
+    counter = ((key * _GOLDEN + index) * _MIX1 + rows) * _MIX2 + cols
+    uniform = (((_mix(counter + _GOLDEN) >> 40) & ((1 << 24) - 1)).float() + 0.5) * 2.0**-24
+    return -uniform.log()
 
 
 def next_token(logits: Tensor, spec: SamplingSpec, noise: Tensor | None) -> Tensor:
@@ -157,20 +186,22 @@ def decode(
     step: Callable[[Tensor], Tensor],
     logits: Tensor,
     spec: SamplingSpec,
-    generator: torch.Generator | None = None,
+    key: Tensor | None = None,
     all_done: Callable[[Tensor], bool] | None = None,
 ) -> Tensor:
     """The plain decode loop: ``[B, n]`` new tokens, ``n <= spec.max_new_tokens``, picked from ``logits [B, V]``
-    (the prompt's last position) and then from ``step(token)``, the logits after feeding each new token.
+    (the prompt's last position) and then from ``step(token)``, the logits after feeding each new token; ``key``
+    (:func:`race_key`) keys the draws.
 
     It stops once every row has emitted eos, as ``all_done(done)`` says: by default every row of this batch;
     ranks that must decode in step (a sharded model) pass a check over every rank's rows.
     """
     done = torch.zeros(logits.shape[0], dtype=torch.bool, device=logits.device)
     all_done = all_done or (lambda d: bool(spec.eos) and bool(d.all()))
+    key = race_key(None, logits.device) if key is None and spec.temperature > 0 else key
     tokens = []
     for i in range(spec.max_new_tokens):
-        token = finish(next_token(logits, spec, draw_noise(spec, logits, generator)), done, spec)
+        token = finish(next_token(logits, spec, draw_noise(spec, logits, key, i)), done, spec)
         tokens.append(token)
         if i + 1 == spec.max_new_tokens or all_done(done):  # asked every step, also of rows that never end
             break
@@ -188,4 +219,5 @@ def sample_next(
     """Pick one token per row of ``logits [B, V]``: greedy when ``temperature == 0``, else sample from
     ``softmax(logits / temperature)`` restricted to ``top_k`` / ``top_p``. ``generator`` lives on ``logits.device``."""
     spec = SamplingSpec(temperature=temperature, top_k=top_k, top_p=top_p)
-    return next_token(logits, spec, draw_noise(spec, logits, generator))
+    key = race_key(generator, logits.device) if temperature > 0 else None
+    return next_token(logits, spec, draw_noise(spec, logits, key, 0))

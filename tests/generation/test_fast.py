@@ -1,6 +1,7 @@
 """The static-cache sampler: the plain path's tokens, seeded samples, bounded compilation, explicit fallback."""
 
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,7 @@ from lit_distill.generation import generate
 from lit_distill.generation.fast import FastSampler, bucketed, fast_sampler
 from lit_distill.generation.sampling import left_pad
 from lit_distill.models import GPT
-from lit_distill.models.next_token import spec_for
+from lit_distill.models.next_token import race_key, spec_for
 
 transformers = pytest.importorskip("transformers")
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny decode steps: one thread is much faster
@@ -68,12 +69,12 @@ def fast(model, ids, mask, backend=None, **kwargs):
     settings = {k: kwargs[k] for k in ("max_new_tokens", "top_k", "top_p") if k in kwargs}
     settings["temperature"] = kwargs.get("temperature", 0.0)
     spec = spec_for(model, kwargs.get("eos_token_id"), kwargs.get("pad_token_id"), **settings)
-    generator = torch.Generator().manual_seed(kwargs["seed"]) if "seed" in kwargs else None
+    key = race_key(kwargs["seed"]) if "seed" in kwargs else None
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad():
-            return sampler.generate(model, ids, mask, spec, generator)
+            return sampler.generate(model, ids, mask, spec, key)
     finally:
         model.train(was_training)
 
@@ -151,7 +152,7 @@ def test_one_compilation_per_length_bucket(kind):
     with torch.no_grad():
         for prompts, n in (([[5, 6, 7], [8]], 10), ([[5, 6, 7, 8, 9], [8]], 20), ([[1, 2], [3, 4]], 40)):
             spec = spec_for(model, None, PAD, max_new_tokens=n, temperature=1.0)
-            sampler.generate(model, *left_pad(prompts, PAD), spec, torch.Generator().manual_seed(0))
+            sampler.generate(model, *left_pad(prompts, PAD), spec, race_key(0))
         assert counter.frame_count == 1  # prompts of 3..5 tokens + up to 40 new ones: all in the 64-slot bucket
         spec = spec_for(model, None, PAD, max_new_tokens=10, temperature=1.0)
         sampler.generate(model, *left_pad([list(range(1, 61))], PAD), spec)
@@ -337,3 +338,63 @@ def test_recipes_take_fast_from_the_command_line_and_yaml_booleans(recipe, value
     assert done.value.code == 0
     expected = {"on": "true", "false": "false", "auto": "auto"}[value]  # YAML reads on/off as booleans
     assert f"    fast: {expected}\n" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_decode_steps_run_nothing_outside_the_step_and_ask_the_host_nothing(temperature):
+    """The step (forward, sampling with its random draws, eos bookkeeping) is the only work per decode step and
+    reads no device value on the host: on a GPU it is one CUDA graph the host only launches. The finished-rows
+    check reads one flag every 8 steps."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    counts = {"outside": 0, "host reads": 0}
+    inside = [False]
+
+    class Count(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            counts["host reads"] += func is torch.ops.aten._local_scalar_dense.default  # .item(), bool(), int()
+            counts["outside"] += not inside[0]
+            return func(*args, **(kwargs or {}))
+
+    model, sampler = tiny_gpt().eval(), FastSampler(compile=False, check_every=8)
+    step = sampler.step
+
+    def counted_step(*args):
+        inside[0] = True
+        try:
+            step(*args)
+        finally:
+            inside[0] = False
+
+    sampler.step = counted_step
+    ids, mask = left_pad(PROMPTS, PAD)
+    spec = spec_for(model, 300, PAD, max_new_tokens=64, temperature=temperature)  # eos 300: never written
+    seen = []
+    for n in (32, 64):
+        counts.update({"outside": 0, "host reads": 0})
+        with torch.no_grad(), Count():
+            out = sampler.generate(model, ids, mask, replace(spec, max_new_tokens=n), race_key(0))
+        seen.append(dict(counts))
+        assert out.shape[1] == ids.shape[1] + n
+    assert seen[1]["host reads"] - seen[0]["host reads"] == 32 // 8  # 32 more steps: 4 more checks, no more
+    assert seen[1]["outside"] - seen[0]["outside"] == 2 * 32 // 8  # only the checks' all() and its read
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
+@pytest.mark.parametrize("kind", ["gpt", "llama"])
+def test_on_a_gpu_the_step_is_one_cuda_graph_that_samples_the_plain_paths_tokens(kind):
+    from torch._dynamo.utils import counters
+
+    counters.clear()
+    model = MODELS[kind]().cuda().eval()
+    ids, mask = (t.cuda() for t in left_pad(PROMPTS, PAD))
+    spec = spec_for(model, None, PAD, max_new_tokens=32, temperature=1.0, top_k=50)
+    sampler = FastSampler()  # inductor, mode="reduce-overhead"
+    with torch.no_grad():
+        ours = [sampler.generate(model, ids, mask, spec, race_key(s, "cuda")) for s in (0, 0, 1)]
+    assert counters["inductor"]["cudagraph_skips"] == 0  # replayed as a CUDA graph, noise included
+    assert torch.equal(ours[0], ours[1]) and not torch.equal(ours[0], ours[2])
+    if kind == "gpt":  # the plain path draws the same tokens (float32)
+        plain = generate(model, ids, mask, max_new_tokens=32, temperature=1.0, top_k=50, pad_token_id=PAD, seed=0)
+        assert torch.equal(ours[0], plain)

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from lit_distill.models import GPT
-from lit_distill.models.next_token import SamplingSpec, decode, finish, next_token, spec_for, trim
+from lit_distill.models.next_token import SamplingSpec, decode, draw_noise, finish, next_token, race_key, spec_for, trim
 
 
 @pytest.mark.parametrize(
@@ -26,24 +26,37 @@ def test_eos_ids_and_the_default_pad():
     assert SamplingSpec().pad is None  # no eos: rows never end, nothing to pad
 
 
+def test_the_draws_are_exponential_independent_and_keyed():
+    spec, logits = SamplingSpec(temperature=1.0), torch.zeros(200, 1000)
+    noise = draw_noise(spec, logits, race_key(0), 0).double().flatten()
+    for k, moment in ((1, 1.0), (2, 2.0), (3, 6.0)):  # E[X^k] = k! for Exp(1)
+        assert abs(float((noise**k).mean()) - moment) < 6 * math.sqrt(math.factorial(2 * k) - moment**2) / 450
+    assert float(noise.min()) > 0 and torch.isfinite(noise).all()
+    same = draw_noise(spec, logits, race_key(0), 0).double().flatten()
+    others = [draw_noise(spec, logits, key, i).double().flatten() for key, i in ((race_key(0), 1), (race_key(1), 0))]
+    assert torch.equal(noise, same)  # a pure function of (key, step, row, token)
+    for other in others:  # another step or key: uncorrelated draws
+        assert abs(float(torch.corrcoef(torch.stack([noise, other]))[0, 1])) < 0.01
+    rows = draw_noise(spec, logits, race_key(0), 0)
+    assert abs(float(torch.corrcoef(rows[:2].double())[0, 1])) < 0.15  # rows differ too (1000 tokens each)
+
+
 def test_exponential_race_draws_from_the_filtered_softmax():
     rows, logits = 40_000, torch.tensor([2.0, 1.0, 0.5, 0.0, -1.0])
     batch = logits.expand(rows, -1)
-    noise = torch.empty(rows, 5).exponential_(generator=torch.Generator().manual_seed(0))
     for temperature, top_k in ((1.0, None), (0.5, None), (1.0, 2)):
         spec = SamplingSpec(temperature=temperature, top_k=top_k)
-        counts = torch.bincount(next_token(batch, spec, noise), minlength=5).double() / rows
+        counts = torch.bincount(next_token(batch, spec, draw_noise(spec, batch, race_key(3), 0)), minlength=5)
         kept = logits[: top_k or 5] / temperature
         expected = [math.exp(x) / sum(math.exp(y) for y in kept) for x in kept.tolist()] + [0.0] * (5 - len(kept))
-        for got, p in zip(counts.tolist(), expected):
+        for got, p in zip((counts.double() / rows).tolist(), expected):
             assert abs(got - p) <= 4 * math.sqrt(p * (1 - p) / rows) + 1e-12, (temperature, top_k, counts, expected)
 
 
 def test_padded_vocabulary_columns_are_never_picked():
     logits = torch.tensor([[0.0, 1.0, 9.0]]).expand(100, -1)  # column 2 would win every time
     spec = SamplingSpec(temperature=1.0, vocab=2)
-    noise = torch.empty(100, 2).exponential_(generator=torch.Generator().manual_seed(0))
-    assert int(next_token(logits, spec, noise).max()) < 2
+    assert int(next_token(logits, spec, draw_noise(spec, logits, race_key(0), 0)).max()) < 2
     assert next_token(logits, SamplingSpec(temperature=0.0, vocab=2), None).tolist() == [1] * 100
 
 
