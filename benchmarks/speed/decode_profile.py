@@ -91,7 +91,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     p.add_argument("--steps", type=int, default=64, help="decode steps in the profiled difference")
     p.add_argument("--prompt-tokens", type=int, default=32)
     p.add_argument("--hbm-gbps", type=float, default=3350.0, help="memory bandwidth of the GPU (H100 SXM: 3350)")
-    args = parse(p, argv, batches=[2, 4], steps=4, prompt_tokens=6)
+    args = parse(p, argv, batches=[2, 4], steps=8, prompt_tokens=6)
     device = torch.device("cpu" if args.smoke or not torch.cuda.is_available() else "cuda")
     if device.type == "cpu" and not args.smoke:
         raise SystemExit("no CUDA device: the profile is of the GPU's decode step; run with --smoke for the CPU check.")

@@ -13,16 +13,11 @@ download), bf16, one GPU, as ``HFCausalLM``:
    (bf16 weights, AdamW, default ``TokenKD`` JSD on the fused path), split with CUDA events into sampling /
    teacher scoring (``forward_teacher``) / student update (the rest: student forward, loss, backward, step).
 
-``--devices 2 [--strategy fsdp2]`` runs only the on-policy step, on that many GPUs (one process each, Lightning's
-launcher; ``ddp`` by default): each rank samples its own batch with ``fast: auto`` (the compiled sampler under DDP,
-the plain path in step with the other ranks under FSDP2); rank 0's split is reported.
-
 The table prints last; ``--out`` gets the raw numbers (written after every stage, so a cut-off run keeps what it
 measured). ``--smoke`` runs the same code on tiny models on CPU in well under a minute; there the compiled step is
 traced by ``torch.compile`` with the ``aot_eager`` backend (no code generation) and CUDA graphs do not exist.
 
     python -m benchmarks.speed.generation_speed --out generation_speed.json   # one H200: ~3 min with compiles
-    python -m benchmarks.speed.generation_speed --devices 2 --strategy fsdp2 --out onpolicy_fsdp2.json  # 2 GPUs
     python -m benchmarks.speed.generation_speed --smoke
 """
 
@@ -63,8 +58,6 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--repeats", type=int, default=None, help="measured runs per cell (default 3; smoke 1)")
     p.add_argument("--batches", type=int, nargs="+", default=None, help="sampling batch sizes (default 8 64)")
     p.add_argument("--skip-step", action="store_true", help="only the sampling table, no on-policy step")
-    p.add_argument("--devices", type=int, default=1, help="processes of the on-policy step; above 1: only that step")
-    p.add_argument("--strategy", default="ddp", choices=["ddp", "fsdp2"], help="with --devices above 1")
     p.add_argument(
         "--with-hf-static",
         action="store_true",
@@ -148,11 +141,8 @@ class StepSplit(FitClock):
         )  # fmt: skip
 
 
-def onpolicy_step(
-    student: HFCausalLM, teacher: HFCausalLM, cfg: dict, device: torch.device, devices: int = 1, strategy: str = "auto"
-) -> dict:
-    """Three steps of lmbda=1 on-policy training; the split of the last two (the first may compile). With several
-    ``devices`` each rank trains on its own copy of the batch; the split is this rank's."""
+def onpolicy_step(student: HFCausalLM, teacher: HFCausalLM, cfg: dict, device: torch.device, **spread: Any) -> dict:
+    """Three lmbda=1 on-policy steps; the split of the last two (the first may compile). spread: devices, strategy."""
     batch, new, vocab = cfg["step_batch"], cfg["new_tokens"], student.config.vocab_size
     ids, mask = prompts(batch, cfg["prompt_tokens"], vocab, torch.device("cpu"))
     # Instruction rows: the prompt (labels -100), then a 16-token reference response.
@@ -167,7 +157,7 @@ def onpolicy_step(
         temperature=1.0,
         eos_token_id=vocab - 1,  # as in the sampling table: the same compiled step
         pad_token_id=PAD,
-        fast=True if devices == 1 else "auto",  # a sharded student samples on the plain path, in step
+        fast="auto" if spread else True,  # several processes: a sharded student samples on the plain path, in step
         optimizer=lambda params: torch.optim.AdamW(params, lr=1e-5),
     )
     split = StepSplit(module, device)
@@ -176,20 +166,18 @@ def onpolicy_step(
     trainer = quiet_trainer(
         accelerator="gpu" if device.type == "cuda" else "cpu",
         precision="32-true",
-        devices=devices,
-        strategy=strategy if devices > 1 else "auto",
         max_steps=len(loader),
         limit_val_batches=0,
         num_sanity_val_steps=0,
         callbacks=[split],
+        **spread,
     )
     trainer.fit(module, train_dataloaders=loader)
     steps = split.rows
     keys = ("total_ms", "sampling_ms", "teacher_ms", "student_update_ms")
     result = {k: statistics.median(s[k] for s in steps[1:]) for k in keys}
     result.update(batch=batch, new_tokens=new, steps=steps, sampling_share=result["sampling_ms"] / result["total_ms"])
-    result.update(devices=devices, strategy=strategy, rank=trainer.global_rank)
-    return result
+    return {**result, **spread, "rank": trainer.global_rank}
 
 
 def save(report: dict, out: Path | None) -> None:
@@ -235,15 +223,14 @@ def measure(args: argparse.Namespace) -> None:
     t0 = time.perf_counter()
     teacher_shape, student_shape = PAIRS[cfg["pair"]]
     torch.manual_seed(0)
-    several = args.devices > 1  # only the step; models built empty, each rank fills its own (or its shards)
-    student = llama(student_shape, None if several else device, "bf16")
+    student = llama(student_shape, device, "bf16")
     report["student_params"] = sum(p.numel() for p in student.parameters())
     print(
         f"[{time.perf_counter() - t0:5.0f} s] student {report['student_params'] / 1e9:.3f}B on {report['device']}, "
         f"torch {torch.__version__}, transformers {transformers.__version__}",
         flush=True,
     )
-    for batch in [] if several else args.batches or cfg["batches"]:
+    for batch in args.batches or cfg["batches"]:
         ids, mask = prompts(batch, cfg["prompt_tokens"], student.config.vocab_size, device)
         row: dict[str, Any] = {"batch": batch, "prompt_width": ids.shape[1]}
         for name in ["transformers", "fast"] + (["hf_static"] if args.with_hf_static else []):
@@ -268,16 +255,14 @@ def measure(args: argparse.Namespace) -> None:
         save(report, out)
     if not args.skip_step:
         try:
-            teacher = llama(teacher_shape, None if several else device, "bf16")
+            teacher = llama(teacher_shape, device, "bf16")
             report["teacher_params"] = sum(p.numel() for p in teacher.parameters())
-            report["onpolicy_step"] = onpolicy_step(student, teacher, cfg, device, args.devices, args.strategy)
+            report["onpolicy_step"] = onpolicy_step(student, teacher, cfg, device)
             print(f"[{time.perf_counter() - t0:5.0f} s] on-policy step done", flush=True)
         except Exception as err:
             report["errors"].append(f"on-policy step: {type(err).__name__}: {err}")
             print(f"FAILED on-policy step: {type(err).__name__}: {err}\n{traceback.format_exc()}", flush=True)
     report["total_s"] = time.perf_counter() - t0
-    if report.get("onpolicy_step", {}).get("rank", 0) != 0:
-        return  # rank 0 reports
     save(report, out)
     print_table(report, cfg)
     print_json(report)
@@ -285,7 +270,7 @@ def measure(args: argparse.Namespace) -> None:
 
 def print_table(report: dict, cfg: dict) -> None:
     smoke, rows = report["smoke"], report["sampling"]
-    runs = len(rows[0].get("fast", {}).get("tokens_per_s", [])) if rows else 0
+    runs = len(rows[0].get("fast", {}).get("tokens_per_s", [])) or "?"
     print(
         f"\ngeneration_speed ({'SMOKE, tiny models, CPU' if smoke else report['device']}); torch {report['torch']}, "
         f"transformers {report['transformers']}; {report['total_s']:.0f} s\nstudent "
@@ -302,8 +287,7 @@ def print_table(report: dict, cfg: dict) -> None:
         print(f"{row['batch']:>5} {cells[0]} {cells[1]} {speed} {target:>13} {cells[2]}")
     if step := report.get("onpolicy_step"):
         met = "" if smoke else (" met" if step["sampling_share"] <= 0.6 else " MISSED")
-        print(f"on-policy step (lambda=1), batch {step['batch']} per rank, {step['new_tokens']} new tokens, "
-              f"{step['devices']} device(s) ({step['strategy']}, rank {step['rank']}'s split): sampling "
+        print(f"on-policy step (lambda=1), batch {step['batch']}, {step['new_tokens']} new tokens: sampling "
               f"{step['sampling_ms']:.0f} ms ({100 * step['sampling_share']:.0f} %, target <= 60 %{met}), teacher "
               f"scoring {step['teacher_ms']:.0f} ms, student update {step['student_update_ms']:.0f} ms, total "
               f"{step['total_ms']:.0f} ms")  # fmt: skip

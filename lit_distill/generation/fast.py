@@ -28,6 +28,7 @@ from torch import Tensor, nn
 from lit_distill.models.gpt import GPT
 from lit_distill.models.kv_cache import GPTCache, mark_static
 from lit_distill.models.next_token import SamplingSpec, draw_noise, finish, hf_model, next_token, trim, unwrap
+from lit_distill.sharding.fill import is_sharded
 
 # true / false / "auto": YAML reads `on` and `off` as booleans, so the choices are booleans plus "auto".
 FastMode = bool | Literal["auto"]
@@ -43,14 +44,6 @@ def check_fast(fast: object) -> None:
             f"fast must be 'auto' (static cache + compiled step on CUDA, plain path elsewhere), true (always) or "
             f"false (plain path), got {fast!r}."
         )
-
-
-def is_sharded(model: nn.Module) -> bool:
-    """Whether ``model``'s weights are split over ranks (FSDP): then every forward is a collective."""
-    inner = unwrap(model)
-    if any(type(m).__name__.startswith(("FSDP", "FullyShardedDataParallel")) for m in inner.modules()):
-        return True
-    return any(type(p).__name__ in ("DTensor", "FlatParameter") for p in inner.parameters())
 
 
 class HFCache:

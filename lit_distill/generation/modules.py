@@ -14,7 +14,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 
 from lit_distill.checks import check_vocabulary
-from lit_distill.generation.fast import FastMode, check_fast, is_sharded
+from lit_distill.generation.fast import FastMode, check_fast
 from lit_distill.generation.sampling import (
     IGNORE_INDEX,
     check_sampling,
@@ -29,7 +29,8 @@ from lit_distill.generation.sampling import (
 from lit_distill.losses.base import DistillationLoss
 from lit_distill.losses.sequence import TokenKD
 from lit_distill.module import DistillationModule
-from lit_distill.sharding.configure import place_models
+from lit_distill.sharding.fill import is_sharded
+from lit_distill.sharding.wrap import place_models
 from lit_distill.teacher import require_trained
 from lit_distill.weights import load_weights
 

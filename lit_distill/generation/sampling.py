@@ -21,9 +21,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lit_distill.data.tokenizers import BYTES_ID, ByteTokenizer, HFTokenizer, Tokenizer, load_tokenizer
-from lit_distill.generation.fast import FastMode, check_fast, fast_sampler, is_sharded
+from lit_distill.generation.fast import FastMode, check_fast, fast_sampler
 from lit_distill.models.gpt import GPT
 from lit_distill.models.next_token import SamplingSpec, hf_model, race_key, spec_for, trim, unwrap
+from lit_distill.sharding.fill import is_sharded
 
 IGNORE_INDEX = -100
 

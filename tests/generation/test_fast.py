@@ -182,7 +182,7 @@ def unsupported_models():
     llama = tiny_llama()
     llama.generation_config.repetition_penalty = 1.3  # only transformers' generate applies it
     sharded = tiny_gpt()
-    sharded.blocks[0].__class__ = type("FSDPBlock", (type(sharded.blocks[0]),), {})  # what fully_shard does
+    sharded.pretend_sharded = True  # the real case (DTensor weights) runs in tests/generation/test_ranks_in_step.py
     cuda = torch.device("cuda")
     return [
         (tiny_gpt(), torch.device("cpu"), True, "on cpu"),
@@ -197,6 +197,7 @@ def unsupported_models():
 def test_auto_takes_the_plain_path_for_each_known_reason_said_once(case, monkeypatch, caplog):
     model, device, compiles, words = unsupported_models()[case]
     monkeypatch.setattr(fast_module, "compiler_available", lambda: compiles)
+    monkeypatch.setattr(fast_module, "is_sharded", lambda m: getattr(m, "pretend_sharded", False))
     with caplog.at_level("INFO"):
         assert fast_sampler(model, "auto", device) is None and fast_sampler(model, "auto", device) is None
     said = [r.getMessage() for r in caplog.records if "fast sampling off" in r.getMessage()]

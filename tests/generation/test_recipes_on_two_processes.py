@@ -78,14 +78,14 @@ def test_on_policy_recipe_trains_on_its_own_samples(tmp_path, strategy):
 
 
 def test_the_on_policy_step_benchmark_runs_on_two_sharded_processes(tmp_path):
-    """``benchmarks.speed.generation_speed --devices 2 --strategy fsdp2`` (the command for 2 GPUs), tiny and on CPU."""
+    """``benchmarks.scale.onpolicy_step --devices 2 --strategy fsdp2`` (the command for 2 GPUs), tiny and on CPU."""
     env = {**os.environ, "PYTHONPATH": str(ROOT), "PL_DISABLE_FORK": "1", "OMP_NUM_THREADS": "1"}
     out = tmp_path / "step.json"
-    command = ["-m", "benchmarks.speed.generation_speed", "--smoke", "--devices", "2", "--strategy", "fsdp2"]
+    command = ["-m", "benchmarks.scale.onpolicy_step", "--smoke", "--devices", "2", "--strategy", "fsdp2"]
     run = subprocess.run(
         [sys.executable, *command, "--out", str(out)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
     )
     assert run.returncode == 0, run.stderr[-3000:]
-    step = json.loads(out.read_text())["onpolicy_step"]
+    step = json.loads(out.read_text())
     assert (step["devices"], step["strategy"], step["rank"]) == (2, "fsdp2", 0)
     assert 0 < step["sampling_ms"] < step["total_ms"] and 0 < step["sampling_share"] < 1
