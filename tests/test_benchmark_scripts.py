@@ -208,6 +208,13 @@ def _minilm(out, tmp):
 
 
 # ----------------------------------------------------------------------------------------------- speed
+@check("benchmarks/speed/decode_profile.py")
+def _decode_profile(out, tmp):
+    rows = last_json(out)["batches"]
+    assert set(rows) == {"2", "4"} and all(r["kernels"] > 0 for r in rows.values())  # wall ms: CPU noise
+    assert all(r["host_syncs"].get("aten::_local_scalar_dense", 0) < 1 for r in rows.values())  # none per step
+
+
 @check("benchmarks/speed/fused_kd_loss.py")
 def _fused_loss(out, tmp):
     rows = {r["method"]: r for r in last_json(out)["rows"]}

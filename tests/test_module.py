@@ -181,7 +181,7 @@ def test_a_recipe_generation_model_without_weights_is_refused(tmp_path):
     from lightning.pytorch import Trainer
 
     from lit_distill.data import PromptDataModule
-    from lit_distill.generation.predict import GenerationModule
+    from lit_distill.generation import GenerationModule
     from lit_distill.models import GPT
     from lit_distill.teacher import mark_built_from_config
 

@@ -15,8 +15,7 @@ from benchmarks._lib.trainers import adamw, quiet, quiet_trainer
 from lit_distill import CrossEntropy, DistillationModule
 from lit_distill.callbacks.generation import JsonlPredictionWriter
 from lit_distill.data import PromptDataModule, TextDataModule
-from lit_distill.generation import generate
-from lit_distill.generation.predict import GenerationModule
+from lit_distill.generation import GenerationModule, generate
 from lit_distill.generation.sampling import IGNORE_INDEX, completion_batch, prompts_from_batch
 from lit_distill.models import GPT
 

@@ -40,7 +40,7 @@ from benchmarks._lib.timing import mean_std_text
 from benchmarks._lib.trainers import adamw, parse, parser, print_json
 from lit_distill import CrossEntropy, DistillationModule
 from lit_distill.data import PromptDataModule
-from lit_distill.generation.onpolicy import OnPolicyDistillationModule
+from lit_distill.generation import OnPolicyDistillationModule
 from lit_distill.losses import TokenKD
 from lit_distill.models import GPT
 

@@ -40,8 +40,8 @@ from torch.utils.data import DataLoader
 from benchmarks._lib.llm import PAIRS, llama
 from benchmarks._lib.timing import Clock, FitClock, sync
 from benchmarks._lib.trainers import parse, parser, print_json, quiet, quiet_trainer
-from lit_distill.generation import fast_mode, generate
-from lit_distill.generation.onpolicy import OnPolicyDistillationModule
+from lit_distill.generation import OnPolicyDistillationModule, generate
+from lit_distill.generation import fast as fast_mode
 from lit_distill.generation.sampling import completion_batch, left_pad, new_tokens
 from lit_distill.models.hf import HFCausalLM
 
@@ -141,8 +141,8 @@ class StepSplit(FitClock):
         )  # fmt: skip
 
 
-def onpolicy_step(student: HFCausalLM, teacher: HFCausalLM, cfg: dict, device: torch.device) -> dict:
-    """Three steps of lmbda=1 on-policy training; the split of the last two (the first may compile)."""
+def onpolicy_step(student: HFCausalLM, teacher: HFCausalLM, cfg: dict, device: torch.device, **spread: Any) -> dict:
+    """Three lmbda=1 on-policy steps; the split of the last two (the first may compile). spread: devices, strategy."""
     batch, new, vocab = cfg["step_batch"], cfg["new_tokens"], student.config.vocab_size
     ids, mask = prompts(batch, cfg["prompt_tokens"], vocab, torch.device("cpu"))
     # Instruction rows: the prompt (labels -100), then a 16-token reference response.
@@ -157,7 +157,7 @@ def onpolicy_step(student: HFCausalLM, teacher: HFCausalLM, cfg: dict, device: t
         temperature=1.0,
         eos_token_id=vocab - 1,  # as in the sampling table: the same compiled step
         pad_token_id=PAD,
-        fast=True,
+        fast="auto" if spread else True,  # several processes: a sharded student samples on the plain path, in step
         optimizer=lambda params: torch.optim.AdamW(params, lr=1e-5),
     )
     split = StepSplit(module, device)
@@ -170,13 +170,14 @@ def onpolicy_step(student: HFCausalLM, teacher: HFCausalLM, cfg: dict, device: t
         limit_val_batches=0,
         num_sanity_val_steps=0,
         callbacks=[split],
+        **spread,
     )
     trainer.fit(module, train_dataloaders=loader)
     steps = split.rows
     keys = ("total_ms", "sampling_ms", "teacher_ms", "student_update_ms")
     result = {k: statistics.median(s[k] for s in steps[1:]) for k in keys}
     result.update(batch=batch, new_tokens=new, steps=steps, sampling_share=result["sampling_ms"] / result["total_ms"])
-    return result
+    return {**result, **spread, "rank": trainer.global_rank}
 
 
 def save(report: dict, out: Path | None) -> None:

@@ -12,6 +12,8 @@ from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import BasePredictionWriter
 from lightning.pytorch.utilities import rank_zero_info
 
+from lit_distill.export import run_together
+
 
 class JsonlPredictionWriter(BasePredictionWriter):
     """Append each predicted batch of ``{"prompt", "response"}`` rows to a JSONL file, resumably.
@@ -57,56 +59,71 @@ class JsonlPredictionWriter(BasePredictionWriter):
         super().setup(trainer, pl_module, stage)
         if stage != "predict":
             return
-        # Every rank runs the read-only checks (so a refusal stops all of them alike); rank 0 alone changes files.
+        # Every rank runs the read-only checks (a refusal stops all of them alike); rank 0 alone changes files,
+        # once every rank has checked. A failure in either section reaches every rank at once.
         self.ranks, self.rank = trainer.world_size, trainer.global_rank
-        settings = _settings(pl_module)
-        if not self.overwrite:
-            meta = self._read_meta()
-            if self.path.exists() and meta.get("finished"):
-                raise FileExistsError(
-                    f"{str(self.path)!r} is a finished generation ({meta.get('rows', '?')} rows); set "
-                    "overwrite: true on JsonlPredictionWriter to regenerate it, or choose another path."
-                )
-            if self.path.exists() and meta.get("settings") not in (None, settings):
-                raise ValueError(
-                    f"{str(self.path)!r} was generated with {meta['settings']}, but this run uses {settings}; "
-                    "resuming would mix two recipes in one file. Use the same settings, another path, or "
-                    "overwrite: true."
-                )
-            self._scan(repair=False)
-            for part in self._parts():
-                _read_part(part)
-        trainer.strategy.barrier("jsonl-writer-checked")
-        if trainer.is_global_zero:
-            if self.overwrite:
-                for file in (self.path, self.meta_path, *self._parts()):
-                    file.unlink(missing_ok=True)
-            done = self._scan(repair=True)
-            self._merge_parts(done)  # rows a crashed multi-process run left in its part files
-        trainer.strategy.barrier("jsonl-writer-ready")
+        run_together(lambda: self._check(_settings(pl_module)), f"checking {str(self.path)!r}")
+        run_together(self._prepare, f"preparing {str(self.path)!r}", rank_zero_only=True)
         self.done, self.batches = self._scan(repair=False), 0
         datamodule = trainer.datamodule
         exclude = getattr(datamodule, "exclude_prompts", None) if datamodule is not None else None
         if self.done and exclude is not None:
             exclude(self.done)
         pending = getattr(datamodule, "pending_prompts", None) if datamodule is not None else None
-        if self.ranks > 1 and callable(pending) and 0 < len(pending()) < self.ranks:
+        pending = pending() if callable(pending) else None
+        if self.ranks > 1 and pending is not None and 0 < len(pending) < self.ranks:
             raise ValueError(
-                f"{len(pending())} prompt(s) are left for {self.ranks} processes; every process needs one. Finish "
+                f"{len(pending)} prompt(s) are left for {self.ranks} processes; every process needs one. Finish "
                 "them with devices: 1 (the file resumes either way)."
+            )
+        distinct = len(set(pending or ()))
+        if pending is not None and distinct < len(pending):  # the file has one row per distinct prompt
+            rank_zero_info(
+                f"{len(pending) - distinct} of the {len(pending)} prompts repeat an earlier one word for word; "
+                f"{self.path} gets one row per distinct prompt ({distinct})."
             )
         if self.done:
             rank_zero_info(f"resuming {self.path}: {len(self.done)} prompt(s) already answered are skipped.")
-        # The sidecar is written with the first rows (or at the end): a run that fails before generating
+        # The sidecar is written when prediction starts (or at the end): a run that fails before generating
         # anything (e.g. the model's own setup checks, which come after this) leaves no file behind.
         self._started = False
 
+    def on_predict_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._start(pl_module)
+
+    def _check(self, settings: dict[str, Any] | None) -> None:
+        """Refuse a finished file or one written with other settings; read every row (a damaged one fails here)."""
+        if self.overwrite:
+            return
+        meta = self._read_meta()
+        if self.path.exists() and meta.get("finished"):
+            raise FileExistsError(
+                f"{str(self.path)!r} is a finished generation ({meta.get('rows', '?')} rows); set "
+                "overwrite: true on JsonlPredictionWriter to regenerate it, or choose another path."
+            )
+        if self.path.exists() and meta.get("settings") not in (None, settings):
+            raise ValueError(
+                f"{str(self.path)!r} was generated with {meta['settings']}, but this run uses {settings}; "
+                "resuming would mix two recipes in one file. Use the same settings, another path, or overwrite: true."
+            )
+        self._scan(repair=False)
+        for part in self._parts():
+            _read_part(part)
+
+    def _prepare(self) -> None:
+        """Rank 0, before any row: clear the old file when overwriting, repair a torn last line, merge old parts."""
+        if self.overwrite:
+            for file in (self.path, self.meta_path, *self._parts()):
+                file.unlink(missing_ok=True)
+        done = self._scan(repair=True)
+        self._merge_parts(done)  # rows a crashed multi-process run left in its part files
+
     def _start(self, pl_module: LightningModule) -> None:
-        """Mark the file unfinished (with this run's settings) before its first new row is appended."""
+        """Mark the file unfinished (with this run's settings) before its first new row is appended; every rank."""
         if not self._started:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            if self.rank == 0:
-                self._write_meta({"finished": False, "rows": len(self.done), "settings": _settings(pl_module)})
+            meta = {"finished": False, "rows": len(self.done), "settings": _settings(pl_module)}
+            run_together(lambda: self._write_meta(meta), f"marking {str(self.meta_path)!r}", rank_zero_only=True)
             self._started = True
 
     def _read_meta(self) -> dict[str, Any]:
@@ -174,7 +191,6 @@ class JsonlPredictionWriter(BasePredictionWriter):
         dataloader_idx: int,
     ) -> None:
         rows = _check_rows(prediction)
-        self._start(pl_module)
         indices = list(batch_indices) if batch_indices is not None and len(batch_indices) == len(rows) else None
         fresh = []
         for i, row in enumerate(rows):
@@ -196,13 +212,16 @@ class JsonlPredictionWriter(BasePredictionWriter):
         complete = not trainer.fast_dev_run and limits == lengths and self.batches == sum(lengths)
         if self.ranks > 1:
             complete = trainer.strategy.reduce_boolean_decision(complete, all=True)  # also waits for every rank
-        if trainer.is_global_zero:
-            if self.ranks > 1:
-                self._merge_parts(self._scan(repair=False))
-            rows = len(self._scan(repair=False))
-            self._write_meta({"finished": complete, "rows": rows, "settings": _settings(pl_module)})
-            state = "finished" if complete else "partial (rerun to resume)"
-            rank_zero_info(f"{self.path}: {rows} rows, {state}.")
+        run_together(lambda: self._finish(complete, pl_module), f"merging {str(self.path)!r}", rank_zero_only=True)
+
+    def _finish(self, complete: bool, pl_module: LightningModule) -> None:
+        """Rank 0, after every rank's last row: merge the parts and mark the file finished (or partial)."""
+        if self.ranks > 1:
+            self._merge_parts(self._scan(repair=False))
+        rows = len(self._scan(repair=False))
+        self._write_meta({"finished": complete, "rows": rows, "settings": _settings(pl_module)})
+        state = "finished" if complete else "partial (rerun to resume)"
+        rank_zero_info(f"{self.path}: {rows} rows, {state}.")
 
 
 def _settings(pl_module: LightningModule) -> dict[str, Any] | None:
@@ -264,6 +283,6 @@ def _check_rows(prediction: Any) -> list[dict[str, str]]:
     ):
         raise TypeError(
             "JsonlPredictionWriter expects predict_step to return a list of {'prompt': str, 'response': str} "
-            f"dicts, got {type(prediction).__name__}; use lit_distill.generation.predict.GenerationModule."
+            f"dicts, got {type(prediction).__name__}; use lit_distill.generation.GenerationModule."
         )
     return list(prediction)

@@ -1,4 +1,5 @@
-"""The LightningCLI behind ``lit-distill``: DistillationModule, per-loss overrides, quiet and tidy runs."""
+"""The LightningCLI behind ``lit-distill``: any LightningModule (DistillationModule and the generation modules),
+per-loss overrides, quiet and tidy runs."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from lightning.pytorch import LightningDataModule, Trainer
+from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.callbacks import Callback, ProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
@@ -22,7 +23,6 @@ from lit_distill.cli.run_config import (
     discard_unstarted_run,
     run_folder_logger,
 )
-from lit_distill.module import DistillationModule
 from lit_distill.teacher import mark_built_from_config
 
 #: Option names of the parsers built last (for "did you mean" on an unknown option).
@@ -30,7 +30,8 @@ VALID_KEYS: list[str] = []
 
 
 class DistillCLI(LightningCLI):
-    """LightningCLI whose model is a :class:`DistillationModule` (or a subclass, by ``class_path``).
+    """LightningCLI whose model is a LightningModule chosen by ``class_path``: :class:`~lit_distill.DistillationModule`
+    (or a subclass), :class:`~lit_distill.generation.GenerationModule` for ``predict``.
 
     Beyond LightningCLI: ``--loss.NAME.ARG VALUE`` changes one loss of the recipe (see
     :mod:`lit_distill.cli.overrides`); parse errors are raised (``exit_on_error=False``) so ``main`` can
@@ -77,7 +78,7 @@ class DistillCLI(LightningCLI):
         super().instantiate_classes()
         # Models the recipe built from its config fall under the trained-weights rule (lit_distill.teacher); models
         # a user builds in Python do not.
-        for role in ("teacher", "student"):
+        for role in ("teacher", "student", "model"):
             mark_built_from_config(getattr(self.model, role, None))
 
     def _parse_ckpt_path(self) -> None:
@@ -147,7 +148,7 @@ def build(args: list[str], **kwargs: Any) -> DistillCLI:
         'ce'
     """
     return DistillCLI(
-        DistillationModule,
+        LightningModule,
         LightningDataModule,
         subclass_mode_model=True,
         subclass_mode_data=True,

@@ -1,39 +1,37 @@
-"""Sampling from causal LMs in batches, and turning samples into training batches (sequence-level and on-policy KD).
+"""Sampling from causal LMs in batches (:func:`generate`), and turning samples into training batches.
 
-:func:`generate` runs lit-distill's :class:`~lit_distill.models.GPT` (KV cache, seeded ``torch.Generator``) and Hugging
-Face models (``HFCausalLM`` or a bare ``PreTrainedModel``, through their ``generate``) with one set of arguments.
-Prompts are **left**-padded for generation; training batches built from the samples are **right**-padded, the layout
-every model reads without position ids, with ``labels = -100`` everywhere except the generated tokens.
+:func:`generate` builds one :class:`~lit_distill.models.next_token.SamplingSpec` for the model and runs it on the fast
+path (:mod:`lit_distill.generation.fast`) or the plain one: lit-distill's ``GPT`` through its KV cache, Hugging Face
+models through their ``generate``. Ranks of a sharded model (FSDP2) decode in step: every forward there is a
+collective, so they agree on the number of new tokens and stop together. Prompts are **left**-padded for generation;
+training batches built from the samples are **right**-padded, the layout every model reads without position ids,
+with ``labels = -100`` everywhere except the generated tokens.
 """
 
 from __future__ import annotations
 
 import contextlib
-import math
 from collections.abc import Iterator, Sequence
+from dataclasses import replace
 from typing import Any
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lit_distill.generation.fast_mode import FastMode, check_fast, fast_generate, seeded_generator
-from lit_distill.generation.static_cache import hf_model, hf_vocab_limit
+from lit_distill.data.tokenizers import BYTES_ID, ByteTokenizer, HFTokenizer, Tokenizer, load_tokenizer
+from lit_distill.generation.fast import FastMode, check_fast, fast_sampler
 from lit_distill.models.gpt import GPT
+from lit_distill.models.next_token import SamplingSpec, hf_model, race_key, spec_for, trim, unwrap
+from lit_distill.sharding.fill import is_sharded
 
 IGNORE_INDEX = -100
 
 
 def check_sampling(max_new_tokens: int, temperature: float, top_k: int | None, top_p: float | None) -> None:
-    """Refuse sampling settings that cannot work, naming the value and the fix."""
-    if not (isinstance(max_new_tokens, int) and max_new_tokens >= 1):
-        raise ValueError(f"max_new_tokens must be an integer >= 1, got {max_new_tokens!r}.")
-    if not (isinstance(temperature, (int, float)) and math.isfinite(temperature) and temperature >= 0):
-        raise ValueError(f"temperature must be a finite number >= 0 (0 = greedy), got {temperature!r}.")
-    if top_k is not None and not (isinstance(top_k, int) and top_k >= 1):
-        raise ValueError(f"top_k must be None (off) or an integer >= 1, got {top_k!r}.")
-    if top_p is not None and not (isinstance(top_p, (int, float)) and 0 < top_p <= 1):
-        raise ValueError(f"top_p must be None (off) or in (0, 1], got {top_p!r}.")
+    """Refuse sampling settings that cannot work, naming the value and the fix (the checks of ``SamplingSpec``)."""
+    SamplingSpec(max_new_tokens, temperature, top_k, top_p)
 
 
 @contextlib.contextmanager
@@ -71,89 +69,127 @@ def generate(
         model: a lit-distill ``GPT``, an ``HFCausalLM`` or a ``transformers`` causal LM.
         input_ids: ``[B, T]`` prompts, left-padded.
         attention_mask: ``[B, T]``, 0 on the padding; None = no padding.
-        max_new_tokens: upper bound on new tokens per row.
-        temperature: 0 = greedy; otherwise sample from ``softmax(logits / temperature)``.
-        top_k: sample only among the ``k`` most likely tokens (None = off).
-        top_p: nucleus sampling mass (None = off).
-        eos_token_id: token that ends a row.
+        max_new_tokens, temperature, top_k, top_p: see :class:`~lit_distill.models.next_token.SamplingSpec`.
+        eos_token_id: token that ends a row (a ``transformers`` model given None uses its generation_config's).
         pad_token_id: filler after eos (default: the eos id).
-        seed: seeds the sampling (same seed, same prompts, same device: same output); None = global RNG.
-        fast: ``"auto"`` samples on a static KV cache with a compiled decode step (CUDA graphs) on CUDA and takes
-            the plain path elsewhere or for models it cannot run; ``True`` always takes it (errors name why it
-            cannot); ``False`` is the plain path. Greedy output is the same on both paths (in float32; bf16
-            rounding can flip near-ties); seeded samples are reproducible on each but differ between them (see
-            :mod:`lit_distill.generation.fast`).
+        seed: seeds the sampling (same seed, prompts and device: same output); None = the global RNG.
+        fast: ``"auto"``, ``True`` or ``False``: see :mod:`lit_distill.generation.fast`. For a ``GPT`` both paths
+            draw the same tokens from one seed (float32; bf16 rounding can flip near-ties).
 
     Example:
         >>> gpt = GPT(block_size=32, n_layer=1, n_head=2, n_embd=16)
         >>> generate(gpt, torch.tensor([[104, 105]]), max_new_tokens=4, seed=0).shape
         torch.Size([1, 6])
     """
-    check_sampling(max_new_tokens, temperature, top_k, top_p)
+    settings = {"max_new_tokens": max_new_tokens, "temperature": temperature, "top_k": top_k, "top_p": top_p}
+    spec = spec_for(model, eos_token_id, pad_token_id, **settings)
     check_fast(fast)
     if input_ids.ndim != 2:
         raise ValueError(f"input_ids must be [batch, tokens], got shape {tuple(input_ids.shape)}.")
-    pad = eos_token_id if pad_token_id is None else pad_token_id
+    gpt, hf = (unwrap(model), None) if isinstance(unwrap(model), GPT) else (None, hf_model(model))
+    if gpt is None and hf is None:
+        raise TypeError(
+            f"cannot generate with {type(model).__name__}: expected lit_distill.models.GPT, "
+            "lit_distill.models.hf.HFCausalLM or a transformers model with .generate()."
+        )
+    in_step = dist.is_available() and dist.is_initialized() and is_sharded(model)
+    if in_step:
+        spec = agree(spec, input_ids, getattr(gpt, "block_size", None))
+    key = race_key(seed, input_ids.device) if spec.temperature > 0 else None
     with eval_mode(model):
-        out = fast_generate(
-            model, input_ids, attention_mask, fast, max_new_tokens, temperature, top_k, top_p, eos_token_id, pad, seed
+        sampler = fast_sampler(model, fast, input_ids.device)
+        if sampler is not None:
+            try:
+                return sampler.generate(model, input_ids, attention_mask, spec, key)
+            except Exception as err:  # said, then raised as it is: a seeded run never switches sampler mid-way
+                getattr(err, "add_note", lambda _: None)("(raised by fast sampling; fast: false takes the plain path)")
+                raise
+        if gpt is not None:
+            out = gpt.sample(input_ids, attention_mask, spec, key, all_done=all_ranks_done if in_step else None)
+            return trim(out, input_ids.shape[1], spec)  # stepping on with other ranks added only padding
+        return _hf_generate(model, hf, input_ids, attention_mask, spec, seed, in_step)
+
+
+def agree(spec: SamplingSpec, input_ids: Tensor, block_size: int | None) -> SamplingSpec:
+    """``spec`` with the smallest ``max_new_tokens`` of every rank (ranks of a sharded model decode the same number
+    of steps); a prompt that leaves any rank less room than that under ``block_size`` fails on every rank alike."""
+    width = input_ids.shape[1]
+    room = spec.max_new_tokens if block_size is None else block_size - width
+    agreed = torch.tensor([spec.max_new_tokens, room], device=input_ids.device)
+    dist.all_reduce(agreed, op=dist.ReduceOp.MIN)
+    steps, room = agreed.tolist()
+    if room < steps:
+        raise ValueError(
+            f"a prompt on one of the ranks leaves room for {room} new tokens under block_size={block_size}, fewer "
+            f"than max_new_tokens={steps}; shorten the prompts or max_new_tokens, or raise block_size."
         )
-        if out is not None:
-            return out
-        if isinstance(getattr(model, "_orig_mod", model), GPT):
-            gpt = getattr(model, "_orig_mod", model)
-            return gpt.generate(
-                input_ids,
-                attention_mask,
-                max_new_tokens=max_new_tokens,
-                temperature=temperature,
-                top_k=top_k,
-                top_p=top_p,
-                eos_token_id=eos_token_id,
-                pad_token_id=pad,
-                generator=seeded_generator(seed, temperature, input_ids.device),
-            )
-        hf = hf_model(model)
-        if hf is None:
-            raise TypeError(
-                f"cannot generate with {type(model).__name__}: expected lit_distill.models.GPT, "
-                "lit_distill.models.hf.HFCausalLM or a transformers model with .generate()."
-            )
-        return _hf_generate(
-            model, hf, input_ids, attention_mask, max_new_tokens, temperature, top_k, top_p, eos_token_id, pad, seed
-        )
+    return replace(spec, max_new_tokens=steps)
+
+
+def all_ranks_done(done: Tensor) -> bool:
+    """Whether every row of every rank has finished (one small all-reduce): ranks of a sharded model stop together."""
+    left = (~done).sum().reshape(1)
+    dist.all_reduce(left)
+    return int(left) == 0
 
 
 def _hf_generate(
-    wrapper: nn.Module,
-    hf: Any,
-    input_ids: Tensor,
-    attention_mask: Tensor | None,
-    max_new_tokens: int,
-    temperature: float,
-    top_k: int | None,
-    top_p: float | None,
-    eos: int | None,
-    pad: int | None,
-    seed: int | None,
+    model: nn.Module, hf: Any, ids: Tensor, mask: Tensor | None, spec: SamplingSpec, seed: int | None, in_step: bool
 ) -> Tensor:
-    kwargs: dict[str, Any] = {"max_new_tokens": max_new_tokens, "do_sample": temperature > 0}
-    if temperature > 0:
-        # The model's own generation_config may switch on top_k=50 etc.; our arguments are the whole recipe.
-        kwargs.update(temperature=float(temperature), top_k=top_k or 0, top_p=1.0 if top_p is None else float(top_p))
-    if eos is not None:
-        kwargs["eos_token_id"] = eos
-    if pad is not None:
-        kwargs["pad_token_id"] = pad
-    real = hf_vocab_limit(wrapper, hf, eos, pad)
-    if real is not None:  # padded head rows are not tokens
-        kwargs["suppress_tokens"] = list(range(real, hf.get_output_embeddings().weight.shape[0]))
-    mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
-    devices = [input_ids.device] if input_ids.device.type == "cuda" else []
+    """``spec`` as ``transformers``' ``generate`` arguments; ``synced_gpus`` keeps sharded ranks in step."""
+    kwargs: dict[str, Any] = {"max_new_tokens": spec.max_new_tokens, "do_sample": spec.temperature > 0}
+    if spec.temperature > 0:
+        # The model's own generation_config may switch on top_k=50 etc.; our spec is the whole recipe.
+        kwargs.update(temperature=spec.temperature, top_k=spec.top_k or 0, top_p=spec.top_p or 1.0)
+    if spec.eos:
+        kwargs["eos_token_id"] = list(spec.eos)
+    if spec.pad is not None:
+        kwargs["pad_token_id"] = spec.pad
+    width = hf.get_output_embeddings().weight.shape[0]
+    if spec.vocab is not None and spec.vocab < width:  # padded head rows are not tokens
+        kwargs["suppress_tokens"] = list(range(spec.vocab, width))
+    mask = torch.ones_like(ids) if mask is None else mask
+    devices = [ids.device] if ids.device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices, enabled=seed is not None):
         if seed is not None:
             torch.manual_seed(seed)
-        return hf.generate(input_ids=input_ids, attention_mask=mask, **kwargs)
+        return _root_generate(model, hf)(input_ids=ids, attention_mask=mask, synced_gpus=in_step, **kwargs)
+
+
+def _root_generate(model: nn.Module, hf: Any) -> Any:
+    """``hf.generate``, run as a forward of ``model`` when ``model`` is a sharded wrapper around ``hf`` (FSDP2): its
+    hooks then gather the weights the wrapper's root holds (embeddings, LM head) around the whole generation."""
+    if hf is model or not hasattr(model, "_get_fsdp_state"):
+        return hf.generate
+    if "_lit_distill_generate" not in model.__dict__:
+        from torch.distributed.fsdp import register_fsdp_forward_method
+
+        model._lit_distill_generate = hf.generate
+        register_fsdp_forward_method(model, "_lit_distill_generate")
+    return model._lit_distill_generate
+
+
+def tokenizer_for(model: nn.Module, spec: str | None) -> Tokenizer:
+    """The tokenizer ``spec`` names (``"bytes"`` or a folder), else the model's own; refused if the model speaks
+    another (its ``tokenizer_id``), since prompts would be encoded into ids it does not know."""
+    declared = getattr(model, "tokenizer_id", None)
+    if spec is not None:
+        tokenizer = load_tokenizer(spec)
+    elif getattr(model, "tokenizer", None) is not None:
+        tokenizer = HFTokenizer.wrap(model.tokenizer)
+    elif declared == BYTES_ID:
+        tokenizer = ByteTokenizer()
+    else:
+        raise ValueError(
+            f"{type(model).__name__} declares tokenizer_id={declared!r} and carries no tokenizer; set "
+            "GenerationModule(tokenizer=...) to 'bytes' or a Hugging Face tokenizer folder."
+        )
+    if declared is not None and declared != tokenizer.tokenizer_id:
+        raise ValueError(
+            f"the model speaks tokenizer {declared!r} but the tokenizer given is {tokenizer.tokenizer_id!r}; "
+            "prompts would be encoded into ids the model does not know. Give the model's own tokenizer."
+        )
+    return tokenizer
 
 
 def left_pad(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
 
@@ -11,7 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lit_distill.models.next_token import filter_logits, sample_next  # noqa: F401 (filter_logits: its old home)
+from lit_distill.models.kv_cache import LayerCache
+from lit_distill.models.next_token import SamplingSpec, decode, race_key, sample_next  # noqa: F401 (sample_next)
 
 
 class RMSNorm(nn.Module):
@@ -26,21 +28,6 @@ class RMSNorm(nn.Module):
         z = x.to(torch.promote_types(x.dtype, torch.float32))
         y = z * torch.rsqrt(z.pow(2).mean(-1, keepdim=True) + self.eps)
         return (y * self.weight.to(z.dtype)).to(x.dtype)
-
-
-class LayerCache:
-    """Keys and values of one attention layer, ``[B, heads, max_len, head_dim]`` buffers filled left to right."""
-
-    def __init__(self, batch: int, heads: int, max_len: int, head_dim: int, like: Tensor) -> None:
-        self.k = like.new_zeros(batch, heads, max_len, head_dim)
-        self.v = like.new_zeros(batch, heads, max_len, head_dim)
-        self.length = 0
-
-    def append(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
-        end = self.length + k.shape[2]
-        self.k[:, :, self.length : end], self.v[:, :, self.length : end] = k, v
-        self.length = end
-        return self.k[:, :, :end], self.v[:, :, :end]
 
 
 class Attention(nn.Module):
@@ -152,7 +139,7 @@ class GPT(nn.Module):
         if max_len > self.block_size:
             raise ValueError(f"{max_len} tokens exceed block_size={self.block_size}; shorten prompt or max_new_tokens.")
         heads, dim = self.blocks[0].attn.heads, self.wte.embedding_dim
-        return [LayerCache(batch, heads, max_len, dim // heads, self.wte.weight) for _ in self.blocks]
+        return [LayerCache(batch, heads, max_len, dim // heads) for _ in self.blocks]
 
     def forward_hidden(
         self, input_ids: Tensor, attention_mask: Tensor | None = None, cache: list[LayerCache] | None = None
@@ -227,17 +214,13 @@ class GPT(nn.Module):
 
         Prompts of different lengths are **left**-padded with ``attention_mask`` 0 on the padding. A row that
         emits ``eos_token_id`` is done: its later tokens are ``pad_token_id`` (default: the eos id), and decoding
-        stops early once every row is done. Call ``model.eval()`` first (dropout stays as the module is set).
+        stops once every row is done. Padded vocabulary rows are never picked. Call ``model.eval()`` first.
 
         Args:
             input_ids: ``[B, T]`` prompts, left-padded.
             attention_mask: ``[B, T]``, 0 on the padding; None = no padding.
-            max_new_tokens: upper bound on generated tokens per row.
-            temperature: 0 = greedy; otherwise the softmax temperature for sampling.
-            top_k: sample only among the ``k`` most likely tokens.
-            top_p: nucleus sampling: the smallest set with probability mass ``>= top_p``.
-            eos_token_id: token that ends a row.
-            pad_token_id: filler after eos.
+            max_new_tokens, temperature, top_k, top_p, eos_token_id, pad_token_id: as in
+                :class:`~lit_distill.models.next_token.SamplingSpec`.
             generator: seeded ``torch.Generator`` (on the model's device) for reproducible sampling.
             use_cache: reuse keys/values (one new token per step) instead of re-running the whole sequence.
 
@@ -246,26 +229,42 @@ class GPT(nn.Module):
             >>> model.generate(torch.tensor([[104, 105]]), max_new_tokens=5).shape
             torch.Size([1, 7])
         """
+        spec = SamplingSpec(max_new_tokens, temperature, top_k, top_p, eos_token_id, pad_token_id, self.vocab_size)
+        key = race_key(generator, input_ids.device) if temperature > 0 else None
+        return self.sample(input_ids, attention_mask, spec, key, use_cache)
+
+    @torch.no_grad()
+    def sample(
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor | None,
+        spec: SamplingSpec,
+        key: Tensor | None = None,
+        use_cache: bool = True,
+        all_done: Callable[[Tensor], bool] | None = None,
+    ) -> Tensor:
+        """:meth:`generate` with one :class:`SamplingSpec`; ``key``, ``all_done``: see :func:`~.next_token.decode`."""
         b, t = input_ids.shape
-        if t + max_new_tokens > self.block_size:
-            raise ValueError(f"prompt ({t}) + max_new_tokens ({max_new_tokens}) exceed block_size={self.block_size}.")
-        mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask.long()
-        pad = eos_token_id if pad_token_id is None else pad_token_id
-        cache = self.new_cache(b, t + max_new_tokens) if use_cache else None
-        ids, done = input_ids, torch.zeros(b, dtype=torch.bool, device=input_ids.device)
-        logits = self(ids, mask, cache)[:, -1]
-        for _ in range(max_new_tokens):
-            logits[:, self.vocab_size :] = -math.inf  # padded vocab rows are not tokens
-            token = sample_next(logits, temperature, top_k, top_p, generator)
-            if pad is not None:
-                token = torch.where(done, torch.full_like(token, pad), token)
-            ids, mask = torch.cat([ids, token[:, None]], 1), torch.cat([mask, mask.new_ones(b, 1)], 1)
-            if eos_token_id is not None:
-                done |= token == eos_token_id
-                if bool(done.all()):
-                    break
-            logits = (self(token[:, None], mask, cache) if use_cache else self(ids, mask))[:, -1]
-        return ids
+        n = spec.max_new_tokens
+        if t + n > self.block_size:
+            raise ValueError(
+                f"prompt ({t}) + max_new_tokens ({n}) exceed block_size={self.block_size}: shorten the prompts "
+                "(seq_len / prompt_chars of the datamodule) or max_new_tokens, or raise the model's block_size."
+            )
+        mask = input_ids.new_ones(b, t + n)  # every new token is real
+        if attention_mask is not None:
+            mask[:, :t] = attention_mask
+        ids, width = torch.cat([input_ids, input_ids.new_zeros(b, n)], 1), [t]
+        cache = self.new_cache(b, t + n) if use_cache else None
+
+        def step(token: Tensor) -> Tensor:
+            ids[:, width[0]] = token
+            width[0] += 1
+            w = width[0]
+            return (self(token[:, None], mask[:, :w], cache) if use_cache else self(ids[:, :w], mask[:, :w]))[:, -1]
+
+        first = self(input_ids, mask[:, :t], cache)[:, -1]
+        return torch.cat([input_ids, decode(step, first, spec, key, all_done)], 1)
 
     def save_pretrained(self, path: str | Path, overwrite: bool = False, state_dict: dict | None = None) -> Path:
         """Write ``config.json`` and ``model.safetensors`` (``state_dict`` instead of the module's own weights, if

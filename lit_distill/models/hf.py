@@ -207,13 +207,14 @@ def export_pretrained(model: nn.Module | LightningModule, path: str | Path, over
     """
     model = getattr(model, "student", model)
     folder = Path(path)
-    if folder.exists() and any(folder.iterdir()) and not overwrite:
-        raise FileExistsError(f"{str(folder)!r} is not empty; pass overwrite=True or choose another folder.")
     if not isinstance(model, (GPT, HFCausalLM)) and not hasattr(model, "save_pretrained"):
         raise TypeError(f"cannot export {type(model).__name__}: expected GPT, HFCausalLM or a transformers model.")
     state = full_state_dict(model)  # a sharded student is gathered: every rank calls this, rank 0 writes
     if not is_writer():
         return folder
+    # Checked by the writer alone: another rank would find the folder rank 0 has just written.
+    if folder.exists() and any(folder.iterdir()) and not overwrite:
+        raise FileExistsError(f"{str(folder)!r} is not empty; pass overwrite=True or choose another folder.")
     if isinstance(model, GPT):
         return model.save_pretrained(folder, overwrite=True, state_dict=state)
     if isinstance(model, HFCausalLM):

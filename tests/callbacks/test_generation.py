@@ -5,7 +5,10 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
+
+import pytest
 
 from lit_distill.callbacks import JsonlPredictionWriter
 from lit_distill.cli import main
@@ -40,13 +43,18 @@ data:
 """
 
 
-def lit_distill_predict(cwd: Path, out: str, *flags: str) -> str:
+def lit_distill_predict(
+    cwd: Path, out: str, *flags: str, writer: str = "lit_distill.callbacks.JsonlPredictionWriter", ok: bool = True
+):
     env = {**os.environ, "PYTHONPATH": str(ROOT), "PL_DISABLE_FORK": "1", "OMP_NUM_THREADS": "1"}
-    (cwd / f"{out}.yaml").write_text(CONFIG.format(out=out))
+    config = CONFIG.format(out=out).replace("lit_distill.callbacks.JsonlPredictionWriter", writer)
+    (cwd / f"{out}.yaml").write_text(config)
     command = [sys.executable, "-m", "lit_distill.cli", "predict", "--config", f"{out}.yaml"]
     run = subprocess.run([*command, *flags], cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
-    assert run.returncode == 0, run.stderr[-3000:]
-    return run.stdout + run.stderr
+    if ok:
+        assert run.returncode == 0, run.stderr[-3000:]
+        return run.stdout + run.stderr
+    return run
 
 
 def prompts_of(path: Path) -> list[str]:
@@ -88,3 +96,58 @@ def test_part_files_of_a_crashed_run_are_merged_once_on_resume(in_tmp):
     assert [p for p, _ in written] == prompts and written[:5] == [(p, f"r{i}") for i, p in enumerate(prompts[:5])]
     assert not list(in_tmp.glob("*.part"))
     assert JsonlPredictionWriter(str(path)).ranks == 1
+
+
+class FailsOnRankZero(JsonlPredictionWriter):
+    """Raises on rank 0 inside one rank-0-only section (``LIT_DISTILL_TEST_FAIL``: ``prepare`` or ``finish``)."""
+
+    def _fail(self, section: str) -> None:
+        if os.environ.get("LIT_DISTILL_TEST_FAIL") == section and self.rank == 0:
+            raise OSError(f"disk full while {section} (injected)")
+
+    def _prepare(self):
+        self._fail("prepare")
+        super()._prepare()
+
+    def _finish(self, complete, pl_module):
+        self._fail("finish")
+        super()._finish(complete, pl_module)
+
+    def on_exception(self, trainer, pl_module, exception):  # what each rank failed with, for the test to read
+        Path(f"failed.rank{trainer.global_rank}").write_text(f"{type(exception).__name__}: {exception}")
+
+
+@pytest.mark.parametrize("section", ["prepare", "finish"])
+def test_a_failure_on_rank_zero_stops_every_rank_with_its_cause(tmp_path, monkeypatch, section):
+    monkeypatch.setenv("LIT_DISTILL_TEST_FAIL", section)
+    flags = ["--trainer.devices=2", "--trainer.strategy=ddp"]
+    start = time.monotonic()
+    run = lit_distill_predict(tmp_path, "fail.jsonl", *flags, writer=f"{__name__}.FailsOnRankZero", ok=False)
+    assert time.monotonic() - start < 60  # not the process group's 30-minute timeout
+    assert run.returncode != 0
+    # The cause heads the error report; rank 1 learned it too and failed (its error is not printed twice). The run
+    # ending at all shows rank 1 ended: it holds the same stdout/stderr pipes open while it lives.
+    cause = f"OSError: disk full while {section} (injected)"
+    reported = [line for line in run.stderr.splitlines() if line.startswith("lit-distill: error:")]
+    assert reported == [f"lit-distill: error: {cause}"], run.stderr[-3000:]  # first line of the report, said once
+    assert (tmp_path / "failed.rank0").read_text() == cause
+    assert (tmp_path / "failed.rank1").read_text().startswith("RuntimeError: rank 0 failed while ")
+    assert (tmp_path / "failed.rank1").read_text().endswith(cause)
+    assert "Traceback" not in run.stderr
+
+
+def test_prompts_that_repeat_word_for_word_are_answered_once_and_said(in_tmp, caplog):
+    from lit_distill.data import PromptDataModule
+
+    prompts = ["alpha", "beta", "alpha", "gamma", "delta", "beta", "epsilon"]
+    (in_tmp / "prompts.jsonl").write_text("".join(json.dumps({"prompt": p}) + "\n" for p in prompts))
+    dm = PromptDataModule(prompts=str(in_tmp / "prompts.jsonl"), batch_size=3, predict_split="all")
+    with caplog.at_level("INFO"):
+        module, rows = predict(in_tmp / "answers.jsonl", dm=dm)
+    assert len(rows) == len(prompts)  # every prompt was sent to the model: no batch or row lost on the way
+    assert read_prompts(in_tmp / "answers.jsonl") == [(p, r["response"]) for p, r in zip(prompts[:2], rows)] + [
+        ("gamma", rows[3]["response"]), ("delta", rows[4]["response"]), ("epsilon", rows[6]["response"])
+    ]  # fmt: skip
+    said = [r.getMessage() for r in caplog.records if "repeat an earlier one" in r.getMessage()]
+    assert said == [f"2 of the 7 prompts repeat an earlier one word for word; {in_tmp / 'answers.jsonl'} gets one row "
+                    "per distinct prompt (5)."]  # fmt: skip

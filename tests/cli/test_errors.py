@@ -68,7 +68,7 @@ MISTAKES = {
     ),
     "model of the wrong class": (
         lambda: [*Q, "--model", "lit_distill.models.MLP"],
-        "command line: model: 'lit_distill.models.MLP' is not a DistillationModule; give a DistillationModule or a "
+        "command line: model: 'lit_distill.models.MLP' is not a LightningModule; give a LightningModule or a "
         "subclass of it",
     ),
     "empty YAML": (lambda: (Path("f.yaml").write_text(""), ["fit", "--config", "f.yaml"])[1], "f.yaml is empty"),

@@ -12,7 +12,7 @@ from lit_distill.callbacks.generation import JsonlPredictionWriter
 from lit_distill.data import PromptDataModule
 from lit_distill.data.prompts import corpus_prompts, read_prompts
 from lit_distill.data.text import IGNORE_INDEX, pydoc_documents, read_instructions
-from lit_distill.generation.predict import GenerationModule
+from lit_distill.generation import GenerationModule
 from lit_distill.losses import CrossEntropy
 from lit_distill.models import GPT
 from lit_distill.outputs import ModelOutput

@@ -1,19 +1,19 @@
 """The static-cache sampler: the plain path's tokens, seeded samples, bounded compilation, explicit fallback."""
 
-import math
 import os
-import warnings
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import torch
 from torch._dynamo.testing import CompileCounter
 
-from lit_distill.generation import fast_mode, generate
-from lit_distill.generation.fast import FastSampler, Sampling, bucketed, pick
-from lit_distill.generation.fast_mode import fast_sampler
+import lit_distill.generation.fast as fast_module
+from lit_distill.generation import generate
+from lit_distill.generation.fast import FastSampler, bucketed, fast_sampler
 from lit_distill.generation.sampling import left_pad
 from lit_distill.models import GPT
+from lit_distill.models.next_token import race_key, spec_for
 
 transformers = pytest.importorskip("transformers")
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny decode steps: one thread is much faster
@@ -65,17 +65,16 @@ def fast(model, ids, mask, backend=None, **kwargs):
     options = {"compile": backend is not None, "backend": backend or "inductor", "fullgraph": True}
     if backend != "inductor":
         options["mode"] = None
-    sampler = FastSampler(model, **options)
-    s = sampler.sampling(
-        model, kwargs.get("temperature", 0.0), kwargs.get("top_k"), kwargs.get("top_p"),
-        kwargs.get("eos_token_id"), kwargs.get("pad_token_id"),
-    )  # fmt: skip
-    generator = torch.Generator().manual_seed(kwargs["seed"]) if "seed" in kwargs else None
+    sampler = FastSampler(**options)
+    settings = {k: kwargs[k] for k in ("max_new_tokens", "top_k", "top_p") if k in kwargs}
+    settings["temperature"] = kwargs.get("temperature", 0.0)
+    spec = spec_for(model, kwargs.get("eos_token_id"), kwargs.get("pad_token_id"), **settings)
+    key = race_key(kwargs["seed"]) if "seed" in kwargs else None
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad():
-            return sampler.generate(model, ids, mask, kwargs["max_new_tokens"], s, generator)
+            return sampler.generate(model, ids, mask, spec, key)
     finally:
         model.train(was_training)
 
@@ -128,6 +127,15 @@ def test_seeded_sampling_repeats_and_follows_top_k_top_p(kind):
     assert torch.equal(fast(model, ids, mask, seed=5, top_p=1e-6, **args), greedy)
 
 
+def test_seeded_samples_of_a_gpt_are_the_same_on_both_paths():
+    model = tiny_gpt()
+    ids, mask = left_pad(PROMPTS, PAD)
+    for args in ({"top_k": 20}, {"top_p": 0.9}, {}):
+        plain = generate(model, ids, mask, max_new_tokens=16, temperature=1.0, seed=7, pad_token_id=PAD, **args)
+        ours = fast(model, ids, mask, max_new_tokens=16, temperature=1.0, seed=7, pad_token_id=PAD, **args)
+        assert torch.equal(ours, plain), args  # one spec, one next-token function, one stream of draws
+
+
 def test_padded_vocabulary_rows_are_never_sampled(hf_wrapper):
     gpt = tiny_gpt(vocab_size=258, padded_vocab_size=320)
     ids, mask = left_pad(PROMPTS, PAD)
@@ -136,30 +144,18 @@ def test_padded_vocabulary_rows_are_never_sampled(hf_wrapper):
         assert int(out[:, ids.shape[1] :].max()) < real  # at T=5 a padded row would show up: P(miss) < 1e-11
 
 
-def test_exponential_race_draws_from_the_filtered_softmax():
-    rows, logits = 40_000, torch.tensor([2.0, 1.0, 0.5, 0.0, -1.0])
-    batch = logits.expand(rows, -1)
-    noise = torch.empty(rows, 5).exponential_(generator=torch.Generator().manual_seed(0))
-    for temperature, top_k in ((1.0, None), (0.5, None), (1.0, 2)):
-        s = Sampling(temperature=temperature, top_k=top_k, top_p=None, eos=(), pad=None, vocab=5)
-        counts = torch.bincount(pick(batch, noise, s), minlength=5).double() / rows
-        kept = logits[: top_k or 5] / temperature
-        expected = [math.exp(x) / sum(math.exp(y) for y in kept) for x in kept.tolist()] + [0.0] * (5 - len(kept))
-        for got, p in zip(counts.tolist(), expected):
-            assert abs(got - p) <= 4 * math.sqrt(p * (1 - p) / rows) + 1e-12, (temperature, top_k, counts, expected)
-
-
 @pytest.mark.parametrize("kind", ["gpt", "llama"])
 def test_one_compilation_per_length_bucket(kind):
     model = MODELS[kind]().eval()
     counter = CompileCounter()
-    sampler = FastSampler(model, backend=counter, mode=None, fullgraph=True, bucket=64)
-    s = sampler.sampling(model, 1.0, None, None, None, PAD)
+    sampler = FastSampler(backend=counter, mode=None, fullgraph=True, bucket=64)
     with torch.no_grad():
         for prompts, n in (([[5, 6, 7], [8]], 10), ([[5, 6, 7, 8, 9], [8]], 20), ([[1, 2], [3, 4]], 40)):
-            sampler.generate(model, *left_pad(prompts, PAD), n, s, torch.Generator().manual_seed(0))
+            spec = spec_for(model, None, PAD, max_new_tokens=n, temperature=1.0)
+            sampler.generate(model, *left_pad(prompts, PAD), spec, race_key(0))
         assert counter.frame_count == 1  # prompts of 3..5 tokens + up to 40 new ones: all in the 64-slot bucket
-        sampler.generate(model, *left_pad([list(range(1, 61))], PAD), 10, s)
+        spec = spec_for(model, None, PAD, max_new_tokens=10, temperature=1.0)
+        sampler.generate(model, *left_pad([list(range(1, 61))], PAD), spec)
     assert counter.frame_count == 2  # 70 slots: the 128 bucket
 
 
@@ -173,49 +169,76 @@ def test_length_buckets_grow_geometrically():
 def test_fast_modes_pick_the_path(monkeypatch):
     gpt = tiny_gpt()
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
-    assert fast_sampler(gpt, False, cuda) is None and fast_sampler(gpt, "auto", cpu) is None
+    assert fast_sampler(gpt, False, cuda) is None
     for bad in ("on", "always", 1):
         with pytest.raises(ValueError, match="'auto'.*true.*false"):
             generate(gpt, torch.tensor([[1, 2]]), fast=bad)
-    llama = tiny_llama()
-    llama.generation_config.repetition_penalty = 1.3  # only transformers' generate applies it
-    with pytest.raises(ValueError, match="repetition_penalty"):
-        fast_sampler(llama, True, cpu)
-    with pytest.warns(UserWarning, match="repetition_penalty.*plain path"):
-        assert fast_sampler(llama, "auto", cuda) is None
-    with pytest.raises(ValueError, match="neither a lit-distill GPT"):
-        fast_sampler(torch.nn.Linear(2, 2), True, cpu)
-    sharded = tiny_gpt()
-    sharded.blocks[0].__class__ = type("FSDPBlock", (type(sharded.blocks[0]),), {})  # what fully_shard does
-    with pytest.raises(ValueError, match="sharded"):
-        fast_sampler(sharded, True, cpu)
-    monkeypatch.setitem(fast_mode.DEFAULT_COMPILE, "compile", False)
+    monkeypatch.setitem(fast_module.DEFAULT_COMPILE, "compile", False)
     assert isinstance(fast_sampler(gpt, True, cpu), FastSampler)
 
 
-def test_auto_falls_back_to_the_plain_path_when_the_fast_one_fails(monkeypatch):
+def unsupported_models():
+    """Each known reason for the plain path: (model, device, compiler works, words of the reason)."""
+    llama = tiny_llama()
+    llama.generation_config.repetition_penalty = 1.3  # only transformers' generate applies it
+    sharded = tiny_gpt()
+    sharded.pretend_sharded = True  # the real case (DTensor weights) runs in tests/generation/test_ranks_in_step.py
+    cuda = torch.device("cuda")
+    return [
+        (tiny_gpt(), torch.device("cpu"), True, "on cpu"),
+        (tiny_gpt(), cuda, False, "torch.compile is not available"),
+        (llama, cuda, True, "repetition_penalty"),
+        (torch.nn.Linear(2, 2), cuda, True, "neither a lit-distill GPT"),
+        (sharded, cuda, True, "sharded"),
+    ]
+
+
+@pytest.mark.parametrize("case", range(5))
+def test_auto_takes_the_plain_path_for_each_known_reason_said_once(case, monkeypatch, caplog):
+    model, device, compiles, words = unsupported_models()[case]
+    monkeypatch.setattr(fast_module, "compiler_available", lambda: compiles)
+    monkeypatch.setattr(fast_module, "is_sharded", lambda m: getattr(m, "pretend_sharded", False))
+    with caplog.at_level("INFO"):
+        assert fast_sampler(model, "auto", device) is None and fast_sampler(model, "auto", device) is None
+    said = [r.getMessage() for r in caplog.records if "fast sampling off" in r.getMessage()]
+    assert len(said) == 1 and words in said[0] and "plain path" in said[0]
+    if words not in ("on cpu", "torch.compile is not available"):  # the model's own reasons: True refuses
+        with pytest.raises(ValueError, match=words):
+            fast_sampler(model, True, torch.device("cpu"))
+
+
+@pytest.mark.parametrize("error", [RuntimeError("no CUDA graph today"), torch.OutOfMemoryError("CUDA out of memory")])
+def test_auto_raises_a_failure_of_the_fast_path_instead_of_switching(error, monkeypatch):
     gpt = tiny_gpt()
     ids, mask = left_pad(PROMPTS, PAD)
-    plain = generate(gpt, ids, mask, max_new_tokens=6, temperature=0.0, fast=False)
 
     def broken(*args, **kwargs):
-        raise RuntimeError("no CUDA graph today")
+        raise error
 
-    monkeypatch.setitem(fast_mode.DEFAULT_COMPILE, "compile", False)
+    monkeypatch.setitem(fast_module.DEFAULT_COMPILE, "compile", False)
     monkeypatch.setattr(FastSampler, "generate", broken)
-    with pytest.raises(RuntimeError, match="no CUDA graph"):
-        generate(gpt, ids, mask, max_new_tokens=6, temperature=0.0, fast=True)
-    # "auto" takes the fast path only on CUDA with a working compiler: pretend both to reach the failure
-    real = fast_mode.fast_sampler
-    monkeypatch.setattr(fast_mode, "fast_sampler", lambda m, f, d: real(m, f, torch.device("cuda")))
-    monkeypatch.setattr(fast_mode, "_compile_available", lambda: True)
-    with pytest.warns(UserWarning, match="fast sampling failed.*no CUDA graph.*plain path"):
-        out = generate(gpt, ids, mask, max_new_tokens=6, temperature=0.0, fast="auto")
-    assert torch.equal(out, plain)
-    assert fast_mode._SAMPLERS[gpt] is None  # said once; later calls go straight to the plain path
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        assert torch.equal(generate(gpt, ids, mask, max_new_tokens=6, temperature=0.0, fast="auto"), plain)
+    monkeypatch.setattr(fast_module, "auto_reason", lambda device: None)  # as on CUDA with a working compiler
+    for fast in (True, "auto", "auto"):  # every call: the error is raised, never swallowed
+        with pytest.raises(type(error), match=str(error)) as raised:
+            generate(gpt, ids, mask, max_new_tokens=6, temperature=0.0, fast=fast)
+        assert "fast: false" in "".join(getattr(raised.value, "__notes__", []))
+        raised.value.__notes__.clear()
+    assert isinstance(fast_sampler(gpt, "auto", torch.device("cpu")), FastSampler)
+
+
+def test_samplers_are_kept_on_the_model_and_not_copied_with_it(monkeypatch):
+    import copy
+    import pickle
+
+    monkeypatch.setitem(fast_module.DEFAULT_COMPILE, "compile", False)
+    gpt, cpu = tiny_gpt(), torch.device("cpu")
+    sampler = fast_sampler(gpt, True, cpu)
+    assert fast_sampler(gpt, True, cpu) is sampler and fast_sampler(tiny_gpt(), True, cpu) is not sampler
+    assert fast_sampler(torch.compile(gpt), True, cpu) is sampler  # a compiled wrapper shares its model's
+    assert not hasattr(fast_module, "_SAMPLERS")  # no module-level cache
+    for copied in (copy.deepcopy(gpt), pickle.loads(pickle.dumps(gpt))):
+        assert fast_sampler(copied, True, cpu) is not sampler
+        assert torch.equal(copied.head.weight, gpt.head.weight)
 
 
 def test_block_size_overflow_is_the_users_error_on_both_paths():
@@ -239,8 +262,7 @@ def test_inductor_compiled_step_matches_the_plain_path(kind):
 
 def test_onpolicy_and_predict_modules_pass_fast_through(monkeypatch):
     from lit_distill.data import PromptDataModule
-    from lit_distill.generation.onpolicy import OnPolicyDistillationModule
-    from lit_distill.generation.predict import GenerationModule
+    from lit_distill.generation import GenerationModule, OnPolicyDistillationModule
 
     with pytest.raises(ValueError, match="fast must be"):
         OnPolicyDistillationModule(
@@ -248,7 +270,7 @@ def test_onpolicy_and_predict_modules_pass_fast_through(monkeypatch):
         )
     with pytest.raises(ValueError, match="fast must be"):
         GenerationModule(model=tiny_gpt(), fast="yes")
-    monkeypatch.setitem(fast_mode.DEFAULT_COMPILE, "compile", False)
+    monkeypatch.setitem(fast_module.DEFAULT_COMPILE, "compile", False)
     calls = []
     real = FastSampler.generate
     monkeypatch.setattr(FastSampler, "generate", lambda self, *a, **k: calls.append(1) or real(self, *a, **k))
@@ -273,7 +295,7 @@ def test_onpolicy_and_predict_modules_pass_fast_through(monkeypatch):
 
 def test_buffers_made_under_inference_mode_serve_later_calls(monkeypatch):
     # Lightning samples under inference_mode in validation and predict, and without it in training.
-    monkeypatch.setitem(fast_mode.DEFAULT_COMPILE, "compile", False)
+    monkeypatch.setitem(fast_module.DEFAULT_COMPILE, "compile", False)
     gpt = tiny_gpt()
     ids, mask = left_pad(PROMPTS, PAD)
     args = {"max_new_tokens": 6, "temperature": 0.0, "pad_token_id": PAD, "fast": True}
@@ -287,11 +309,11 @@ def test_on_policy_fit_samples_through_the_compiled_step_in_training_and_validat
     from lightning.pytorch import Trainer
 
     from lit_distill.data import PromptDataModule
-    from lit_distill.generation.onpolicy import OnPolicyDistillationModule
+    from lit_distill.generation import OnPolicyDistillationModule
 
     counter = CompileCounter()
-    monkeypatch.setitem(fast_mode.DEFAULT_COMPILE, "backend", counter)
-    monkeypatch.setitem(fast_mode.DEFAULT_COMPILE, "mode", None)
+    monkeypatch.setitem(fast_module.DEFAULT_COMPILE, "backend", counter)
+    monkeypatch.setitem(fast_module.DEFAULT_COMPILE, "mode", None)
     module = OnPolicyDistillationModule(
         student=tiny_gpt(), teacher=tiny_gpt(n_layer=1), lmbda=1.0, max_new_tokens=8, val_sample_nll=True, fast=True,
         allow_untrained_teacher=True,
@@ -317,3 +339,63 @@ def test_recipes_take_fast_from_the_command_line_and_yaml_booleans(recipe, value
     assert done.value.code == 0
     expected = {"on": "true", "false": "false", "auto": "auto"}[value]  # YAML reads on/off as booleans
     assert f"    fast: {expected}\n" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_decode_steps_run_nothing_outside_the_step_and_ask_the_host_nothing(temperature):
+    """The step (forward, sampling with its random draws, eos bookkeeping) is the only work per decode step and
+    reads no device value on the host: on a GPU it is one CUDA graph the host only launches. The finished-rows
+    check reads one flag every 8 steps."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    counts = {"outside": 0, "host reads": 0}
+    inside = [False]
+
+    class Count(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            counts["host reads"] += func is torch.ops.aten._local_scalar_dense.default  # .item(), bool(), int()
+            counts["outside"] += not inside[0]
+            return func(*args, **(kwargs or {}))
+
+    model, sampler = tiny_gpt().eval(), FastSampler(compile=False, check_every=8)
+    step = sampler.step
+
+    def counted_step(*args):
+        inside[0] = True
+        try:
+            step(*args)
+        finally:
+            inside[0] = False
+
+    sampler.step = counted_step
+    ids, mask = left_pad(PROMPTS, PAD)
+    spec = spec_for(model, 300, PAD, max_new_tokens=64, temperature=temperature)  # eos 300: never written
+    seen = []
+    for n in (32, 64):
+        counts.update({"outside": 0, "host reads": 0})
+        with torch.no_grad(), Count():
+            out = sampler.generate(model, ids, mask, replace(spec, max_new_tokens=n), race_key(0))
+        seen.append(dict(counts))
+        assert out.shape[1] == ids.shape[1] + n
+    assert seen[1]["host reads"] - seen[0]["host reads"] == 32 // 8  # 32 more steps: 4 more checks, no more
+    assert seen[1]["outside"] - seen[0]["outside"] == 2 * 32 // 8  # only the checks' all() and its read
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
+@pytest.mark.parametrize("kind", ["gpt", "llama"])
+def test_on_a_gpu_the_step_is_one_cuda_graph_that_samples_the_plain_paths_tokens(kind):
+    from torch._dynamo.utils import counters
+
+    counters.clear()
+    model = MODELS[kind]().cuda().eval()
+    ids, mask = (t.cuda() for t in left_pad(PROMPTS, PAD))
+    spec = spec_for(model, None, PAD, max_new_tokens=32, temperature=1.0, top_k=50)
+    sampler = FastSampler()  # inductor, mode="reduce-overhead"
+    with torch.no_grad():
+        ours = [sampler.generate(model, ids, mask, spec, race_key(s, "cuda")) for s in (0, 0, 1)]
+    assert counters["inductor"]["cudagraph_skips"] == 0  # replayed as a CUDA graph, noise included
+    assert torch.equal(ours[0], ours[1]) and not torch.equal(ours[0], ours[2])
+    if kind == "gpt":  # the plain path draws the same tokens (float32)
+        plain = generate(model, ids, mask, max_new_tokens=32, temperature=1.0, top_k=50, pad_token_id=PAD, seed=0)
+        assert torch.equal(ours[0], plain)

@@ -6,10 +6,10 @@ import pytest
 import torch
 from lightning.pytorch import Trainer
 
-import lit_distill.generation.onpolicy as onpolicy
+import lit_distill.generation.modules as modules
 from lit_distill import DistillationModule
 from lit_distill.data import PromptDataModule
-from lit_distill.generation.onpolicy import OnPolicyDistillationModule
+from lit_distill.generation import OnPolicyDistillationModule
 from lit_distill.generation.sampling import IGNORE_INDEX, completion_batch, prompts_from_batch
 from lit_distill.losses import TokenKD
 from lit_distill.losses import functional as LF
@@ -65,12 +65,12 @@ def fit(module, steps=3):
 
 
 class Spy:
-    """Wraps ``generate`` in lit_distill.generation.onpolicy and records how each call ran."""
+    """Wraps ``generate`` in lit_distill.generation.modules and records how each call ran."""
 
     def __init__(self, monkeypatch):
         self.calls = []
-        self.real = onpolicy.generate
-        monkeypatch.setattr(onpolicy, "generate", self)
+        self.real = modules.generate
+        monkeypatch.setattr(modules, "generate", self)
 
     def __call__(self, model, *args, **kwargs):
         seen = []  # (train mode, grad enabled) of every forward pass the sampling makes

@@ -5,7 +5,7 @@ import torch
 
 from lit_distill.data.text import encode_instruction, pad_collate
 from lit_distill.data.tokenizers import ByteTokenizer
-from lit_distill.generation.predict import GenerationModule
+from lit_distill.generation import GenerationModule
 from lit_distill.generation.sampling import (
     IGNORE_INDEX,
     completion_batch,
@@ -156,9 +156,23 @@ def test_generation_module_writes_rows_and_checks_the_tokenizer():
     assert [r["prompt"] for r in rows] == prompts and rows == again  # seeded by the prompts, not the batch index
     ids, mask = left_pad([ByteTokenizer().encode(p) for p in prompts], PAD)
     seed = (5 * 1_000_003 + __import__("zlib").crc32("\n".join(prompts).encode())) % 2**63
-    out = generate(module.student, ids, mask, max_new_tokens=6, temperature=1.0, eos_token_id=EOS, seed=seed)
+    out = generate(module.model, ids, mask, max_new_tokens=6, temperature=1.0, eos_token_id=EOS, seed=seed)
     tok = ByteTokenizer()
     assert [r["response"] for r in rows] == [tok.decode(t) for t in new_tokens(out, ids.shape[1], EOS)]
     assert module.generation_settings()["temperature"] == 1.0
     with pytest.raises(ValueError, match="tokenizer"):
         GenerationModule(model=tiny_gpt(tokenizer_id="hf:abc"))
+
+
+def test_generation_module_is_a_plain_lightning_module_with_its_settings_as_hyperparameters():
+    from lightning.pytorch import LightningModule
+
+    from lit_distill import DistillationModule
+
+    module = GenerationModule(model=tiny_gpt(), max_new_tokens=6, temperature=0.5, top_k=3)
+    assert isinstance(module, LightningModule) and not isinstance(module, DistillationModule)
+    assert dict(module.hparams) == {
+        "checkpoint": None, "checkpoint_prefix": None, "tokenizer": None, "max_new_tokens": 6, "temperature": 0.5,
+        "top_k": 3, "top_p": None, "seed": 0, "fast": "auto", "allow_untrained": False,
+    }  # fmt: skip
+    assert [name for name, _ in module.named_children()] == ["model"]  # no losses, no teacher
