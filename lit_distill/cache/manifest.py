@@ -32,7 +32,6 @@ __all__ = [
     "write_manifest",
     "differences",
     "shard_dirs",
-    "writer_hint",
     "STORAGE_DTYPES",
 ]
 
@@ -111,16 +110,3 @@ def shard_dirs(split_dir: Path) -> list[Path]:
     return sorted(
         p for p in split_dir.iterdir() if p.is_dir() and p.name.startswith(SHARD_PREFIX) and p.suffix != TMP_SUFFIX
     )
-
-
-def writer_hint(cache_dir: str | Path, config_dir: str = "configs", lead: str = "Create it with") -> str:
-    """Name the bundled recipe that writes ``cache_dir``, if any (``" <lead>: lit-distill predict ..."``)."""
-    cache_dir = Path(cache_dir).as_posix()
-    configs = Path(config_dir)
-    if not configs.is_dir():
-        return ""
-    for config in sorted(configs.rglob("*.yaml")):
-        text = config.read_text(encoding="utf-8", errors="replace")
-        if "TeacherCacheWriter" in text and f"cache_dir: {cache_dir}" in text:
-            return f" {lead}: lit-distill predict --config {config.as_posix()}"
-    return ""

@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 
 from lit_distill.batch import teacher_view
-from lit_distill.cache.manifest import STORAGE_DTYPES, read_manifest, shard_dirs, writer_hint
+from lit_distill.cache.manifest import STORAGE_DTYPES, read_manifest, shard_dirs
 from lit_distill.cache.shards import FEATURE_PREFIX, file_names, shard_problem
 from lit_distill.losses.topk import TOPK_INDICES, TOPK_TAIL, TOPK_TAIL_TEMPERATURE, TOPK_VALUES
 from lit_distill.outputs import ModelOutput
@@ -59,7 +59,6 @@ class CacheReader:
                 raise ValueError(
                     f"the teacher cache in {str(self.cache_dir)!r} is damaged: {problem}. Run the `lit-distill "
                     "predict` command that wrote it again: it rewrites damaged shards and keeps the rest."
-                    + writer_hint(self.cache_dir, lead="That is")
                 )
             ids = np.load(shard / "ids.npy")
             if ids.size and (ids.min() < 0 or ids.max() >= n or (self.shard_of[ids] >= 0).any()):

@@ -12,7 +12,7 @@ from torch.utils.data import DataLoader, Subset
 
 from lit_distill.cache.fingerprint import class_name, fingerprint_dataset, fingerprint_module
 from lit_distill.cache.loading import IndexedDataset, cached_loader
-from lit_distill.cache.manifest import differences, read_manifest, writer_hint
+from lit_distill.cache.manifest import differences, read_manifest
 from lit_distill.cache.reader import CacheReader
 from lit_distill.cache.writer import TeacherCacheWriter
 
@@ -109,9 +109,8 @@ class CachedTeacherDataModule(LightningDataModule):
         manifest = read_manifest(self.cache_dir)
         if manifest is None:
             raise FileNotFoundError(
-                f"no teacher cache in {self.cache_dir!r}. Write it first with `lit-distill predict --config <recipe>`, "
-                "the recipe holding TeacherCacheWriter in trainer.callbacks and this data block."
-                + writer_hint(self.cache_dir)
+                f"no teacher cache in {self.cache_dir!r}. Write it first with the `predict` run of a recipe holding "
+                "TeacherCacheWriter in trainer.callbacks and this data block."
             )
         return manifest
 
@@ -127,7 +126,7 @@ class CachedTeacherDataModule(LightningDataModule):
             if not info.get("complete"):
                 raise ValueError(
                     f"the teacher cache in {self.cache_dir!r} is unfinished ({split}); run the same "
-                    f"`lit-distill predict` again to resume it.{writer_hint(self.cache_dir)}"
+                    f"`lit-distill predict` again to resume it."
                 )
             dataset = self._inner_loader(split).dataset
             now = {

@@ -65,9 +65,7 @@ def read_prompts(path: str | Path) -> list[tuple[str, str | None]]:
     """``(prompt, response or None)`` rows of a JSONL file of ``{"prompt": ...[, "response": ...]}`` objects."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(
-            f'prompt file {str(path)!r} does not exist (JSONL, one {{"prompt": ...}} per line).{_producer_hint(path)}'
-        )
+        raise FileNotFoundError(f'prompt file {str(path)!r} does not exist (JSONL, one {{"prompt": ...}} per line).')
     rows: list[tuple[str, str | None]] = []
     for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
         if not line.strip():
@@ -86,16 +84,6 @@ def read_prompts(path: str | Path) -> list[tuple[str, str | None]]:
     if not rows:
         raise ValueError(f"prompt file {str(path)!r} holds no prompts.")
     return rows
-
-
-def _producer_hint(path: Path, config_dir: str = "configs") -> str:
-    """Name the bundled ``predict`` recipe whose JSONL writer produces ``path``, if there is one."""
-    configs = Path(config_dir)
-    for config in sorted(configs.rglob("*.yaml")) if configs.is_dir() else []:
-        text = config.read_text(encoding="utf-8", errors="replace")
-        if "JsonlPredictionWriter" in text and f"path: {path.as_posix()}" in text:
-            return f" Create it first with: lit-distill predict --config {config.as_posix()}"
-    return ""
 
 
 class PromptDataModule(TeacherTokenizer, LazyTokenizer, LightningDataModule):

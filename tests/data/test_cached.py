@@ -133,7 +133,8 @@ def test_cache_recipes_run_through_the_cli(tmp_path, monkeypatch, capsys):
     with pytest.raises(SystemExit) as missing:
         main(["fit", "--config", "configs/digits/quickstart_cached.yaml", "--trainer.fast_dev_run=true", *FAST])
     assert missing.value.code == 2
-    assert "Create it with: lit-distill predict --config configs/digits/teacher_cache.yaml" in capsys.readouterr().err
+    hint = "Create it first with: lit-distill predict --config configs/digits/teacher_cache.yaml"
+    assert hint in capsys.readouterr().err
     main(["predict", "--config", "configs/digits/teacher_cache.yaml", "--trainer.fast_dev_run=true", *FAST])
     assert not Path("artifacts/digits/teacher_cache").exists()  # a smoke run writes nothing
     main(["predict", "--config", "configs/digits/teacher_cache.yaml", *FAST])

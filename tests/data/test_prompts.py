@@ -1,7 +1,6 @@
 """The embedded prompt set, the resumable JSONL writer, and the sequence-KD data it produces."""
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
@@ -150,7 +149,12 @@ def test_loss_mask_covers_only_response_tokens(in_tmp):
 
 
 def test_missing_generated_file_names_the_command_that_writes_it(in_tmp):
-    (in_tmp / "configs" / "text").mkdir(parents=True)
-    shutil.copy(ROOT / "configs/text/generate.yaml", in_tmp / "configs/text/generate.yaml")
-    with pytest.raises(FileNotFoundError, match="lit-distill predict --config configs/text/generate.yaml"):
+    from lit_distill.cli.recipes import producer_hint
+
+    with pytest.raises(FileNotFoundError, match="generated/text/teacher_responses.jsonl' does not exist") as missing:
         read_prompts("generated/text/teacher_responses.jsonl")
+    # the library names the file; the command line adds the shipped recipe that writes it
+    assert (
+        producer_hint(str(missing.value))
+        == " Create it first with: lit-distill predict --config configs/text/generate.yaml"
+    )
