@@ -46,6 +46,7 @@ def main(args: list[str] | None = None) -> None:
             print(text)
             return
     argv = ["--help" if a == "--help-full" else a for a in argv]
+    argv = _model_for_argument_help(argv)
     # Before Lightning imports huggingface_hub: its setting is read once, at import.
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # save_pretrained's "Writing model shards" bar
     from lit_distill.cli.errors import check_config_files, report
@@ -59,6 +60,22 @@ def main(args: list[str] | None = None) -> None:
         keys = sys.modules["lit_distill.cli.app"].VALID_KEYS if "lit_distill.cli.app" in sys.modules else []
         sys.exit(report(err, argv, verbose, keys))
     end_process_group()
+
+
+def _model_for_argument_help(argv: list[str]) -> list[str]:
+    """``--model.losses.help CLASS`` with no recipe and no model named asks about DistillationModule's arguments.
+
+    The CLI takes any LightningModule by ``class_path``; the arguments under ``--model.`` exist only once one is
+    chosen, so a question about one of them, asked on its own, is asked of the distillation module.
+    """
+    asks = any(a.startswith("--model.") and ".help" in a.split("=")[0] for a in argv)
+    chosen = any(
+        a in ("--config", "--model") or a.startswith(("--config=", "--model=", "--model.class_path")) for a in argv
+    )
+    if not asks or chosen:
+        return argv
+    at = next((i + 1 for i, a in enumerate(argv) if a in SUBCOMMANDS), 0)
+    return [*argv[:at], "--model=lit_distill.DistillationModule", *argv[at:]]
 
 
 def end_process_group() -> None:
