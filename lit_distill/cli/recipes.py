@@ -39,6 +39,7 @@ OUTPUTS: dict[str, Producer] = {
     "checkpoints/text/sft_student.ckpt": Producer("fit", "configs/text/sft_student.yaml"),
     "checkpoints/text/xtok_teacher.ckpt": Producer("fit", "configs/text/xtok_teacher.yaml", _OVERWRITE),
     "checkpoints/llm/teacher": Producer("fit", "configs/llm/teacher.yaml", _OVERWRITE),
+    "checkpoints/text/hf_tiny_chat/teacher_sft": Producer("fit", "configs/text/hf_chat_teacher.yaml", _OVERWRITE),
     "artifacts/digits/teacher_cache": Producer("predict", "configs/digits/teacher_cache.yaml"),
     "artifacts/text/teacher_cache": Producer("predict", "configs/text/teacher_cache.yaml"),
     "generated/text/teacher_responses.jsonl": Producer("predict", "configs/text/generate.yaml"),
