@@ -7,6 +7,7 @@ import json
 import logging
 import warnings
 from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -56,6 +57,8 @@ def parse(p: argparse.ArgumentParser, argv: Sequence[str] | None, **smoke: Any) 
     return args
 
 
-def print_json(result: dict[str, Any]) -> None:
-    """The script's result as its last line of output (the smoke test and drivers read it)."""
+def print_json(result: dict[str, Any], to: str | None = None) -> None:
+    """The script's result as its last line of output (the smoke test and drivers read it); also into ``to``."""
+    if to:
+        Path(to).write_text(json.dumps(result, indent=2, default=str))
     print(json.dumps(result, default=str), flush=True)

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import json
 import math
 import tempfile
 import time
@@ -247,10 +246,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(f"| {name} | {' | '.join(cells)} | {wins[0]}/{len(mine)}, {wins[1]}/{len(mine)} |")
     print(f"| teacher (BPE / bytes) | {teachers['bpe']:.3f} / {teachers['bytes']:.3f} | | | |")
     result = {"args": vars(args), "teachers_bits_per_byte": teachers, "runs": rows}
-    if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=2))
     scratch.cleanup()
-    print_json(result)
+    print_json(result, to=args.json)
 
 
 if __name__ == "__main__":

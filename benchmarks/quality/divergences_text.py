@@ -16,10 +16,8 @@ reference answers. Nothing is downloaded.
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from collections.abc import Sequence
-from pathlib import Path
 
 from benchmarks._lib.pydoc_gpt import evaluate
 from benchmarks._lib.text_recipe import add_recipe_args, fit_then_validate, text_data, text_student, text_teacher
@@ -84,9 +82,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         cells = [mean_std_text([r[key] for r in mine]) for key in keys]
         print(f"| {name} | " + " | ".join(cells) + " |")
     result = {"args": vars(args), "teacher_ppl": teacher_ppl, "teacher_own": own, "runs": rows}
-    if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=2))
-    print_json(result)
+    print_json(result, to=args.json)
 
 
 if __name__ == "__main__":

@@ -26,7 +26,6 @@ the teacher is trained once (seed 0), the seed varies the students' initialisati
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import tempfile
 import time
@@ -132,9 +131,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             f"{mean_std_text([r['teacher_nll'] for r in rows]):>24s} {train_s:>8.0f}"
         )
     result = {"args": vars(args), "teacher": teacher_ref, "students": results}
-    if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=2))
-    print_json(result)
+    print_json(result, to=args.json)
 
 
 if __name__ == "__main__":

@@ -24,7 +24,6 @@ together), and ``val ppl`` on the reference continuations.
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 import time
 from collections.abc import Sequence
@@ -147,9 +146,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         wins = sum(r["teacher_nll"] < b["teacher_nll"] for r, b in zip(results[variant], base))
         print(f"{variant}: lower teacher NLL than same-steps SFT in {wins}/{len(base)} seeds")
     result = {"args": vars(args), "teacher": teacher_ref, "students": results}
-    if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=2))
-    print_json(result)
+    print_json(result, to=args.json)
 
 
 if __name__ == "__main__":

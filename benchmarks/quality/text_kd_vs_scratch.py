@@ -15,7 +15,6 @@ pydoc_data, so numbers differ a little between Python versions.
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -124,9 +123,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     wins = sum(r["kd"] < r["no_kd"] for r in rows)
     print(f"\nKD lowered the student's val perplexity in {wins}/{len(rows)} seeds.")
     result = {"args": vars(args), "teacher_ppl": teacher_ppl, "runs": rows}
-    if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=2))
-    print_json(result)
+    print_json(result, to=args.json)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,6 @@ The text recipe's loss: forward KL at T=1 (``--divergence`` to change it).
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -148,9 +147,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             print(f"| {k} | {mode} | {f['gap']:+.2%} | {t['gap']:+.2%} | {f['cosine']:.4f} | "
                   f"{t['cosine']:.4f} ({t['cosine_min']:.4f}) | {ppl} |")  # fmt: skip
     result = {"args": vars(args), "teacher_ppl": teacher_ppl, "gaps": gaps, "runs": runs}
-    if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=2))
-    print_json(result)
+    print_json(result, to=args.json)
 
 
 if __name__ == "__main__":
