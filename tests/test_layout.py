@@ -7,6 +7,7 @@ into a higher one. Imports are read with ``ast`` from every module: top-level, i
 from __future__ import annotations
 
 import ast
+import re
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -293,3 +294,11 @@ def test_a_lower_layer_importing_a_higher_one_is_found():
         < layer_of("lit_distill.losses.logit")
     )
     assert layer_of("lit_distill.somewhere_new") is None
+
+
+def test_contributing_names_every_module():
+    """CONTRIBUTING's map is how a newcomer finds a file: a module it does not name is a module nobody finds."""
+    text = (ROOT.parent / "CONTRIBUTING.md").read_text(encoding="utf-8")
+    modules = [p for p in ROOT.rglob("*.py") if p.name not in ("__init__.py", "__main__.py")]
+    unnamed = [str(p.relative_to(ROOT.parent)) for p in modules if not re.search(rf"\b{re.escape(p.stem)}\b", text)]
+    assert not unnamed, f"add these modules to CONTRIBUTING.md's map: {unnamed}"
