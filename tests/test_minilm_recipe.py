@@ -23,13 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 QUIET = ["--trainer.enable_progress_bar=false", "--trainer.logger=false"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Two threads on a shared two-core machine spin against each other; one is far faster here.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def run_recipe(config: str, *overrides: str) -> DistillCLI:

@@ -18,13 +18,7 @@ TINY = {"hidden_size": 16, "num_hidden_layers": 4, "num_attention_heads": 2, "in
 SENTENCES = ["Lists are mutable sequences.", "A tuple is immutable, so it can be a key.", "Hello there world!"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Two threads on a shared two-core machine spin against each other; one is far faster for tiny models.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")
