@@ -124,19 +124,35 @@ def _progress_bar() -> Callback | None:
     return SummaryLastProgressBar()
 
 
+#: Log lines a recipe cannot act on, by logger: Lightning's product tips; torchao's CPU wheel failing to load the
+#: prebuilt kernels it carries for other CUDA and Python builds (transformers imports torchao whenever it is
+#: installed, so every Hugging Face run printed them); torch's note on the enums torchao still registers itself.
+NOISE: dict[str, str] = {
+    "lightning.pytorch.utilities.rank_zero": "💡 Tip",
+    "lightning.fabric.utilities.rank_zero": "💡 Tip",
+    "torchao": "Failed to load ",
+    "torch.utils._pytree": "is an Enum subclass and is now natively supported",
+}
+
+
 def quiet_lightning() -> None:
-    """Silence what our recipes cannot act on: Lightning's product tips, install hints and its own deprecations."""
+    """Silence what our recipes cannot act on: Lightning's product tips, install hints and its own deprecations, and
+    the import-time lines of :data:`NOISE`."""
     warnings.filterwarnings("ignore", message=r"Starting from v1\.9\.0, `tensorboardX` has been removed")
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)` is deprecated")
-    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
+    for name, text in NOISE.items():
         log = logging.getLogger(name)
-        if not any(isinstance(f, _NoTips) for f in log.filters):
-            log.addFilter(_NoTips())
+        if not any(isinstance(f, _Drop) for f in log.filters):
+            log.addFilter(_Drop(text))
 
 
-class _NoTips(logging.Filter):
+class _Drop(logging.Filter):
+    def __init__(self, text: str) -> None:
+        super().__init__()
+        self.text = text
+
     def filter(self, record: logging.LogRecord) -> bool:
-        return not str(record.msg).startswith("💡 Tip")
+        return self.text not in record.getMessage()
 
 
 def build(args: list[str], **kwargs: Any) -> DistillCLI:
